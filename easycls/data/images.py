@@ -1,0 +1,332 @@
+"""Reading pixels robustly: paths and zip members in, RGB images or arrays out.
+
+Image references are plain strings so they pickle cheaply into DataLoader
+workers: a filesystem path, or a zip member written ``"<zip path>!/<member>"``.
+Every failure to read becomes :class:`UnreadableImage` with a short reason, so
+callers can record a skip instead of crashing mid-epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import PurePosixPath
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ZIP_SEP",
+    "UnreadableImage",
+    "check_images",
+    "is_image_name",
+    "load_resized",
+    "open_image",
+    "parallel_map",
+    "resize_square",
+    "split_zip_ref",
+    "to_rgb",
+    "zip_member_info",
+    "zip_ref",
+]
+
+ZIP_SEP = "!/"
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+_OS_LITTER = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
+# Transparent pixels are composited onto white: it is what viewers show for
+# logos and product cut-outs, and their hidden RGB values are often garbage.
+_BACKGROUND = (255, 255, 255)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_CHUNK = 64  # items per thread task: amortizes scheduling, keeps progress smooth
+
+
+class UnreadableImage(Exception):
+    """An image that cannot be decoded.
+
+    Attributes:
+        ref: the image reference (path or zip ref).
+        reason: short cause: ``"missing"``, ``"zero-byte file"``, ``"not an image"``,
+            ``"truncated"``, ``"not a file"``, ``"permission denied"``, or one with
+            a detail: ``"corrupt: ..."``, ``"bad zip: ..."``, ``"too large: ..."``,
+            ``"unsupported mode ...: ..."``.
+    """
+
+    def __init__(self, ref: str, reason: str):
+        super().__init__(f"{ref}: {reason}")
+        self.ref, self.reason = ref, reason
+
+    def __reduce__(self):
+        # Keep the two-argument constructor working across process pools.
+        return (type(self), (self.ref, self.reason))
+
+
+# ---------------------------------------------------------------- references
+
+
+def zip_ref(zip_path: str | os.PathLike, member: str) -> str:
+    """Reference to ``member`` inside the archive ``zip_path``.
+
+    Example:
+        >>> zip_ref("/data/pets.zip", "cats/1.jpg")
+        '/data/pets.zip!/cats/1.jpg'
+    """
+    return f"{os.path.abspath(zip_path)}{ZIP_SEP}{member}"
+
+
+def split_zip_ref(ref: str | os.PathLike) -> tuple[str, str] | None:
+    """``(zip_path, member)`` for a zip reference, ``None`` for a plain path."""
+    zip_path, sep, member = os.fspath(ref).partition(ZIP_SEP)
+    if not sep or not zip_path.lower().endswith(".zip"):
+        return None
+    return zip_path, member
+
+
+def is_image_name(name: str) -> bool:
+    """True for names with an image extension that are not OS litter.
+
+    Hidden files, AppleDouble ``._x.jpg`` files, anything under ``__MACOSX/``
+    and ``Thumbs.db``/``.DS_Store`` are litter that zips and folders carry.
+    """
+    path = PurePosixPath(name.replace("\\", "/"))
+    if "__MACOSX" in path.parts or path.name.startswith("."):
+        return False
+    if path.name.lower() in _OS_LITTER:
+        return False
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+# ---------------------------------------------------------------- zip handles
+
+_zip_handles: dict[tuple[str, int], tuple[zipfile.ZipFile, tuple[int, int]]] = {}
+_zip_lock = threading.Lock()
+
+
+def _reset_zip_lock() -> None:
+    # A fork while another thread held the lock would leave it locked forever in the child.
+    global _zip_lock
+    _zip_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_zip_lock)
+
+
+def _zip_handle(zip_path: str) -> zipfile.ZipFile:
+    """A ZipFile cached per process; forked workers must not share file offsets."""
+    st = os.stat(zip_path)
+    key, sig = (zip_path, os.getpid()), (st.st_size, st.st_mtime_ns)
+    with _zip_lock:
+        cached = _zip_handles.get(key)
+        if cached is None or cached[1] != sig:  # reopen if the archive was rewritten
+            cached = (zipfile.ZipFile(zip_path), sig)
+            _zip_handles[key] = cached
+        return cached[0]
+
+
+def zip_member_info(ref: str) -> zipfile.ZipInfo:
+    """The ZipInfo of a zip reference (raises KeyError if the member is absent)."""
+    zip_path, member = split_zip_ref(ref)
+    return _zip_handle(zip_path).getinfo(member)
+
+
+def _read_source(ref: str) -> str | io.BytesIO:
+    """Something ``Image.open`` accepts; raises UnreadableImage for absent/empty."""
+    parts = split_zip_ref(ref)
+    try:
+        if parts is None:
+            if os.path.getsize(ref) == 0:
+                raise UnreadableImage(ref, "zero-byte file")
+            return ref
+        data = _zip_handle(parts[0]).read(parts[1])
+    except (FileNotFoundError, NotADirectoryError, KeyError):
+        raise UnreadableImage(ref, "missing") from None
+    except PermissionError:
+        raise UnreadableImage(ref, "permission denied") from None
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as e:
+        # Bad CRC, encrypted member, unsupported compression, damaged archive.
+        raise UnreadableImage(ref, f"bad zip: {e}") from None
+    if not data:
+        raise UnreadableImage(ref, "zero-byte file")
+    return io.BytesIO(data)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _decode(ref: str, draft: int | None) -> Image.Image:
+    """Open and fully load ``ref`` so truncation fails here, not in a worker later."""
+    ref = os.fspath(ref)
+    source = _read_source(ref)
+    try:
+        with Image.open(source) as img:
+            if draft is not None:
+                # JPEG only: libjpeg decodes at 1/2..1/8 scale, keeping each side >= draft.
+                img.draft("RGB", (draft, draft))
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+            return img
+    except UnidentifiedImageError:
+        raise UnreadableImage(ref, "not an image") from None
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(ref, f"too large: {e}") from None
+    except IsADirectoryError:
+        raise UnreadableImage(ref, "not a file") from None
+    except PermissionError:
+        raise UnreadableImage(ref, "permission denied") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # plugins raise OSError, SyntaxError, struct.error, ...
+        reason = "truncated" if "truncated" in str(e).lower() else f"corrupt: {e}"
+        raise UnreadableImage(ref, reason) from None
+
+
+def _scale_to_uint8(img: Image.Image) -> Image.Image:
+    """8-bit grey from 16-bit, 32-bit int or float pixels, scaled rather than clipped.
+
+    Integer data in 0..65535 is treated as 16-bit (divide by 257), float data in
+    0..1 as unit range; anything else is stretched min-to-max.
+    """
+    a = np.asarray(img).astype(np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode.startswith("I;16") or (img.mode == "I" and lo >= 0 and hi <= 65535):
+        a = a / 257.0
+    elif img.mode == "F" and lo >= 0 and hi <= 1:
+        a = a * 255.0
+    elif lo < 0 or hi > 255:
+        a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB for every Pillow mode: 16-bit and float scaled to 8 bits, alpha composited on white.
+
+    Prefer this to ``img.convert("RGB")``, which clips 16-bit data to white and
+    exposes whatever colour hides under transparent pixels.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = _scale_to_uint8(img)
+    if (img.mode == "P" and "transparency" in img.info) or img.mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "RGBa"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, _BACKGROUND + (255,))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def open_image(ref: str, draft: int | None = None) -> Image.Image:
+    """Open an image reference as a fully loaded, upright RGB image.
+
+    Args:
+        ref: a path or a zip reference (see :func:`zip_ref`).
+        draft: if given, JPEGs may decode at reduced scale, keeping both
+            sides at least this many pixels (much faster for thumbnails).
+
+    Raises:
+        UnreadableImage: missing, empty, not an image, truncated or corrupt.
+
+    Example:
+        >>> open_image("cat.jpg").mode
+        'RGB'
+    """
+    img = _decode(ref, draft)
+    try:
+        return to_rgb(img)
+    except (OSError, ValueError) as e:  # e.g. LAB without a colour profile
+        raise UnreadableImage(ref, f"unsupported mode {img.mode}: {e}") from None
+
+
+def load_resized(ref: str, size: int) -> np.ndarray:
+    """Decode ``ref``, scale the shorter side to ``size`` and center-crop a square.
+
+    JPEGs decode at reduced scale (``draft``) when they are much larger than
+    ``size``, which is several times faster than a full decode.
+
+    Returns:
+        uint8 array of shape ``(size, size, 3)``.
+
+    Example:
+        >>> load_resized("cat.jpg", 64).shape
+        (64, 64, 3)
+    """
+    return resize_square(open_image(ref, draft=size), size)
+
+
+def resize_square(img: Image.Image, size: int) -> np.ndarray:
+    """Scale an RGB image's shorter side to ``size`` and center-crop to a square array."""
+    w, h = img.size
+    side = min(w, h)
+    # Resizing only the centered square box crops and scales in one pass.
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(out, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- checking
+
+
+def _check_one(ref: str) -> str | None:
+    """Reason ``ref`` cannot be read, or None. Draft (1/8 scale) makes JPEGs cheap."""
+    try:
+        _decode(ref, draft=1)
+    except UnreadableImage as e:
+        return e.reason
+    return None
+
+
+def parallel_map(
+    fn: Callable[[_T], _R], items: Sequence[_T], workers: int | None = None, progress: bool = False
+) -> Iterator[_R]:
+    """``map(fn, items)`` on a thread pool, in order, with an optional progress counter.
+
+    Threads, not processes: Pillow releases the GIL while decoding and resizing
+    (measured in benchmarks/decode_speed.py), and threads need no pickling, no
+    worker start-up and no re-import of the package. Items go out in chunks so
+    a million references do not become a million futures.
+    """
+    workers = workers or os.cpu_count() or 1
+    chunks = [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = pool.map(lambda chunk: [fn(x) for x in chunk], chunks)
+        for results in _progress(done, len(items), progress):
+            yield from results
+
+
+def _progress(chunks: Iterable[list], total: int, enabled: bool) -> Iterator[list]:
+    """Yield ``chunks``, printing an ``n/total`` counter to stderr when enabled."""
+    n = 0
+    for chunk in chunks:
+        n += len(chunk)
+        if enabled:
+            end = "\n" if n >= total else ""
+            print(f"\r{n}/{total} images", end=end, file=sys.stderr, flush=True)
+        yield chunk
+
+
+def check_images(
+    refs: Sequence[str], workers: int | None = None, progress: bool = False
+) -> dict[int, str]:
+    """Find unreadable images by fully decoding each one (JPEGs at 1/8 scale).
+
+    ``PIL.Image.verify`` misses a truncated tail, so every image is loaded.
+
+    Returns:
+        ``{index: reason}`` for each unreadable reference.
+
+    Example:
+        >>> check_images(["ok.jpg", "empty.jpg"])
+        {1: 'zero-byte file'}
+    """
+    results = parallel_map(_check_one, refs, workers, progress)
+    return {i: r for i, r in enumerate(results) if r is not None}
