@@ -1,3 +1,27 @@
-"""easycls: train a good image classifier in one line (fastai + timm + Accelerate)."""
+"""easycls: train a good image classifier in one line (fastai + timm + Accelerate).
+
+Example:
+    >>> from easycls import fit, load
+    >>> learn = fit("digits")
+    >>> load(learn.run_dir).predict("some_digit.png")
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+__all__ = ["fit", "load", "save", "Predictor", "__version__"]
+
+# Public names resolve on first use, so `easycls --version` and `import easycls` stay
+# fast: torch and fastai are imported only when training or predicting.
+_LAZY = {"fit": ".fit", "save": ".fit", "load": ".bundle", "Predictor": ".bundle"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'easycls' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,147 @@
+"""Safe model bundles: `model.safetensors` + `model.json`, and `load()` -> `Predictor`.
+
+Loading reads JSON and safetensors only, so opening a bundle never runs code from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from . import __version__
+from .data.images import IMAGE_EXTENSIONS, load_resized, resize_square
+
+__all__ = ["save_bundle", "load", "Predictor", "read_meta", "expand_inputs"]
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    """The model without DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def save_bundle(model: nn.Module, out: str | Path, *, arch: str, classes: Sequence[str], size: int,
+                mean: Sequence[float], std: Sequence[float], multi_label: bool = False,
+                thresholds: dict | None = None, extra: dict | None = None) -> Path:
+    """Write `model.safetensors` and `model.json` into `out`; returns `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(_bare(model), str(out / "model.safetensors"))
+    meta = dict(arch=arch, classes=list(classes), multi_label=multi_label, thresholds=thresholds,
+                input_size=size, mean=list(mean), std=list(std), easycls_version=__version__,
+                **(extra or {}))
+    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def read_meta(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "model.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no model.json: give the run directory that `easycls fit` wrote")
+    return json.loads(path.read_text())
+
+
+def load(run_dir: str | Path, model: nn.Module | None = None, device: str | torch.device | None = None) -> Predictor:
+    """Load a bundle written by `fit` (JSON + safetensors, no pickle).
+
+    Args:
+        run_dir: the run directory (holds model.json and model.safetensors).
+        model: an instance of the architecture, needed only for custom (non-timm) models.
+        device: where to run; default CUDA when available.
+
+    Example:
+        >>> p = load("runs/digits-resnet18")
+        >>> label, prob = p.predict("seven.png")
+    """
+    meta = read_meta(run_dir)
+    if model is None:
+        if meta["arch"].startswith("custom:"):
+            raise ValueError(f"{run_dir} holds a custom model ({meta['arch']}); pass an instance: load(dir, model=...)")
+        model = timm.create_model(meta["arch"], pretrained=False, num_classes=len(meta["classes"]))
+    load_model(model, str(Path(run_dir) / "model.safetensors"))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return Predictor(model.to(device).eval(), meta, device)
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
+    """Files as given, folders expanded to the images inside them (sorted)."""
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        elif p.is_file():
+            out.append(str(p))
+        else:
+            raise FileNotFoundError(f"{item} does not exist")
+    return out
+
+
+class Predictor:
+    """Applies a trained bundle to images: same resizing and normalization as validation."""
+
+    def __init__(self, model: nn.Module, meta: dict, device: torch.device):
+        self.model, self.meta, self.device = model, meta, device
+        self.classes: list[str] = meta["classes"]
+        self.size: int = meta["input_size"]
+        self._mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(meta["std"]).view(1, 3, 1, 1) * 255
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.meta.get("multi_label"))
+
+    def thresholds(self, override: float | None = None) -> np.ndarray:
+        """Per-class decision thresholds (multi-label): stored tuned ones unless overridden."""
+        if override is not None:
+            return np.full(len(self.classes), float(override))
+        tuned = self.meta.get("thresholds") or {}
+        per_class = tuned.get("per_class") or [tuned.get("global", 0.5)] * len(self.classes)
+        return np.asarray(per_class, dtype=np.float64)
+
+    def _pixels(self, image) -> np.ndarray:
+        if isinstance(image, Image.Image):
+            return resize_square(image.convert("RGB"), self.size)
+        return load_resized(str(image), self.size)
+
+    @torch.inference_mode()
+    def probabilities(self, images: Sequence, bs: int = 64) -> np.ndarray:
+        """(n, classes) softmax (single-label) or sigmoid (multi-label) probabilities."""
+        outs = []
+        for i in range(0, len(images), bs):
+            x = torch.from_numpy(np.stack([self._pixels(im) for im in images[i:i + bs]])).permute(0, 3, 1, 2)
+            x = ((x.float() - self._mean) / self._std).to(self.device)
+            logits = self.model(x).float()
+            outs.append((logits.sigmoid() if self.multi_label else logits.softmax(1)).cpu().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), np.float32)
+
+    def decide(self, probs: np.ndarray, threshold: float | None = None) -> list:
+        """Single-label: (label, probability) per row. Multi-label: (labels, probabilities)."""
+        if not self.multi_label:
+            idx = probs.argmax(1)
+            return [(self.classes[i], float(p[i])) for i, p in zip(idx, probs)]
+        th = self.thresholds(threshold)
+        at_least_one = bool((self.meta.get("thresholds") or {}).get("at_least_one"))
+        rows = []
+        for p in probs:
+            on = np.flatnonzero(p >= th)
+            if at_least_one and on.size == 0:
+                on = np.array([p.argmax()])
+            rows.append(([self.classes[i] for i in on], [float(p[i]) for i in on]))
+        return rows
+
+    def predict(self, image, threshold: float | None = None):
+        """One image (path or PIL) -> (label, probability), or (labels, probabilities) if multi-label."""
+        return self.decide(self.probabilities([image]), threshold)[0]
+
+    def predict_many(self, images: Sequence, bs: int = 64, threshold: float | None = None) -> list:
+        return self.decide(self.probabilities(list(images), bs), threshold)

@@ -1,0 +1,108 @@
+"""Small fastai callbacks, one job each: plain tensors, history CSV, L1 penalty, JSON events."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+from fastai.callback.core import Callback
+
+__all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents"]
+
+
+class PlainTensors(Callback):
+    """Hand the model plain `torch.Tensor`s.
+
+    fastai's tensor subclasses (TensorImage, TensorCategory) route every op of the forward
+    pass through `__torch_function__`; the batch transforms need them, the model does not.
+    """
+
+    order = 1  # after the batch is on its device, before anything runs the model
+
+    def before_batch(self):
+        self.learn.xb = tuple(_plain(x) for x in self.xb)
+        self.learn.yb = tuple(_plain(y) for y in self.yb)
+
+
+def _plain(t):
+    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
+
+
+class HistoryCSV(Callback):
+    """One row per epoch in `history.csv`: epoch, train_loss, valid_loss, metrics, seconds.
+
+    Epochs are counted across `fine_tune`'s two phases and across resumed runs (`start`).
+    """
+
+    order = 60  # after fastai's Recorder (50) has filled `final_record`
+
+    def __init__(self, path: str | Path, start: int = 0):
+        self.path, self.count, self.active = Path(path), start, False
+
+    # get_preds/validate also fire epoch events; only epochs of a fit are history.
+    def before_fit(self):
+        self.active = True
+
+    def after_fit(self):
+        self.active = False
+
+    def before_epoch(self):
+        self._t0 = time.perf_counter()
+
+    def after_epoch(self):
+        if not self.active:
+            return
+        names = [n for n in self.recorder.metric_names[1:] if n != "time"]
+        values = [float(v) if v is not None else "" for v in self.learn.final_record]
+        row = dict(epoch=self.count, **dict(zip(names, values)),
+                   seconds=round(time.perf_counter() - self._t0, 3))
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        self.count += 1
+
+
+class L1Penalty(Callback):
+    """Adds `l1 * sum(|w|)` over the trainable weights to the training loss (L2 is `wd`)."""
+
+    order = 5
+
+    def __init__(self, l1: float):
+        self.l1 = l1
+
+    def after_loss(self):
+        if not self.training or not self.l1:
+            return
+        penalty = sum(p.abs().sum() for n, p in self.model.named_parameters()
+                      if p.requires_grad and p.ndim > 1)  # weights, not biases or norms
+        self.learn.loss_grad = self.learn.loss_grad + self.l1 * penalty
+
+
+class JsonEvents(Callback):
+    """JSON-lines events for scripts: one object per epoch, plus fit start and end."""
+
+    order = 61
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def _emit(self, **event):
+        with self.path.open("a") as f:
+            f.write(json.dumps(dict(time=time.time(), **event)) + "\n")
+
+    def before_fit(self):
+        self._emit(event="fit_start", epochs=self.n_epoch)
+
+    def after_epoch(self):
+        names = [n for n in self.recorder.metric_names[1:] if n != "time"]
+        self._emit(event="epoch", epoch=self.epoch,
+                   **{n: (float(v) if v is not None else None) for n, v in zip(names, self.learn.final_record)})
+
+    def after_fit(self):
+        self._emit(event="fit_end")

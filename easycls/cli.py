@@ -1,0 +1,137 @@
+"""The `easycls` command line. Each command validates its arguments and calls one library function."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train a good image classifier in one command (fastai + timm + Accelerate).")
+
+# Option types shared by several commands, defined once.
+RunDir = Annotated[Path, typer.Argument(help="Run directory written by `easycls fit`.", exists=True,
+                                        file_okay=False)]
+Threshold = Annotated[float | None, typer.Option(help="Multi-label decision threshold for every class "
+                                                    "(default: the tuned thresholds in model.json).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"easycls {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and exit.")] = False) -> None:
+    pass
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+@app.command("fit")
+def fit_cmd(
+    source: Annotated[str, typer.Argument(help="Folder, .zip, CSV of labels, or a dataset name (see `easycls datasets`).")],
+    arch: Annotated[str | None, typer.Option(help="Any timm model name (see `easycls archs`).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate (default: fastai's lr_find).")] = None,
+    bs: Annotated[int | None, typer.Option(min=1, help="Batch size per process.")] = None,
+    size: Annotated[int | None, typer.Option(min=8, help="Image size in pixels (square).")] = None,
+    pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained",
+                                                       help="Fine-tune ImageNet weights, or train from scratch.")] = None,
+    weights: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                    help="Local timm-compatible weights file.")] = None,
+    valid_pct: Annotated[float | None, typer.Option(min=0.01, max=0.9, help="Validation share when the data has no split.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<source>-<arch>-<time>).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Image folder for a CSV source.")] = None,
+    path: Annotated[Path | None, typer.Option(help="Where a named dataset lies.")] = None,
+    multi_label: Annotated[bool | None, typer.Option("--multi-label/--single-label",
+                                                        help="Force multi-label or single-label (default: detected).")] = None,
+    wd: Annotated[float | None, typer.Option(min=0.0, help="Weight decay (L2).")] = None,
+    l1: Annotated[float | None, typer.Option(min=0.0, help="L1 penalty on the weights.")] = None,
+    ps: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Dropout before the head.")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(min=0.0, max=0.5, help="Label smoothing.")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Training augmentation.")] = None,
+    cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Decoded-image cache (default: on when it fits).")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="DataLoader worker processes.")] = None,
+    log_json: Annotated[Path | None, typer.Option(help="Write JSON-lines events to this file.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train a classifier on SOURCE and write a run directory."""
+    from .data.sources import DataError
+    from .data.tables import TableError
+    from .fit import fit
+    from .learners import ArchError, PretrainedUnavailable
+    settings = dict(arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, pretrained=pretrained,
+                    weights=str(weights) if weights else None, valid_pct=valid_pct, seed=seed,
+                    out=str(out) if out else None, images=str(images) if images else None,
+                    path=str(path) if path else None, multi_label=multi_label, wd=wd, l1=l1, ps=ps,
+                    label_smoothing=label_smoothing, augment=augment, cache=cache, workers=workers,
+                    log_json=str(log_json) if log_json else None, quiet=quiet or None)
+    try:
+        fit(source, **settings)
+    except (DataError, TableError, ArchError, PretrainedUnavailable, FileNotFoundError) as e:
+        _fail(e)
+
+
+@app.command("predict")
+def predict_cmd(
+    run_dir: RunDir,
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    csv: Annotated[Path | None, typer.Option(help="Write predictions to this CSV.")] = None,
+    bs: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
+    threshold: Threshold = None,
+) -> None:
+    """Label images with a trained model."""
+    from .bundle import expand_inputs, load
+    from .predict import predict_files, write_predictions
+    try:
+        refs = expand_inputs(inputs)
+    except FileNotFoundError as e:
+        _fail(e)
+    if not refs:
+        _fail(ValueError(f"no images found in {', '.join(map(str, inputs))}"))
+    predictor = load(run_dir)
+    if csv:
+        rows, bad = write_predictions(predictor, refs, csv, bs, threshold)
+        typer.echo(f"wrote {len(rows)} predictions to {csv}")
+    else:
+        rows, bad = predict_files(predictor, refs, bs, threshold)
+        for row in rows:
+            typer.echo("\t".join(str(v) for v in row.values()))
+    for i, reason in sorted(bad.items()):
+        typer.secho(f"skipped {refs[i]}: {reason}", err=True, fg=typer.colors.YELLOW)
+
+
+@app.command("archs")
+def archs_cmd(
+    pattern: Annotated[str, typer.Argument(help="Glob pattern, e.g. 'resnet*' or '*convnext*'.")] = "*",
+    pretrained: Annotated[bool, typer.Option(help="Only names with pretrained weights.")] = False,
+) -> None:
+    """List timm architecture names."""
+    import timm
+    names = timm.list_models(pattern if any(c in pattern for c in "*?[") else f"*{pattern}*",
+                             pretrained=pretrained)
+    for name in names:
+        typer.echo(name)
+    if not names:
+        _fail(ValueError(f"no timm architecture matches {pattern!r}"))
+
+
+def main() -> None:
+    """Console-script entry point (also `python -m easycls`)."""
+    app(prog_name="easycls")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Learner factories over timm backbones: the model, loss, metrics and freezing follow from the data.
+
+timm owns the models (its own classifier head, `pretrained_cfg` normalization); fastai
+owns training (Learner, param-group splitter, `fine_tune`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlparse
+
+import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle, fine_tune, lr_find)
+import timm
+import torch
+from fastai.learner import Learner
+from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
+from fastai.metrics import (
+    AccumMetric,
+    F1ScoreMulti,
+    PrecisionMulti,
+    RecallMulti,
+    accuracy,
+    top_k_accuracy,
+)
+from fastai.torch_core import params
+from torch import nn
+
+__all__ = ["create_model", "single_label_learner", "multi_label_learner", "model_splitter",
+           "model_normalization", "ArchError", "PretrainedUnavailable", "arch_name"]
+
+ArchSpec = str | nn.Module | Callable[[int], nn.Module]
+
+
+class ArchError(ValueError):
+    """Unknown architecture name."""
+
+
+class PretrainedUnavailable(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+def arch_name(arch: ArchSpec) -> str:
+    if isinstance(arch, str):
+        return arch
+    target = arch if isinstance(arch, nn.Module) else getattr(arch, "__name__", type(arch).__name__)
+    return "custom:" + (type(target).__name__ if isinstance(target, nn.Module) else str(target))
+
+
+def _check_arch(name: str) -> None:
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+    hint = f" Closest timm names: {', '.join(close)}." if close else ""
+    raise ArchError(f"unknown architecture {name!r}.{hint} List them with `easycls archs PATTERN`.")
+
+
+def _cached_weights(name: str) -> str | None:
+    """Path of already-downloaded weights for `name` in the Hugging Face cache, if any."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if not hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    for fname in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, fname)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    # One quick TCP connect instead of huggingface_hub's minute of retries.
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _unavailable(name: str, why: str) -> PretrainedUnavailable:
+    return PretrainedUnavailable(
+        f"pretrained weights for {name!r} are not cached and {why}. Train from scratch with "
+        "--no-pretrained (pretrained=False), or give a local weights file with --weights PATH "
+        "(weights=PATH).")
+
+
+def create_model(arch: ArchSpec, n_out: int, pretrained: bool = True, weights: str | None = None,
+                 ps: float = 0.0) -> nn.Module:
+    """A classifier with `n_out` outputs.
+
+    Example:
+        >>> model = create_model("resnet18", n_out=10, pretrained=False)
+    """
+    if isinstance(arch, nn.Module):
+        return arch
+    if not isinstance(arch, str):
+        return arch(n_out)
+    _check_arch(arch)
+    kwargs = dict(num_classes=n_out, drop_rate=ps)
+    if weights:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"weights file {weights} does not exist")
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    cached = _cached_weights(arch)
+    if cached:
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
+    if not _hub_reachable():
+        raise _unavailable(arch, "the Hugging Face Hub cannot be reached (offline?)")
+    try:
+        return timm.create_model(arch, pretrained=True, **kwargs)
+    except Exception as e:  # network and hub errors come in many types
+        raise _unavailable(arch, f"the download failed ({type(e).__name__}: {e})") from e
+
+
+def model_normalization(model: nn.Module) -> tuple[list[float], list[float]] | None:
+    """The mean/std the pretrained weights expect (timm's `pretrained_cfg`), if known."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" in cfg and "std" in cfg:
+        return list(cfg["mean"]), list(cfg["std"])
+    return None
+
+
+def _head(model: nn.Module) -> nn.Module:
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+            return head
+    children = [c for c in model.children() if any(True for _ in c.parameters())]
+    return children[-1] if children else model
+
+
+def model_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Two parameter groups, body then head, so fastai's `freeze` trains only the head."""
+    head_ids = {id(p) for p in params(_head(model))}
+    body = [p for p in params(model) if id(p) not in head_ids]
+    head = [p for p in params(model) if id(p) in head_ids]
+    return [body, head] if body else [head]
+
+
+def single_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = True,
+                         weights: str | None = None, ps: float = 0.0, label_smoothing: float = 0.0,
+                         wd: float | None = None, cbs=None, path: str | Path = ".") -> Learner:
+    """Softmax classifier Learner with accuracy (and top-5 accuracy at 10+ classes).
+
+    Example:
+        >>> learn = single_label_learner(dls, "resnet18", n_out=10, pretrained=False)
+    """
+    model = create_model(arch, n_out, pretrained, weights, ps)
+    metrics = [AccumMetric(accuracy, flatten=False, name="accuracy")]
+    if n_out >= 10:
+        metrics.append(AccumMetric(partial(top_k_accuracy, k=5), flatten=False, name="top5_accuracy"))
+    loss = CrossEntropyLossFlat(label_smoothing=label_smoothing)
+    return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights))
+
+
+def multi_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = True,
+                        weights: str | None = None, ps: float = 0.0, pos_weight: torch.Tensor | None = None,
+                        wd: float | None = None, cbs=None, path: str | Path = ".") -> Learner:
+    """Sigmoid/BCE multi-label Learner with precision, recall and F1 at 0.5 per epoch.
+
+    Example:
+        >>> learn = multi_label_learner(dls, "resnet18", n_out=18, pretrained=False)
+    """
+    model = create_model(arch, n_out, pretrained, weights, ps)
+    metrics = [F1ScoreMulti(average="samples"), F1ScoreMulti(average="micro"),
+               PrecisionMulti(average="micro"), RecallMulti(average="micro")]
+    for m, name in zip(metrics, ("f1_samples", "f1_micro", "precision_micro", "recall_micro")):
+        m._name = name
+    loss = BCEWithLogitsLossFlat(pos_weight=pos_weight)
+    return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights))
+
+
+def _learner(dls, model, loss, metrics, wd, cbs, path, frozen: bool) -> Learner:
+    kw = {} if wd is None else {"wd": wd}
+    learn = Learner(dls, model, loss_func=loss, metrics=metrics, splitter=model_splitter, cbs=cbs,
+                    path=path, model_dir=".", **kw)
+    if frozen:
+        learn.freeze()
+    return learn

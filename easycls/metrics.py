@@ -1,0 +1,45 @@
+"""Final validation metrics from gathered predictions (the `metrics.json` contract)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import thresholds as th
+
+__all__ = ["single_label_metrics", "multi_label_metrics"]
+
+
+def single_label_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict:
+    """accuracy, valid_loss (cross-entropy), and top5_accuracy at 10 or more classes."""
+    probs, targets = probs.float(), targets.long()
+    out = {
+        "accuracy": float((probs.argmax(1) == targets).float().mean()),
+        "valid_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), targets)),
+        "n_valid": int(len(targets)),
+    }
+    if probs.shape[1] >= 10:
+        top5 = probs.topk(5, dim=1).indices
+        out["top5_accuracy"] = float((top5 == targets[:, None]).any(1).float().mean())
+    return out
+
+
+def _scores(probs: np.ndarray, targets: np.ndarray, thresholds) -> dict:
+    pred = probs >= np.asarray(thresholds)
+    tp = (pred & targets).sum()
+    out = {f"f1_{avg}": th.f1_scores(probs, targets, thresholds, average=avg)
+           for avg in ("samples", "micro", "macro")}
+    out["precision_micro"] = float(tp / max(pred.sum(), 1))
+    out["recall_micro"] = float(tp / max(targets.sum(), 1))
+    return out
+
+
+def multi_label_metrics(probs: torch.Tensor, targets: torch.Tensor, average: str = "samples") -> dict:
+    """F1s, precision and recall at tuned thresholds, the same `at_0.5`, and the thresholds."""
+    p = probs.float().numpy().astype(np.float64)
+    t = targets.numpy() > 0.5
+    tuned = th.tune_thresholds(p, t, average=average)
+    loss = F.binary_cross_entropy(probs.float().clamp(1e-7, 1 - 1e-7), targets.float())
+    return {**_scores(p, t, tuned["per_class"]), "at_0.5": _scores(p, t, 0.5),
+            "valid_loss": float(loss), "n_valid": int(len(t)), "thresholds": tuned}
