@@ -14,7 +14,7 @@ __all__ = ["fit", "load", "save", "Predictor", "__version__"]
 
 # Public names resolve on first use, so `easycls --version` and `import easycls` stay
 # fast: torch and fastai are imported only when training or predicting.
-_LAZY = {"fit": ".fit", "save": ".fit", "load": ".bundle", "Predictor": ".bundle"}
+_LAZY = {"fit": ".train", "save": ".train", "load": ".bundle", "Predictor": ".bundle"}
 
 
 def __getattr__(name: str):

@@ -40,20 +40,17 @@ class HistoryCSV(Callback):
     order = 60  # after fastai's Recorder (50) has filled `final_record`
 
     def __init__(self, path: str | Path, start: int = 0):
-        self.path, self.count, self.active = Path(path), start, False
-
-    # get_preds/validate also fire epoch events; only epochs of a fit are history.
-    def before_fit(self):
-        self.active = True
-
-    def after_fit(self):
-        self.active = False
+        self.path, self.count, self.trained = Path(path), start, False
 
     def before_epoch(self):
-        self._t0 = time.perf_counter()
+        self._t0, self.trained = time.perf_counter(), False
+
+    # get_preds/validate also fire epoch events; only epochs that trained are history.
+    def after_train(self):
+        self.trained = True
 
     def after_epoch(self):
-        if not self.active:
+        if not self.trained:
             return
         names = [n for n in self.recorder.metric_names[1:] if n != "time"]
         values = [float(v) if v is not None else "" for v in self.learn.final_record]

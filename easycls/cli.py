@@ -70,7 +70,7 @@ def fit_cmd(
     """Train a classifier on SOURCE and write a run directory."""
     from .data.sources import DataError
     from .data.tables import TableError
-    from .fit import fit
+    from .train import fit
     from .learners import ArchError, PretrainedUnavailable
     settings = dict(arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, pretrained=pretrained,
                     weights=str(weights) if weights else None, valid_pct=valid_pct, seed=seed,

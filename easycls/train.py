@@ -1,4 +1,8 @@
-"""`fit()`: source -> data -> learner -> train -> run directory. The one orchestrator."""
+"""`fit()`: source -> data -> learner -> train -> run directory. The one orchestrator.
+
+The module is `train`, not `fit`: a submodule named `fit` would replace the function
+`easycls.fit` on the package as soon as it was imported.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,57 @@
+"""Shared fixtures: isolated caches, and tiny generated image datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Keep tests off the user's caches and off the network, whatever the order of imports.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory, monkeypatch):
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("EASYCLS_CACHE", str(base / "cache"))
+    monkeypatch.setenv("EASYCLS_DATA_HOME", str(base / "datasets"))
+    monkeypatch.setenv("EASYCLS_DATA", str(base / "data"))
+
+
+def color_image(label_index: int, n_classes: int, rng: np.random.Generator, size: int = 24) -> Image.Image:
+    """A noisy image whose mean colour encodes its class: learnable in one epoch."""
+    hue = np.array([(label_index * 97) % 256, (label_index * 57 + 80) % 256, (label_index * 31 + 160) % 256])
+    pixels = np.clip(hue + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def write_class_folders(root: Path, classes=("cat", "dog", "fox"), per_class: int = 12, seed: int = 0,
+                        ext: str = ".png") -> Path:
+    """`root/<class>/<i>.<ext>` colour-coded images."""
+    rng = np.random.default_rng(seed)
+    for ci, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            color_image(ci, len(classes), rng).save(root / name / f"{name}_{i}{ext}")
+    return root
+
+
+@pytest.fixture
+def class_folders(tmp_path) -> Path:
+    return write_class_folders(tmp_path / "pets")
+
+
+@pytest.fixture
+def split_folders(tmp_path) -> Path:
+    root = tmp_path / "split"
+    write_class_folders(root / "train", per_class=12, seed=1)
+    write_class_folders(root / "valid", per_class=4, seed=2)
+    write_class_folders(root / "test" / "unlabelled_dump", classes=("x",), per_class=5, seed=3)
+    return root
+
+
+TINY = dict(arch="resnet18", pretrained=False, epochs=1, size=32, bs=8, lr=1e-3, quiet=True)
