@@ -1,23 +1,135 @@
 """The only module that knows about processes (and the only one that imports accelerate).
 
 `Session` tells the rest of the code where to run and what to add; callers never test
-ranks themselves: they ask for `session.main_only(callbacks)` or `session.on_main(fn)`.
+ranks themselves: they ask for `session.main_only(callbacks)`, `session.on_main(fn)`,
+`session.any_rank(flag)` or `session.agree(value)`.
+
+Launchers (`accelerate launch --multi_gpu --num_processes N -m easycls fit ...`,
+`torchrun --nproc_per_node N -m easycls fit ...`, SLURM through either) set `WORLD_SIZE`
+and `RANK`; an `Accelerator` then joins the process group: NCCL on CUDA, gloo on CPU.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from fastai.distributed import DistributedDL, DistributedTrainer
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["Session", "session", "world_size"]
+__all__ = ["Session", "session", "world_size", "is_main_process", "TrainShardsDL", "ValidShardsDL",
+           "DataParallelTrainer", "resolve_precision"]
 
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a plain single process): the one that shows messages."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _broadcast_list(values: list[int], src: int, world: int) -> list[int]:
+    # fastai's DistributedDL._broadcast always calls .cuda(): gloo needs CPU tensors.
+    if world == 1 or not dist.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.long)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.broadcast(t, src)
+    return t.cpu().tolist()
+
+
+class ValidShardsDL(DistributedDL):
+    """fastai's padded shards (pad, then unpad in `to_detach`), broadcast on CPU or CUDA.
+
+    Gathered predictions come back once each, in order: metrics equal a single-process run.
+    """
+
+    def _broadcast(self, t, rank):
+        return _broadcast_list(t, rank, self.world_size)
+
+
+class TrainShardsDL(DistributedDL):
+    """Training shards: one shuffled order shared by all ranks, rank r takes every
+    `world_size`-th index from position r, truncated so no sample is repeated.
+
+    `skip` batches are left out of the next pass (resuming inside an epoch); `epoch_rng`
+    is the loader's RNG state before that pass, which fixes the pass's order.
+    """
+
+    skip: int = 0
+    epoch_rng: Any = None
+
+    def _broadcast(self, t, rank):
+        return _broadcast_list(t, rank, self.world_size)
+
+    def __len__(self) -> int:
+        per_rank = self.dl.n // self.world_size
+        return per_rank // self.bs if self.drop_last else math.ceil(per_rank / self.bs)
+
+    def randomize(self):
+        self.epoch_rng = self.dl.rng.getstate()
+        self.dl.randomize()
+
+    def get_idxs(self):
+        idxs = self._broadcast(list(self.dl.get_idxs()), 0)
+        n = len(idxs) // self.world_size * self.world_size  # the dropped tail is < world_size items
+        self.n = self.n_padded = n
+        mine = idxs[self.rank:n:self.world_size]
+        skip, self.skip = self.skip, 0
+        return mine[skip * self.bs:]
+
+    def to_detach(self, b, cpu=True, gather=True):
+        return self._to_detach(b, cpu, gather)  # nothing padded, nothing to cut
+
+
+class DataParallelTrainer(DistributedTrainer):
+    """fastai's `DistributedTrainer` with the process group's own `Accelerator`, CPU/gloo-safe
+    shards, and no DDP when there is one process (then it only shards the training loader,
+    which gives checkpoints a resumable data order)."""
+
+    order = 11
+
+    def __init__(self, accelerator=None, rank: int = 0, world: int = 1, sync_bn: bool = False):
+        self.accelerator, self.rank, self.world, self.sync_bn = accelerator, rank, world, sync_bn
+
+    def before_fit(self):
+        if self.world > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model) if self.sync_bn else self.model
+            self.learn.model = self.accelerator.prepare(model)
+        self.old_dls = list(self.dls)
+        self.learn.dls.loaders = [self._wrap_dl(dl) for dl in self.dls]
+
+    def _wrap_dl(self, dl):
+        if isinstance(dl, DistributedDL):
+            return dl
+        if dl.shuffle:
+            return TrainShardsDL(dl, self.rank, self.world, device=dl.device)
+        return ValidShardsDL(dl, self.rank, self.world, device=dl.device) if self.world > 1 else dl
+
+    def after_fit(self):
+        if isinstance(self.learn.model, DistributedDataParallel):
+            self.learn.model = self.learn.model.module
+        self.learn.dls.loaders = self.old_dls
+
+
+def resolve_precision(requested: str | None, device: torch.device) -> str:
+    """"no", "fp16" or "bf16"; None picks bf16 on CUDA that supports it, else no."""
+    requested = requested or os.environ.get("ACCELERATE_MIXED_PRECISION") or None
+    if requested is None:
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if requested not in ("no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', not {requested!r}")
+    if requested != "no" and device.type != "cuda":
+        raise ValueError(f"mixed precision {requested} needs a CUDA GPU; on CPU use --mixed-precision no")
+    return requested
 
 
 @dataclass
@@ -27,6 +139,7 @@ class Session:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    accelerator: Any = field(default=None, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -43,15 +156,58 @@ class Session:
         return result
 
     def barrier(self) -> None:
-        if self.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        if self.world_size > 1 and dist.is_initialized():
+            dist.barrier()
 
-    def train_callbacks(self) -> list:
-        return []
+    def any_rank(self, *flags: bool) -> list[bool]:
+        """Each flag true on every rank when it is true on any (a signal seen by one stops all)."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return [bool(f) for f in flags]
+        t = torch.tensor([int(f) for f in flags], device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def agree(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank (decisions made from timings must match)."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def train_callbacks(self, cfg: Any = None) -> list:
+        """DDP and sharding; on CUDA also mixed precision and channels_last (from `cfg`)."""
+        cbs: list = [DataParallelTrainer(self.accelerator, self.rank, self.world_size,
+                                         sync_bn=self.device.type == "cuda" and self.world_size > 1)]
+        precision = resolve_precision(getattr(cfg, "mixed_precision", None), self.device)
+        if self.device.type != "cuda":
+            return cbs
+        if precision != "no":
+            from fastai.callback.fp16 import MixedPrecision
+            cbs.append(MixedPrecision(precision))
+        if getattr(cfg, "channels_last", None) is not False:
+            from fastai.callback.channelslast import ChannelsLast
+            cbs.append(ChannelsLast())
+        return cbs
+
+    def batch_sizes(self, bs: int) -> str:
+        return f"bs {bs} per process x {self.world_size} = {bs * self.world_size}"
 
 
 def session(cpu: bool | None = None) -> Session:
-    """The session of this process; single-process unless started by a launcher."""
+    """The session of this process; single-process unless started by a launcher.
+
+    Example:
+        >>> sess = session()   # under torchrun: joins the process group (gloo on CPU)
+        >>> sess.world_size
+    """
     use_cuda = torch.cuda.is_available() and not cpu
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
-    return Session(int(os.environ.get("RANK", 0)), world_size(), device)
+    world = world_size()
+    if world == 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
+        return Session(0, 1, device)
+    from accelerate import Accelerator
+    # Accelerator joins the process group the launcher described (NCCL on CUDA, gloo on CPU).
+    # Mixed precision stays with fastai's callback, so Accelerator itself runs in fp32.
+    acc = Accelerator(cpu=not use_cuda, mixed_precision="no")
+    return Session(acc.process_index, acc.num_processes, acc.device, acc)

@@ -1,0 +1,299 @@
+"""Preemption-safe training: atomic `checkpoint.pth`, stop-on-signal, and exact resume.
+
+A run is a list of one-cycle `Phase`s (fastai's `fine_tune` is two: frozen, unfrozen).
+`Checkpointer` saves, atomically, the model, optimizer, the position (phase, epoch, batches
+done), the data order (the training loader's RNG state at the epoch's start) and the RNG
+states, at every epoch end, every `minutes` inside long epochs, and when SIGTERM or SIGINT
+arrives (then it stops the fit and `run_phases` raises `TrainingInterrupted`). Resuming
+starts each phase through fastai's own `fit_one_cycle(start_epoch=)`, so the one-cycle
+schedule continues from the same `pct_train`, then skips the batches already done.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback, CancelFitException
+
+from . import __version__
+
+__all__ = ["CHECKPOINT", "Phase", "plan_phases", "Checkpointer", "TrainingInterrupted", "CheckpointError",
+           "save_checkpoint", "load_checkpoint", "run_phases", "trim_history"]
+
+CHECKPOINT = "checkpoint.pth"
+_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used for this run."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped by a signal after writing a checkpoint."""
+
+    def __init__(self, signum: int, run_dir: Path):
+        self.signum, self.run_dir = signum, run_dir
+        super().__init__(f"training stopped by {signal.Signals(signum).name}; the checkpoint is in "
+                         f"{Path(run_dir) / CHECKPOINT}. Continue with: easycls fit --resume {run_dir}")
+
+
+@dataclass
+class Phase:
+    """One `fit_one_cycle` call: epochs, lr (float or slice), its keywords, and freezing."""
+
+    name: str
+    epochs: int
+    lr: Any
+    kwargs: dict = field(default_factory=dict)
+    freeze: bool | None = None  # True: learn.freeze(); False: learn.unfreeze(); None: as is
+
+
+def plan_phases(fine_tune: bool, epochs: int, lr: float, freeze_epochs: int = 1) -> list[Phase]:
+    """The phases of fastai's `fine_tune` (or one `fit_one_cycle` from scratch), made explicit
+    so a checkpoint can say which phase it stopped in; the numbers are `fine_tune`'s defaults.
+
+    Example:
+        >>> [p.name for p in plan_phases(True, 5, 1e-3)]
+        ['frozen', 'unfrozen']
+    """
+    if not fine_tune:
+        return [Phase("train", epochs, lr)]
+    return [Phase("frozen", freeze_epochs, slice(lr), dict(pct_start=0.99), freeze=True),
+            Phase("unfrozen", epochs, slice(lr / 2 / 100, lr / 2), dict(pct_start=0.3, div=5.0), freeze=False)]
+
+
+# ---- atomic files ---------------------------------------------------------------------------
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write `state` to `path` via a temporary file, flushed and fsynced, then renamed over it:
+    a crash mid-write leaves the previous checkpoint intact and only `*.tmp` half-written."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(run_dir: str | Path, *, arch: str, classes: list[str]) -> dict:
+    """The checkpoint of `run_dir`, refused unless it matches this easycls version, arch and classes."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} holds no {CHECKPOINT}: nothing to resume (a run writes one at "
+                              "the end of its first epoch)")
+    try:
+        # Our own file, but still no pickled code: tensors, numbers, strings and containers only.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e}); it is damaged. "
+                              "Start the run again without --resume.") from e
+    _check_matches(state, path, arch, classes)
+    return state
+
+
+def _check_matches(state: dict, path: Path, arch: str, classes: list[str]) -> None:
+    found = {"easycls version": state.get("easycls_version"), "arch": state.get("arch"),
+             "class list": state.get("classes")}
+    wanted = {"easycls version": __version__, "arch": arch, "class list": list(classes)}
+    for what in found:
+        if found[what] != wanted[what]:
+            raise CheckpointError(f"{path} was written with {what} {_shown(found[what])}, but this run has "
+                                  f"{_shown(wanted[what])}; it cannot be resumed here. Start a new run "
+                                  "(another --out) or use the matching easycls version and data.")
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return f"{len(value)} classes ({', '.join(map(str, value[:5]))}{', ...' if len(value) > 5 else ''})"
+    return repr(value)
+
+
+def trim_history(path: str | Path, rows: int) -> None:
+    """Keep the header and the first `rows` epochs of `history.csv` (rows written after the
+    checkpoint are redone by the resumed run)."""
+    path = Path(path)
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(lines[: rows + 1]) if rows else "")
+
+
+# ---- RNG ------------------------------------------------------------------------------------
+
+def _rng_state() -> dict:
+    mt, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = dict(torch=torch.get_rng_state(), python=_py_state(random.getstate()),
+                 numpy=dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                            has_gauss=int(has_gauss), gauss=float(gauss)))
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_py_state_back(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _py_state(s) -> list:
+    return [s[0], list(s[1]), s[2]]  # plain lists load with weights_only
+
+
+def _py_state_back(s) -> tuple:
+    return (s[0], tuple(s[1]), s[2])
+
+
+# ---- the callback ---------------------------------------------------------------------------
+
+def _bare(model):
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+class Checkpointer(Callback):
+    """Saves `run_dir/checkpoint.pth` at epoch ends, every `minutes`, and on SIGTERM/SIGINT.
+
+    `session` decides who writes (rank 0) and makes every rank stop at the same batch.
+    `meta` (arch, classes, multi_label, ...) and `extra()` (e.g. the budget plan) go into
+    every checkpoint.
+    """
+
+    order = 65  # after HistoryCSV (60) has written the epoch's row
+
+    def __init__(self, run_dir: Path, session, meta: dict, minutes: float | None = None,
+                 t_start: float | None = None, extra: Callable[[], dict] = dict):
+        self.run_dir, self.session, self.meta, self.minutes = Path(run_dir), session, meta, minutes
+        self.t_start = t_start if t_start is not None else time.perf_counter()
+        self.extra, self.signum, self.interrupted = extra, None, None
+        self.phase, self.offset, self.resume = 0, 0, None
+
+    # position -------------------------------------------------------------------------------
+    def start_phase(self, index: int, history_offset: int, resume: dict | None) -> None:
+        self.phase, self.offset, self.resume = index, history_offset, resume
+
+    def before_fit(self):
+        self._last_save, self._done = time.perf_counter(), 0
+
+    def before_epoch(self):
+        self._skipped = False
+
+    def after_cancel_epoch(self):
+        self._skipped = True  # fastai's SkipToEpoch passing over an epoch done before the resume
+
+    def before_train(self):
+        # `learn.dl` is distributed.TrainShardsDL (also in one process); `.dl` is the fastai loader.
+        self._done, dl = 0, self.learn.dl
+        self._epoch_rng = dl.dl.rng.getstate()
+        r = self.resume
+        if r is not None and r["epoch"] == self.epoch:
+            # Same data order as the interrupted pass, minus the batches already trained on.
+            dl.dl.rng.setstate(_py_state_back(r["data_rng"]))
+            self._epoch_rng, dl.skip, self._done = dl.dl.rng.getstate(), r["batches_done"], r["batches_done"]
+            self.learn.pct_train = (self.epoch + self._done / max(1, len(dl))) / self.n_epoch
+            self.resume = None
+
+    def after_batch(self):
+        if self.training:
+            self._done += 1
+        due = bool(self.minutes) and time.perf_counter() - self._last_save >= 60 * self.minutes
+        stop, due = self.session.any_rank(self.signum is not None, due and self.training)
+        if stop:
+            self._save(self.epoch, self._done, self._epoch_rng)
+            self.interrupted = self.signum or signal.SIGTERM
+            raise CancelFitException()
+        if due:
+            self._save(self.epoch, self._done, self._epoch_rng)
+
+    def after_epoch(self):
+        if not self._skipped:
+            self._save(self.epoch + 1, 0, self.dls.train.dl.rng.getstate())
+
+    def _save(self, epoch: int, done: int, data_rng) -> None:
+        state = dict(format=_FORMAT, easycls_version=__version__, **self.meta, phase=self.phase,
+                     epoch=epoch, batches_done=done, n_epoch=self.n_epoch, data_rng=_py_state(data_rng),
+                     history_rows=self.offset + epoch, elapsed=time.perf_counter() - self.t_start,
+                     model=_bare(self.model).state_dict(), opt=self.opt.state_dict(), rng=_rng_state(),
+                     **self.extra())
+        self.session.on_main(lambda: save_checkpoint(state, self.run_dir / CHECKPOINT))
+        self._last_save = time.perf_counter()
+
+    # signals ----------------------------------------------------------------------------------
+    @contextmanager
+    def catching_signals(self) -> Iterator[None]:
+        """While inside, SIGTERM/SIGINT ask for a checkpoint and a clean stop; a second SIGINT aborts."""
+        def handler(signum, frame):
+            if self.signum == signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signum = signum
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def restore(learn, state: dict) -> None:
+    """Model, optimizer and RNG states of a checkpoint (after the phase's freezing is set)."""
+    _bare(learn.model).load_state_dict(state["model"])
+    if learn.opt is None:
+        learn.create_opt()
+    learn.opt.load_state_dict(state["opt"])
+    _set_rng_state(state["rng"])
+
+
+def run_phases(learn, phases: list[Phase], ckpt: Checkpointer, *, resume: dict | None = None,
+               last_phase_cbs: list | None = None, last_phase_epochs: int | None = None) -> None:
+    """Train `phases` in order (from `resume`'s position), checkpointing through `ckpt`.
+
+    `last_phase_cbs` (e.g. a `TimeBudget`) join the last phase, which then runs for
+    `last_phase_epochs` loop epochs (the budget stops it).
+    """
+    offset = 0
+    with ckpt.catching_signals():
+        for i, ph in enumerate(phases):
+            last = i == len(phases) - 1
+            n_epoch = last_phase_epochs if (last and last_phase_epochs) else ph.epochs
+            here = resume if (resume is not None and resume["phase"] == i) else None
+            if resume is not None and i < resume["phase"]:
+                offset += ph.epochs
+                continue
+            if ph.freeze is not None:
+                learn.freeze() if ph.freeze else learn.unfreeze()
+            if here is not None:
+                restore(learn, here)
+                if here["epoch"] >= here["n_epoch"]:  # this phase had ended: go on with the next
+                    learn.dls.train.rng.setstate(_py_state_back(here["data_rng"]))
+                    offset += here["n_epoch"]
+                    resume = None
+                    continue
+            ckpt.start_phase(i, offset, here)
+            cbs = [ckpt] + (list(last_phase_cbs or []) if last else [])
+            learn.fit_one_cycle(n_epoch, ph.lr, cbs=cbs, start_epoch=here["epoch"] if here else 0, **ph.kwargs)
+            if ckpt.interrupted:
+                raise TrainingInterrupted(ckpt.interrupted, ckpt.run_dir)
+            offset += ph.epochs
