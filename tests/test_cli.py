@@ -1,0 +1,81 @@
+"""The easycls command line end to end: fit, predict, archs, --version, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import write_class_folders
+from typer.testing import CliRunner
+
+from easycls import __version__
+from easycls.cli import app
+
+runner = CliRunner()
+TINY_ARGS = ["--arch", "resnet18", "--no-pretrained", "--epochs", "1", "--size", "32", "--bs", "8",
+             "--lr", "1e-3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    root = write_class_folders(tmp_path_factory.mktemp("d") / "pets", per_class=16)
+    out = tmp_path_factory.mktemp("runs") / "cli-run"
+    result = runner.invoke(app, ["fit", str(root), "--out", str(out), *TINY_ARGS])
+    assert result.exit_code == 0, result.output
+    return root, out
+
+
+def test_fit_writes_run_directory(cli_run):
+    _, out = cli_run
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] > 0.5
+    assert json.loads((out / "config.json").read_text())["epochs"] == 1
+
+
+def test_predict_files_and_folders_to_csv(cli_run, tmp_path):
+    root, out = cli_run
+    csv_path = tmp_path / "preds.csv"
+    one = next((root / "cat").iterdir())
+    result = runner.invoke(app, ["predict", str(out), str(one), str(root / "dog"), "--csv", str(csv_path)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 1 + len(list((root / "dog").iterdir()))
+    assert sum(r["label"] == "dog" for r in rows[1:]) >= 0.8 * (len(rows) - 1)
+
+
+def test_predict_prints_and_reports_unreadable(cli_run, tmp_path):
+    _, out = cli_run
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"")
+    good = tmp_path / "good.png"
+    import numpy as np
+    from conftest import color_image
+    color_image(0, 3, np.random.default_rng(0)).save(good)
+    result = runner.invoke(app, ["predict", str(out), str(good), str(bad)])
+    assert result.exit_code == 0
+    assert "good.png" in result.stdout and "skipped" in result.output and "zero-byte" in result.output
+
+
+def test_archs_lists_timm_names():
+    result = runner.invoke(app, ["archs", "resnet1"])
+    assert result.exit_code == 0 and "resnet18" in result.stdout.split()
+
+
+def test_unknown_arch_is_a_clear_error(class_folders, tmp_path):
+    result = runner.invoke(app, ["fit", str(class_folders), "--out", str(tmp_path / "r"),
+                                 *TINY_ARGS[2:], "--arch", "resnet_18"])
+    assert result.exit_code == 2
+    assert "unknown architecture 'resnet_18'" in result.output and "resnet18" in result.output
+
+
+def test_missing_source_is_a_clear_error():
+    result = runner.invoke(app, ["fit", "no/such/folder", *TINY_ARGS])
+    assert result.exit_code == 2 and "no/such/folder" in result.output
+
+
+def test_version_from_console_script_and_module():
+    script = subprocess.run(["easycls", "--version"], capture_output=True, text=True, check=True)
+    module = subprocess.run([sys.executable, "-m", "easycls", "--version"], capture_output=True, text=True, check=True)
+    assert script.stdout.strip() == module.stdout.strip() == f"easycls {__version__}"
