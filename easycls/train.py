@@ -19,8 +19,17 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
 from . import distributed
+from .budget import UNBOUNDED_EPOCHS, TimeBudget
 from .bundle import save_bundle
 from .callbacks import HistoryCSV, JsonEvents, L1Penalty, PlainTensors
+from .checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    load_checkpoint,
+    plan_phases,
+    run_phases,
+    trim_history,
+)
 from .config import RECIPE_DEFAULTS, TrainConfig
 from .data import cache as dcache
 from .data.images import check_images
@@ -135,7 +144,7 @@ def _rows(px: Pixels, rows: list[int]) -> Pixels:
     return Pixels([px.refs[r] for r in rows], px.size, None if px.array is None else px.array[rows])
 
 
-def _build_learner(data: _Data, cfg: TrainConfig, arch, sess, run_dir: Path) -> Learner:
+def _build_learner(data: _Data, cfg: TrainConfig, arch, sess, run_dir: Path, history_start: int = 0) -> Learner:
     model = create_model(arch, len(data.vocab), cfg.pretrained, cfg.weights, cfg.ps)
     train_ds, valid_ds = data.datasets()
     norm = model_normalization(model) if (cfg.pretrained or cfg.weights) else None
@@ -145,8 +154,8 @@ def _build_learner(data: _Data, cfg: TrainConfig, arch, sess, run_dir: Path) -> 
                            augment=cfg.augment, flip=cfg.extra.get("flip", True),
                            workers=workers if workers is not None else _decode_workers(),
                            device=sess.device, seed=cfg.seed)
-    cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks()
-    cbs += sess.main_only([HistoryCSV(run_dir / "history.csv")]
+    cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
+    cbs += sess.main_only([HistoryCSV(run_dir / "history.csv", start=history_start)]
                           + ([JsonEvents(cfg.log_json)] if cfg.log_json else []))
     kw = dict(pretrained=cfg.pretrained, weights=cfg.weights, wd=cfg.wd, cbs=cbs, path=run_dir)
     if data.multi_label:
@@ -155,6 +164,8 @@ def _build_learner(data: _Data, cfg: TrainConfig, arch, sess, run_dir: Path) -> 
     else:
         learn = single_label_learner(dls, model, len(data.vocab), label_smoothing=cfg.label_smoothing, **kw)
     learn.normalization = (list(mean), list(std))
+    if cfg.compile:
+        learn.model = torch.compile(learn.model)
     if cfg.quiet or not sess.is_main:
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *a, **k: None
@@ -180,11 +191,28 @@ def _pick_lr(learn: Learner, cfg: TrainConfig, say) -> float:
     return lr
 
 
-def _train(learn: Learner, cfg: TrainConfig, lr: float) -> None:
-    if cfg.pretrained or cfg.weights:
-        learn.fine_tune(cfg.epochs, base_lr=lr, freeze_epochs=cfg.freeze_epochs)
-    else:
-        learn.fit_one_cycle(cfg.epochs, lr)
+def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float, state: dict | None) -> dict:
+    """fine_tune or fit_one_cycle, checkpointed and resumable; under a time budget the last
+    phase's epochs are planned by `TimeBudget`. Returns the budget facts for metrics.json."""
+    lr = cfg.lr * (sess.world_size if cfg.scale_lr else 1)
+    phases = plan_phases(bool(cfg.pretrained or cfg.weights), cfg.epochs, lr, cfg.freeze_epochs)
+    budget = None
+    if cfg.time_budget:
+        guess = state["n_epoch"] if state and state["phase"] == len(phases) - 1 else cfg.epochs
+        budget = TimeBudget(cfg.time_budget, t_start, guess, agree=sess.agree)
+    ckpt = Checkpointer(Path(cfg.out), sess, meta, cfg.checkpoint_minutes, t_start)
+    run_phases(learn, phases, ckpt, resume=state, last_phase_cbs=[budget] if budget else None,
+               last_phase_epochs=UNBOUNDED_EPOCHS if budget else None)
+    return dict(time_budget_seconds=cfg.time_budget, planned_epochs=budget.planned) if budget else {}
+
+
+def _resumed_config(resume: str | Path, overrides: dict) -> TrainConfig:
+    """The config.json of the run to continue; only output settings may change."""
+    path = Path(resume) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{resume} holds no config.json: give the run directory of the run to continue")
+    keep = {k: v for k, v in overrides.items() if k in ("quiet", "workers", "log_json") and v is not None}
+    return TrainConfig.from_json(path).updated(out=str(resume), **keep)
 
 
 def _final_metrics(learn: Learner, data: _Data, cfg: TrainConfig) -> dict:
@@ -194,10 +222,10 @@ def _final_metrics(learn: Learner, data: _Data, cfg: TrainConfig) -> dict:
     return single_label_metrics(probs, targets)
 
 
-def fit(source: str, arch: Any = None, epochs: int | None = None, lr: float | None = None,
+def fit(source: str | None = None, arch: Any = None, epochs: int | None = None, lr: float | None = None,
         bs: int | None = None, size: int | None = None, pretrained: bool | None = None,
         weights: str | None = None, valid_pct: float | None = None, seed: int | None = None,
-        out: str | None = None, **overrides: Any) -> Learner:
+        out: str | None = None, resume: str | None = None, **overrides: Any) -> Learner:
     """Train an image classifier and write its run directory.
 
     Args:
@@ -210,6 +238,7 @@ def fit(source: str, arch: Any = None, epochs: int | None = None, lr: float | No
         weights: a local timm-compatible weights file.
         valid_pct, seed: random validation share (when the data has no split) and seed.
         out: run directory (default `runs/<source>-<arch>-<time>`).
+        resume: a run directory to continue from its `checkpoint.pth`, with its `config.json`.
         **overrides: any other `TrainConfig` field (wd, l1, ps, label_smoothing, ...).
 
     Returns:
@@ -219,8 +248,11 @@ def fit(source: str, arch: Any = None, epochs: int | None = None, lr: float | No
         >>> learn = fit("digits")
         >>> learn.final_metrics["accuracy"]
     """
-    cfg = resolve_config(source, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, pretrained=pretrained,
-                         weights=weights, valid_pct=valid_pct, seed=seed, out=out, **overrides)
+    if resume is not None:
+        cfg = _resumed_config(resume, overrides)
+    else:
+        cfg = resolve_config(source, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, pretrained=pretrained,
+                             weights=weights, valid_pct=valid_pct, seed=seed, out=out, **overrides)
     arch_obj = arch if arch is not None and not isinstance(arch, str) else cfg.arch
     sess = distributed.session()
     say = print if (sess.is_main and not cfg.quiet) else (lambda *a, **k: None)
@@ -231,13 +263,19 @@ def fit(source: str, arch: Any = None, epochs: int | None = None, lr: float | No
     cfg = cfg.updated(out=str(run_dir))
     sess.on_main(lambda: run_dir.mkdir(parents=True, exist_ok=True))
     say(_summary(data, cfg, sess))
-    learn = _build_learner(data, cfg, arch_obj, sess, run_dir)
+    state = load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab) if resume is not None else None
+    if state is not None:  # the budget and train_seconds count the time before the stop too
+        t_start -= state["elapsed"]
+        sess.on_main(lambda: trim_history(run_dir / "history.csv", state["history_rows"]))
+    learn = _build_learner(data, cfg, arch_obj, sess, run_dir, state["history_rows"] if state else 0)
     cfg = cfg.updated(lr=_pick_lr(learn, cfg, say))
-    t_train = time.perf_counter()
-    _train(learn, cfg, cfg.lr)
+    sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: --resume reads it
+    t_train = time.perf_counter() - (state["elapsed"] if state else 0.0)
+    meta = dict(arch=cfg.arch, classes=data.vocab)
+    budget_facts = _train(learn, cfg, sess, meta, t_start, state)
     train_seconds = time.perf_counter() - t_train
     metrics = {**_final_metrics(learn, data, cfg), "train_seconds": round(train_seconds, 3),
-               "total_seconds": round(time.perf_counter() - t_start, 3)}
+               "total_seconds": round(time.perf_counter() - t_start, 3), **budget_facts}
     learn.run_dir, learn.final_metrics, learn.vocab_ = run_dir, metrics, data.vocab
     learn.bundle_meta = dict(arch=cfg.arch, classes=data.vocab, size=cfg.size, mean=learn.normalization[0],
                              std=learn.normalization[1], multi_label=data.multi_label,
@@ -253,7 +291,7 @@ def _summary(data: _Data, cfg: TrainConfig, sess) -> str:
     skipped = f", {len(data.table.skipped)} unreadable skipped" if data.table.skipped else ""
     return (f"{cfg.source}: {len(data.table.refs) - n_valid} train / {n_valid} valid images, "
             f"{len(data.vocab)} classes ({kind}){skipped}; {cfg.arch} at {cfg.size}px, "
-            f"bs {cfg.bs} x {sess.world_size} process(es), {'cached' if data.use_cache else 'decoded'} pixels")
+            f"{sess.batch_sizes(cfg.bs)}, {'cached' if data.use_cache else 'decoded'} pixels")
 
 
 def save(learn: Learner, out: str | Path) -> Path:
