@@ -12,13 +12,14 @@ import warnings
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
-from .images import is_image_name, zip_ref
+from .images import IMAGE_EXTENSIONS, is_image_name, zip_ref
 from .tables import read_label_csv
 
-__all__ = ["ItemTable", "DataError", "from_path", "from_folder", "from_zip", "from_csv",
-           "from_listing", "list_folder", "list_zip", "SPLIT_NAMES"]
+__all__ = ["ItemTable", "DataError", "Tree", "from_path", "from_folder", "from_zip", "from_csv", "from_tree",
+           "from_listing", "list_folder", "list_zip", "resolve_files", "resolve_in_tree", "closest", "SPLIT_NAMES"]
 
 SPLIT_NAMES = {"train": ("train", "training"), "valid": ("valid", "val", "validation"),
                "test": ("test", "testing")}
@@ -40,7 +41,8 @@ class ItemTable:
     labels: list[list[str]]
     is_valid: list[bool] | None = None
     test_refs: list[str] = field(default_factory=list)
-    test_labels: list[list[str]] | None = None
+    test_labels: list[list[str]] | None = None  # per test item; [] where unknown
+    test_ids: list[str] = field(default_factory=list)  # test names as a submission lists them
     name: str = "data"
     root: str = ""
     class_names: dict[str, str] = field(default_factory=dict)  # label -> human name (optional)
@@ -92,6 +94,11 @@ def _natural_key(s: str) -> tuple:
 
 # --- listings: a folder or a zip seen as relative POSIX paths ---------------------------
 
+def _hidden(rel: str) -> bool:
+    # Hidden folders (.git, .ipynb_checkpoints) and macOS resource forks are never data.
+    return any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
+
+
 def list_folder(root: Path) -> list[str]:
     """Image files under `root` as sorted relative POSIX paths (litter and hidden files skipped)."""
     out = []
@@ -103,8 +110,115 @@ def list_folder(root: Path) -> list[str]:
 
 
 def list_zip(path: Path) -> list[str]:
+    """Image members of a zip as sorted POSIX paths (litter, hidden and `__MACOSX/` skipped)."""
+    return sorted(n for n in _zip_names(str(path), os.stat(path).st_mtime_ns)
+                  if not n.endswith("/") and is_image_name(n) and not _hidden(n))
+
+
+@lru_cache(maxsize=8)
+def _zip_names(path: str, mtime_ns: int) -> tuple[str, ...]:
+    # Cached: recipes probe an archive several times; the mtime key notices a rewrite.
     with zipfile.ZipFile(path) as zf:
-        return sorted(n for n in zf.namelist() if not n.endswith("/") and is_image_name(n))
+        return tuple(zf.namelist())
+
+
+class Tree:
+    """A folder, or a folder inside a zip, seen as relative POSIX paths.
+
+    Recipes read the same layout from an extracted folder and from the Kaggle zip
+    through this one interface.
+
+    Example:
+        >>> t = Tree("asl-alphabet.zip", "asl_alphabet_train/asl_alphabet_train")  # doctest: +SKIP
+        >>> t.images()[:1], t.ref("A/A1.jpg")                                       # doctest: +SKIP
+    """
+
+    def __init__(self, base: str | Path, prefix: str = ""):
+        self.base = Path(base).resolve()
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.is_zip = self.base.is_file()
+        if self.is_zip:
+            try:
+                self._names = _zip_names(str(self.base), os.stat(self.base).st_mtime_ns)
+            except zipfile.BadZipFile as e:
+                raise DataError(f"{self.base} is not a readable zip archive ({e}); download it again") from e
+
+    def __repr__(self) -> str:
+        return f"Tree({self.where()!r})"
+
+    def where(self, rel: str = "") -> str:
+        """Human-readable location of `rel` (`archive.zip!/inner/rel` inside a zip)."""
+        inner = (self.prefix + rel).strip("/")
+        if self.is_zip:
+            return zip_ref(self.base, inner) if inner else str(self.base)
+        return str(self.base / inner) if inner else str(self.base)
+
+    def sub(self, rel: str) -> Tree:
+        return Tree(self.base, self.prefix + rel) if rel else self
+
+    def ref(self, rel: str) -> str:
+        """The image reference (path or zip ref) of `rel`."""
+        return zip_ref(self.base, self.prefix + rel) if self.is_zip else str(self.base / self.prefix / rel)
+
+    def _members(self) -> list[str]:
+        n = len(self.prefix)
+        return [m[n:] for m in self._names if m.startswith(self.prefix) and len(m) > n]
+
+    def images(self) -> list[str]:
+        """Image files, sorted, relative to this tree."""
+        if self.is_zip:
+            return sorted(m for m in self._members() if not m.endswith("/") and is_image_name(m) and not _hidden(m))
+        root = self.base / self.prefix
+        return list_folder(root) if root.is_dir() else []
+
+    def dirs(self) -> set[str]:
+        """Every folder below this tree (relative), for spotting empty class folders."""
+        if not self.is_zip:
+            root = self.base / self.prefix
+            found = {Path(d).relative_to(root).as_posix() for d, _, _ in os.walk(root)} - {"."}
+            return {d for d in found if not _hidden(d)}
+        out = set()
+        for m in self._members():
+            parts = m.rstrip("/").split("/")
+            out.update("/".join(parts[:i]) for i in range(1, len(parts) if not m.endswith("/") else len(parts) + 1))
+        return {d for d in out if not _hidden(d)}
+
+    def exists(self, rel: str) -> bool:
+        rel = rel.strip("/")
+        if not self.is_zip:
+            return (self.base / self.prefix / rel).exists()
+        full = self.prefix + rel
+        return full in self._names or any(m.startswith(full + "/") for m in self._names)
+
+    def read_text(self, rel: str) -> str:
+        try:
+            if self.is_zip:
+                with zipfile.ZipFile(self.base) as zf:
+                    data = zf.read(self.prefix + rel)
+            else:
+                data = (self.base / self.prefix / rel).read_bytes()
+        except (KeyError, FileNotFoundError):
+            raise DataError(f"{self.where(rel)} is missing; the dataset looks incomplete") from None
+        return data.decode("utf-8-sig", errors="replace")
+
+    def extract(self, rel: str, dest: Path) -> Path:
+        """`rel` as a real file (copied out of a zip into `dest`), for readers that need a path."""
+        if not self.is_zip:
+            return self.base / self.prefix / rel
+        dest.mkdir(parents=True, exist_ok=True)
+        out = dest / Path(rel).name
+        out.write_text(self.read_text(rel), encoding="utf-8")
+        return out
+
+    def summary(self) -> str:
+        """What is there, for errors: `12 files (.txt x10, .csv x2)`."""
+        files = ([m for m in self._members() if not m.endswith("/")] if self.is_zip else
+                 [f for _, _, fs in os.walk(self.base / self.prefix) for f in fs])
+        if not files:
+            return "nothing (an empty folder)"
+        exts = Counter(PurePosixPath(f).suffix.lower() or "(no extension)" for f in files)
+        shown = ", ".join(f"{e} x{n}" for e, n in exts.most_common(5))
+        return f"{len(files)} file(s) ({shown})"
 
 
 def _strip_nesting(files: list[str]) -> tuple[str, list[str]]:
@@ -136,66 +250,96 @@ def _class_items(files: list[str], where: str) -> tuple[list[str], list[str]]:
     return files, [f.split("/", 1)[0] for f in files]
 
 
-def _warn_empty(dirs: set[str], used: set[str], where: str) -> None:
-    empty = sorted(dirs - used)
+def _warn_empty(all_dirs: set[str] | None, class_root: str, labels: list[str], where: str) -> None:
+    """Warn about class folders (direct children of `class_root`) that hold no image."""
+    if all_dirs is None:
+        return
+    n = len(class_root)
+    dirs = {d[n:] for d in all_dirs if d.startswith(class_root) and d[n:] and "/" not in d[n:]}
+    empty = sorted(dirs - set(labels) - {s for names in SPLIT_NAMES.values() for s in names})
     if empty:
-        warnings.warn(f"class folder(s) without images in {where}: {empty[:10]}", stacklevel=3)
+        warnings.warn(f"{len(empty)} class folder(s) without images in {where}, ignored: {empty[:10]}",
+                      stacklevel=4)
 
 
 def from_listing(files: list[str], to_ref, where: str, all_dirs: set[str] | None = None) -> ItemTable:
-    """Detect class folders or split folders in a listing of relative image paths."""
+    """Detect class folders or split folders in a listing of relative image paths.
+
+    Split folders (`train/`, `valid|val|validation/`, `test/`, any case) win over class
+    folders; a `train/` without a validation folder gets a random split later.
+    """
     prefix, files = _strip_nesting(files)
-    splits: dict[str, list[str]] = {}
+    splits: dict[str, list] = {}
     for f in files:
         head, _, rest = f.partition("/")
         kind = _split_of(head) if rest else None
         splits.setdefault(kind or "", []).append(f if not kind else (head, rest))
-    if "train" in splits and "valid" in splits:
-        return _split_table(splits, lambda p: to_ref(prefix + p), where)
+    if "train" in splits:
+        return _split_table(splits, lambda p: to_ref(prefix + p), where, all_dirs, prefix)
+    if "valid" in splits:
+        raise DataError(f"{where} has a validation folder but no train/ folder; name the training "
+                        "folder train/ (or training/)")
     f_all, labels = _class_items(files, where)
-    if all_dirs is not None:
-        _warn_empty({d[len(prefix):].split("/")[0] for d in all_dirs if d.startswith(prefix) and d[len(prefix):]},
-                    set(labels), where)
+    _warn_empty(all_dirs, prefix, labels, where)
     return ItemTable([to_ref(prefix + f) for f in f_all], [[lab] for lab in labels], root=where)
 
 
-def _split_table(splits: dict, to_ref, where: str) -> ItemTable:
+def _split_part(pairs: list[tuple[str, str]], kind: str, where: str) -> tuple[str, str, list[str]]:
+    """(folder, inner nesting, files) of one split; two folders for one split are ambiguous."""
+    heads = sorted({h for h, _ in pairs})
+    if len(heads) > 1:  # "val" and "validation" both present
+        raise DataError(f"several {kind} folders in {where}: {heads}; keep one")
+    inner_prefix, inner = _strip_nesting([r for _, r in pairs])
+    return heads[0], inner_prefix, inner
+
+
+def _split_table(splits: dict, to_ref, where: str, all_dirs: set[str] | None = None,
+                 prefix: str = "") -> ItemTable:
     refs, labels, is_valid = [], [], []
-    for kind in ("train", "valid"):
-        heads = {h for h, _ in splits[kind]}
-        if len(heads) > 1:  # "val" and "validation" both present: ambiguous
-            raise DataError(f"several {kind} folders in {where}: {sorted(heads)}; keep one")
-        head = heads.pop()
-        inner_prefix, inner = _strip_nesting([r for _, r in splits[kind]])
+    kinds = [k for k in ("train", "valid") if k in splits]
+    for kind in kinds:
+        head, inner_prefix, inner = _split_part(splits[kind], kind, where)
         fs, labs = _class_items(inner, f"{where}/{head}")
+        _warn_empty(all_dirs, f"{prefix}{head}/{inner_prefix}", labs, f"{where}/{head}")
         refs += [to_ref(f"{head}/{inner_prefix}{f}") for f in fs]
         labels += [[lab] for lab in labs]
         is_valid += [kind == "valid"] * len(fs)
-    table = ItemTable(refs, labels, is_valid, root=where)
-    table.test_refs = [to_ref(f"{h}/{r}") for h, r in splits.get("test", [])]
+    table = ItemTable(refs, labels, is_valid if "valid" in splits else None, root=where)
+    if "test" in splits:
+        head, inner_prefix, inner = _split_part(splits["test"], "test", where)
+        table.test_refs = [to_ref(f"{head}/{inner_prefix}{f}") for f in inner]
+        heads = [f.split("/", 1)[0] if "/" in f else None for f in inner]
+        if all(h in set(table.classes) for h in heads):  # test/<class>/...: labelled, can be scored
+            table.test_labels = [[h] for h in heads]
+    return table
+
+
+def from_tree(tree: Tree) -> ItemTable:
+    """Class folders or split folders inside a `Tree` (a folder or a zip)."""
+    files = tree.images()
+    if not files:
+        raise DataError(f"no images in {tree.where()}: found {tree.summary()}. Expected class folders "
+                        f"(<class>/*.jpg) or split folders (train/<class>/, valid/<class>/); image "
+                        f"extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    table = from_listing(files, tree.ref, tree.where(), tree.dirs())
+    table.name = (tree.base.stem if tree.is_zip else tree.base.name) if not tree.prefix else tree.prefix.strip("/").split("/")[-1]
     return table
 
 
 def from_folder(root: str | Path) -> ItemTable:
-    """Class folders (`<class>/*.jpg`) or split folders (`train/<class>/`, `valid/<class>/`, `test/`)."""
-    root = Path(root).resolve()
-    files = list_folder(root)
-    dirs = {Path(d).relative_to(root).as_posix() for d, _, _ in os.walk(root)} - {"."}
-    table = from_listing(files, lambda p: str(root / p), str(root), dirs)
-    table.name = root.name
-    return table
+    """Class folders (`<class>/*.jpg`) or split folders (`train/<class>/`, `valid/<class>/`, `test/`).
+
+    Example:
+        >>> table = from_folder("photos/")   # doctest: +SKIP
+        >>> table.classes                     # doctest: +SKIP
+        ['cat', 'dog']
+    """
+    return from_tree(Tree(root))
 
 
 def from_zip(path: str | Path) -> ItemTable:
-    """The same layouts as `from_folder`, read straight from a .zip archive."""
-    path = Path(path).resolve()
-    try:
-        files = list_zip(path)
-    except zipfile.BadZipFile as e:
-        raise DataError(f"{path} is not a readable zip archive ({e})") from e
-    table = from_listing(files, lambda p: zip_ref(path, p), str(path))
-    table.name = path.stem
-    return table
+    """The same layouts as `from_folder`, read straight from a .zip archive (no extraction)."""
+    return from_tree(Tree(path))
 
 
 def from_csv(csv: str | Path, images: str | Path | None = None, label_delimiter: str = " ",
@@ -219,36 +363,45 @@ def _guess_image_dir(csv: Path) -> Path:
 
 def resolve_files(files: list[str], rows: list[int], root: Path, csv: Path) -> list[str]:
     """Map CSV file ids to paths under `root`: extension optional, no escaping the root."""
-    escaping = [(r, f) for f, r in zip(files, rows) if PurePosixPath(f).is_absolute() or ".." in PurePosixPath(f).parts]
+    return resolve_in_tree(files, rows, Tree(root), csv.name, "pass the image folder with --images")
+
+
+def resolve_in_tree(files: list[str], rows: list[int], tree: Tree, listed_in: str,
+                    fix: str = "check that the archive or folder is complete") -> list[str]:
+    """References for file names listed in `listed_in` (a CSV, an annotation file) inside `tree`.
+
+    Names may omit the extension (`123` finds `123.jpg`). Names that leave the tree
+    (`../x.jpg`, `/etc/x.jpg`) and names with no image are errors listing the first
+    ones and the count, so a partial download never trains silently on a subset.
+    """
+    escaping = [(r, f) for f, r in zip(files, rows) if _escapes(f)]
     if escaping:
         shown = ", ".join(f"line {r}: {f!r}" for r, f in escaping[:5])
-        raise DataError(f"{len(escaping)} path(s) in {csv.name} leave the image folder {root} ({shown}); "
-                        "file names must be relative to --images")
-    by_stem = _stem_index(root)
+        raise DataError(f"{len(escaping)} path(s) in {listed_in} leave the image folder {tree.where()} "
+                        f"({shown}); file names must be relative to the image folder")
+    present = set(tree.images())
+    by_stem: dict[str, str] = {}
+    for rel in sorted(present):
+        by_stem.setdefault(rel.rsplit(".", 1)[0], rel)
     refs, missing = [], []
     for f, r in zip(files, rows):
-        p = root / f
-        if p.is_file():
-            refs.append(str(p))
-        elif f in by_stem:
-            refs.append(str(root / by_stem[f]))
-        else:
+        rel = f if f in present else by_stem.get(f)
+        if rel is None and not tree.is_zip and (tree.base / tree.prefix / f).is_file():
+            rel = f  # an existing file without an image extension: let decoding judge it
+        if rel is None:
             missing.append((r, f))
+        else:
+            refs.append(tree.ref(rel))
     if missing:
         shown = ", ".join(f"line {r}: {f!r}" for r, f in missing[:5])
-        raise DataError(f"{len(missing)} of {len(files)} images listed in {csv.name} are missing from {root} "
-                        f"({shown}); pass the image folder with --images")
+        raise DataError(f"{len(missing)} of {len(files)} images listed in {listed_in} are missing from "
+                        f"{tree.where()} ({shown}{', ...' if len(missing) > 5 else ''}); {fix}")
     return refs
 
 
-def _stem_index(root: Path) -> dict[str, str]:
-    """`123` -> `123.jpg` for CSVs that list ids without extensions (relative to root)."""
-    if not root.is_dir():
-        return {}
-    index: dict[str, str] = {}
-    for rel in list_folder(root):
-        index.setdefault(rel.rsplit(".", 1)[0], rel)
-    return index
+def _escapes(name: str) -> bool:
+    p = PurePosixPath(name.replace("\\", "/"))
+    return p.is_absolute() or ".." in p.parts or (len(name) > 1 and name[1] == ":")  # C:\...
 
 
 def from_path(source: str | Path, images: str | Path | None = None, label_delimiter: str = " ") -> ItemTable:
