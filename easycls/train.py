@@ -310,6 +310,10 @@ def _write_run(learn: Learner, data: _Data, cfg: TrainConfig, metrics: dict) -> 
         (run_dir / "skipped.txt").write_text("\n".join(lines) + "\n")
     if data.table.test_refs:
         _predict_test(run_dir, data.table.test_refs)
+    recipe = get_recipe(cfg.source) if is_recipe(cfg.source) else None
+    if recipe is not None and recipe.after_fit is not None:  # test scores, Kaggle submissions
+        from .bundle import load
+        recipe.after_fit(run_dir, load(run_dir), data.table)
 
 
 def _predict_test(run_dir: Path, refs: list[str]) -> None:
