@@ -33,14 +33,27 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     pass
 
 
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(2)
+def _fail(e: Exception, code: int = 2) -> None:
+    from .distributed import is_main_process
+    if is_main_process():  # every process of a launch hits the same error: say it once
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _duration(value: str | None) -> float | None:
+    if value is None:
+        return None
+    from .budget import parse_duration
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
 
 
 @app.command("fit")
 def fit_cmd(
-    source: Annotated[str, typer.Argument(help="Folder, .zip, CSV of labels, or a dataset name (see `easycls datasets`).")],
+    source: Annotated[str | None, typer.Argument(help="Folder, .zip, CSV of labels, or a dataset name (see `easycls datasets`); "
+                                                "not needed with --resume.")] = None,
     arch: Annotated[str | None, typer.Option(help="Any timm model name (see `easycls archs`).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate (default: fastai's lr_find).")] = None,
@@ -65,6 +78,13 @@ def fit_cmd(
     cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Decoded-image cache (default: on when it fits).")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="DataLoader worker processes.")] = None,
     log_json: Annotated[Path | None, typer.Option(help="Write JSON-lines events to this file.")] = None,
+    resume: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
+                                                help="Continue the run in this directory from its checkpoint.pth.")] = None,
+    time_budget: Annotated[str | None, typer.Option(help="Wall-time budget (90s, 30m, 2h): epochs are planned to fit.")] = None,
+    checkpoint_minutes: Annotated[float | None, typer.Option(min=0.1, help="Also checkpoint every M minutes inside epochs.")] = None,
+    mixed_precision: Annotated[str | None, typer.Option(help="no, fp16 or bf16 (default: bf16 on a capable GPU, else no).")] = None,
+    scale_lr: Annotated[bool | None, typer.Option("--scale-lr", help="Multiply the lr by the number of processes.")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the model.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a classifier on SOURCE and write a run directory."""
@@ -77,11 +97,19 @@ def fit_cmd(
                     out=str(out) if out else None, images=str(images) if images else None,
                     path=str(path) if path else None, multi_label=multi_label, wd=wd, l1=l1, ps=ps,
                     label_smoothing=label_smoothing, augment=augment, cache=cache, workers=workers,
-                    log_json=str(log_json) if log_json else None, quiet=quiet or None)
+                    log_json=str(log_json) if log_json else None, quiet=quiet or None,
+                    time_budget=_duration(time_budget), checkpoint_minutes=checkpoint_minutes,
+                    mixed_precision=mixed_precision, scale_lr=scale_lr, compile=compile,
+                    resume=str(resume) if resume else None)
+    if source is None and resume is None:
+        raise typer.BadParameter("give a SOURCE to train on, or --resume DIR to continue a run")
+    from .checkpoint import CheckpointError, TrainingInterrupted
     try:
         fit(source, **settings)
-    except (DataError, TableError, ArchError, PretrainedUnavailable, FileNotFoundError) as e:
+    except (DataError, TableError, ArchError, PretrainedUnavailable, FileNotFoundError, CheckpointError) as e:
         _fail(e)
+    except TrainingInterrupted as e:  # a checkpoint was written; exit like the signal did, without a traceback
+        _fail(e, 128 + e.signum)
 
 
 @app.command("predict")
@@ -126,6 +154,19 @@ def archs_cmd(
         typer.echo(name)
     if not names:
         _fail(ValueError(f"no timm architecture matches {pattern!r}"))
+
+
+@app.command("datasets")
+def datasets_cmd() -> None:
+    """List the named datasets: whether each was found and where, its size, what it is."""
+    from .data.recipes import dataset_table
+    rows = dataset_table()
+    w = max(len(r["name"]) for r in rows)
+    typer.echo(f"{'name':<{w}}  {'found':<8}  size / where / description")
+    for r in rows:
+        typer.echo(f"{r['name']:<{w}}  {r['found']:<8}  {r['size']}")
+        typer.echo(f"{'':<{w}}  {'':<8}  {r['where'] or 'get it: ' + r['download']}")
+        typer.echo(f"{'':<{w}}  {'':<8}  {r['description']}")
 
 
 def main() -> None:
