@@ -1,16 +1,19 @@
-"""Metrics tables and plots (PNG) for a run directory."""
+"""Metrics tables and plots (PNG): training history, confusion matrix, top losses, F1 curves."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_history", "format_metrics"]
+__all__ = ["plot_history", "format_metrics", "plot_confusion", "top_confused_classes", "plot_image_grid",
+           "plot_f1_curves", "plot_frequency_f1", "format_table"]
 
 
 def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
@@ -44,3 +47,137 @@ def format_metrics(metrics: dict) -> str:
     """A short human summary line of the headline metrics."""
     keys = ("accuracy", "top5_accuracy", "f1_samples", "f1_micro", "valid_loss", "train_seconds")
     return "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float)))
+
+
+# ---------------------------------------------------------------- evaluation plots
+
+_FULL_LABELS = 30  # up to this many classes a confusion matrix shows every name
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def _heatmap(ax, cm: np.ndarray, names: list[str] | None, title: str) -> None:
+    """Row-normalized matrix (each true class sums to 1), so rare classes read like common ones."""
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if names is None:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    ticks = range(len(names))
+    fs = 9 if len(names) <= 12 else 6
+    ax.set_xticks(ticks, names, rotation=90, fontsize=fs)
+    ax.set_yticks(ticks, names, fontsize=fs)
+    for (i, j), v in np.ndenumerate(norm):
+        if v >= 0.01:
+            ax.text(j, i, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center",
+                    fontsize=fs - 1, color="white" if v > 0.5 else "black")
+
+
+def top_confused_classes(cm: np.ndarray, k: int = 20) -> list[int]:
+    """Indices of up to `k` classes involved in the largest off-diagonal counts."""
+    off = cm.astype(np.float64).copy()
+    np.fill_diagonal(off, 0)
+    chosen: list[int] = []
+    for flat in np.argsort(-off, axis=None):
+        i, j = np.unravel_index(flat, off.shape)
+        if off[i, j] == 0 or len(chosen) >= k:
+            break
+        chosen += [c for c in (int(i), int(j)) if c not in chosen]
+    return sorted(chosen[:k])
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], out_png: str | Path, top: int = 20) -> Path:
+    """Normalized confusion matrix PNG, readable from 2 to hundreds of classes.
+
+    Up to 30 classes: one labelled matrix with the values. More: the whole matrix without
+    names (its pattern) next to the labelled sub-matrix of the `top` most confused classes.
+
+    Example:
+        >>> plot_confusion(cm, ["cat", "dog"], "confusion_matrix.png")
+    """
+    n = len(classes)
+    if n <= _FULL_LABELS:
+        side = min(4 + 0.3 * n, 12)
+        fig, ax = plt.subplots(figsize=(side, side), dpi=100)
+        _heatmap(ax, cm, list(classes), "confusion matrix (row-normalized)")
+        return _save(fig, out_png)
+    fig, (ax_all, ax_top) = plt.subplots(1, 2, figsize=(16, 9), dpi=80)
+    _heatmap(ax_all, cm, None, f"all {n} classes (row-normalized)")
+    sub = top_confused_classes(cm, top) or list(range(min(top, n)))
+    _heatmap(ax_top, cm[np.ix_(sub, sub)], [classes[i] for i in sub],
+             f"the {len(sub)} most confused classes")
+    return _save(fig, out_png)
+
+
+def plot_image_grid(images: Sequence, titles: Sequence[str], out_png: str | Path,
+                    title: str = "") -> Path:
+    """A grid of images (PIL or arrays) with one short title each, e.g. the top losses."""
+    n = max(len(images), 1)
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), dpi=80, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, text in zip(axes.flat, images, titles):
+        ax.imshow(np.asarray(img))
+        ax.set_title(text, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out_png)
+
+
+def plot_f1_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_png: str | Path,
+                   marks: dict[str, float] | None = None) -> Path:
+    """F1 against one global threshold, one line per average; vertical lines at `marks`."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, (thr, f1) in curves.items():
+        ax.step(thr, f1, where="post", label=f"{name} (best {f1.max():.3f})")
+    for name, x in (marks or {}).items():
+        ax.axvline(x, ls="--", c="gray")
+        ax.text(x, 0.02, f" {name}", rotation=90, fontsize=8, va="bottom")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("threshold (all classes)")
+    ax.set_ylabel("F1")
+    ax.legend(loc="upper right")
+    ax.set_title("F1 vs decision threshold")
+    return _save(fig, out_png)
+
+
+def plot_frequency_f1(support: Sequence[int], f1: Sequence[float], classes: Sequence[str],
+                      out_png: str | Path) -> Path:
+    """Per-class F1 against how often the label occurs: are rare labels the weak ones?"""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.scatter(np.maximum(support, 1), f1, s=18)
+    if len(classes) <= _FULL_LABELS:
+        for x, y, name in zip(support, f1, classes):
+            ax.annotate(str(name), (max(x, 1), y), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("positives in the evaluated data (log)")
+    ax.set_ylabel("F1 at the model's thresholds")
+    ax.set_title("label frequency vs F1")
+    return _save(fig, out_png)
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str], max_rows: int | None = None) -> str:
+    """A plain fixed-width text table of `rows` (floats to 4 decimals)."""
+    shown = list(rows)[:max_rows] if max_rows else list(rows)
+
+    def cell(v) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(r.get(c, "")) for c in columns] for r in shown]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

@@ -1,0 +1,321 @@
+"""`evaluate()`: a saved model on any labelled data -> metrics, per-class table and plots.
+
+Everything lands in one folder (default `RUN_DIR/eval-<source>/`):
+
+| file | content |
+|---|---|
+| `metrics.json` | headline metrics on the evaluated images |
+| `per_class.csv` | class, precision, recall, f1, support, predicted (multi-label: + thresholds) |
+| `predictions.csv` | one row per image: file, target(s), prediction(s) |
+| `skipped.txt` | images left out, with the reason (unreadable, unknown label) |
+| single-label | `confusion_matrix.csv` (counts), `confusion_matrix.png` (normalized), `most_confused.csv`, `top_losses.png` |
+| multi-label | `f1_vs_threshold.png`, `frequency_vs_f1.png` |
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import thresholds as th
+from .bundle import Predictor, load
+from .config import TrainConfig
+from .data.images import check_images, open_image, split_zip_ref
+from .data.sources import DataError, ItemTable
+from .metrics import single_label_metrics
+from .report import (
+    format_table,
+    plot_confusion,
+    plot_f1_curves,
+    plot_frequency_f1,
+    plot_image_grid,
+)
+
+__all__ = ["evaluate", "Evaluation", "confusion_matrix", "most_confused", "SPLITS"]
+
+SPLITS = ("auto", "valid", "all", "test")
+_PRINT_ROWS = 40  # longer per-class tables print their weakest rows only
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` computed; the same numbers are in the files under `out_dir`."""
+
+    out_dir: Path
+    classes: list[str]
+    multi_label: bool
+    refs: list[str]
+    targets: np.ndarray          # class indices (single-label) or multi-hot rows
+    probs: np.ndarray            # (n, classes) softmax or sigmoid probabilities
+    preds: np.ndarray            # class indices or boolean rows, as decided by the model
+    metrics: dict
+    per_class: list[dict]
+    confusion: np.ndarray | None = None     # single-label counts, rows = true class
+    confused: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- choosing the images
+
+
+def _run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.json"
+    return TrainConfig.from_json(path) if path.is_file() else TrainConfig()
+
+
+def _slug(source: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", Path(source.rstrip("/")).name or source).strip("_") or "data"
+
+
+def _select(table: ItemTable, cfg: TrainConfig, same_source: bool, split: str) -> tuple[list, list]:
+    """(refs, labels) of the split to evaluate; `auto` is the validation split when there is one."""
+    if split == "test":
+        if not table.test_labels:
+            raise DataError(f"{cfg.source} has no labelled test images; use split='valid' or 'all'")
+        return table.test_refs, table.test_labels
+    if split == "all":
+        return table.refs, table.labels
+    is_valid = table.is_valid
+    if is_valid is None and same_source:
+        # The run's own random split, so training images are not scored as if unseen.
+        from .train import _random_split
+        is_valid = _random_split(len(table.refs), cfg.valid_pct, cfg.seed)
+    if is_valid is None:
+        if split == "valid":
+            raise DataError(f"{cfg.source} has no validation split; pass split='all' "
+                            "(--split all) to evaluate every image")
+        return table.refs, table.labels
+    keep = [i for i, v in enumerate(is_valid) if v]
+    return [table.refs[i] for i in keep], [table.labels[i] for i in keep]
+
+
+def _items(run_dir: Path, source: str | None, split: str, images: str | None) -> tuple[str, list, list]:
+    from .train import load_items  # fit imports training machinery; only needed here
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    cfg = _run_config(run_dir)
+    same = source is None or str(source) == cfg.source
+    if not same:
+        cfg = cfg.updated(source=str(source), images=images, path=None)
+    elif images:
+        cfg = cfg.updated(images=images)
+    if not cfg.source:
+        raise ValueError(f"{run_dir} has no config.json naming its data: pass the data to evaluate")
+    refs, labels = _select(load_items(cfg), cfg, same, split)
+    return cfg.source, refs, labels
+
+
+def _usable(refs: list[str], labels: list[list[str]], classes: list[str], multi_label: bool):
+    """Readable images whose labels the model knows; the rest with their reasons."""
+    known, keep, skipped = set(classes), [], []
+    bad = check_images(refs)
+    for i, (ref, labs) in enumerate(zip(refs, labels)):
+        unknown = sorted(set(labs) - known)
+        if i in bad:
+            skipped.append((ref, bad[i]))
+        elif unknown:
+            skipped.append((ref, f"label(s) {unknown} are not among the model's classes"))
+        elif not multi_label and len(labs) != 1:
+            skipped.append((ref, f"{len(labs)} labels for a single-label model"))
+        else:
+            keep.append(i)
+    return [refs[i] for i in keep], [labels[i] for i in keep], skipped
+
+
+# ---------------------------------------------------------------- single-label
+
+
+def confusion_matrix(targets: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(targets), np.asarray(preds)), 1)
+    return cm
+
+
+def _single_per_class(cm: np.ndarray, classes: list[str]) -> list[dict]:
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    prec = np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0)
+    rec = np.divide(tp, support, out=np.zeros(len(tp)), where=support > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(len(tp)), where=(prec + rec) > 0)
+    return [dict(**{"class": c}, precision=float(p), recall=float(r), f1=float(f), support=int(s),
+                 predicted=int(n)) for c, p, r, f, s, n in zip(classes, prec, rec, f1, support, predicted)]
+
+
+def most_confused(cm: np.ndarray, classes: list[str], min_count: int = 1) -> list[dict]:
+    """Off-diagonal cells, largest first: true class, predicted class, count, share of the true class."""
+    rows = []
+    for i, j in zip(*np.nonzero(cm)):
+        if i != j and cm[i, j] >= min_count:
+            rows.append(dict(true=classes[i], predicted=classes[j], count=int(cm[i, j]),
+                             share=float(cm[i, j] / cm[i].sum())))
+    return sorted(rows, key=lambda r: (-r["count"], -r["share"]))
+
+
+def _single(ev: Evaluation, n_losses: int) -> None:
+    t = torch.as_tensor(ev.targets)
+    ev.preds = ev.probs.argmax(1)
+    ev.confusion = confusion_matrix(ev.targets, ev.preds, len(ev.classes))
+    ev.per_class = _single_per_class(ev.confusion, ev.classes)
+    ev.confused = most_confused(ev.confusion, ev.classes)
+    ev.metrics = single_label_metrics(torch.as_tensor(ev.probs), t)
+    ev.metrics["f1_macro"] = float(np.mean([r["f1"] for r in ev.per_class if r["support"] > 0]))
+    out = ev.out_dir
+    np.savetxt(out / "confusion_matrix.csv", ev.confusion, fmt="%d", delimiter=",",
+               header=",".join(ev.classes), comments="")
+    _write_csv(out / "most_confused.csv", ev.confused, ["true", "predicted", "count", "share"])
+    plot_confusion(ev.confusion, ev.classes, out / "confusion_matrix.png")
+    losses = -np.log(np.clip(ev.probs[np.arange(len(ev.targets)), ev.targets], 1e-12, None))
+    _write_csv(out / "predictions.csv", [
+        dict(file=_name(r), target=ev.classes[y], predicted=ev.classes[p], probability=round(float(ev.probs[k, p]), 6),
+             loss=round(float(loss), 6))
+        for k, (r, y, p, loss) in enumerate(zip(ev.refs, ev.targets, ev.preds, losses))],
+        ["file", "target", "predicted", "probability", "loss"])
+    _top_losses(ev, losses, n_losses)
+
+
+def _top_losses(ev: Evaluation, losses: np.ndarray, n: int) -> None:
+    worst = np.argsort(-losses)[:n]
+    titles = [f"{ev.classes[ev.targets[k]]} -> {ev.classes[ev.preds[k]]}\nloss {losses[k]:.2f}, "
+              f"p(true) {ev.probs[k, ev.targets[k]]:.2f}" for k in worst]
+    plot_image_grid([open_image(ev.refs[k]) for k in worst], titles, ev.out_dir / "top_losses.png",
+                    "top losses: true -> predicted")
+
+
+# ---------------------------------------------------------------- multi-label
+
+
+def _multi_scores(probs: np.ndarray, y: np.ndarray, thresholds, at_least_one: bool) -> dict:
+    pred = th.apply_thresholds(probs, thresholds, at_least_one)
+    tp = int((pred & y).sum())
+    out = {f"f1_{a}": th.f1_scores(probs, y, thresholds, average=a, at_least_one=at_least_one)
+           for a in th.AVERAGES}
+    return {**out, "precision_micro": tp / max(int(pred.sum()), 1), "recall_micro": tp / max(int(y.sum()), 1)}
+
+
+def _multi(ev: Evaluation, predictor: Predictor) -> None:
+    y = ev.targets.astype(bool)
+    thr = predictor.thresholds()
+    tuned = predictor.meta.get("thresholds") or {}
+    at_least_one = bool(tuned.get("at_least_one"))
+    ev.preds = th.apply_thresholds(ev.probs, thr, at_least_one)
+    best, info = th.best_class_thresholds(ev.probs, y)
+    ev.per_class = [dict(**{"class": c}, **{k: r[k] for k in ("precision", "recall", "f1", "support", "predicted")},
+                         threshold=float(t), best_threshold_here=float(b), best_f1_here=float(f))
+                    for c, r, t, b, f in zip(ev.classes, th.per_class_report(ev.preds, y, thr), thr, best,
+                                             info["best_f1"])]
+    g, g_f1 = th.best_global_threshold(ev.probs, y, tuned.get("average", "samples"))
+    ev.metrics = {**_multi_scores(ev.probs, y, thr, at_least_one), "at_0.5": _multi_scores(ev.probs, y, 0.5, False),
+                  "best_global_threshold_here": {"threshold": g, "f1": g_f1}, "n_valid": int(len(y))}
+    curves = {a: th.f1_curve(ev.probs, y, a, n_points=400) for a in th.AVERAGES}
+    marks = {"0.5": 0.5, **({"model": float(tuned["global"])} if "global" in tuned else {})}
+    plot_f1_curves(curves, ev.out_dir / "f1_vs_threshold.png", marks)
+    plot_frequency_f1([r["support"] for r in ev.per_class], [r["f1"] for r in ev.per_class], ev.classes,
+                      ev.out_dir / "frequency_vs_f1.png")
+    names = np.asarray(ev.classes, dtype=object)
+    _write_csv(ev.out_dir / "predictions.csv", [
+        dict(file=_name(r), targets=" ".join(names[t]), predicted=" ".join(names[p]))
+        for r, t, p in zip(ev.refs, y, ev.preds)], ["file", "targets", "predicted"])
+
+
+# ---------------------------------------------------------------- files and printing
+
+
+def _name(ref: str) -> str:
+    z = split_zip_ref(ref)
+    return z[1] if z else ref
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write(ev: Evaluation) -> None:
+    cols = list(ev.per_class[0]) if ev.per_class else ["class"]
+    _write_csv(ev.out_dir / "per_class.csv", ev.per_class, cols)
+    (ev.out_dir / "metrics.json").write_text(json.dumps(ev.metrics, indent=2) + "\n")
+    if ev.skipped:
+        (ev.out_dir / "skipped.txt").write_text("".join(f"{r}\t{why}\n" for r, why in ev.skipped))
+
+
+def summary(ev: Evaluation) -> str:
+    """The printed report: headline metrics, the per-class table, the top confusions."""
+    keys = ("accuracy", "top5_accuracy", "f1_macro", "f1_samples", "f1_micro", "precision_micro",
+            "recall_micro", "valid_loss")
+    head = "  ".join(f"{k}={ev.metrics[k]:.4f}" for k in keys if isinstance(ev.metrics.get(k), float))
+    lines = [f"{len(ev.refs)} images evaluated" + (f", {len(ev.skipped)} skipped (skipped.txt)" if ev.skipped else ""),
+             head]
+    cols = ["class", "precision", "recall", "f1", "support"] + (["threshold"] if ev.multi_label else [])
+    rows = ev.per_class
+    if len(rows) > _PRINT_ROWS:
+        rows = sorted(rows, key=lambda r: r["f1"])[:20]
+        lines.append(f"the 20 weakest of {len(ev.per_class)} classes (all in per_class.csv):")
+    lines.append(format_table(rows, cols))
+    if ev.confused:
+        lines += ["most confused (true -> predicted):"]
+        lines += [f"  {r['true']} -> {r['predicted']}: {r['count']} ({r['share']:.0%} of {r['true']})"
+                  for r in ev.confused[:10]]
+    lines.append(f"report: {ev.out_dir}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def evaluate(run_dir: str | Path, source: str | Path | None = None, out: str | Path | None = None, *,
+             split: str = "auto", images: str | Path | None = None, bs: int = 64, model=None,
+             device: str | None = None, top_losses: int = 16, quiet: bool = False) -> Evaluation:
+    """Score a saved model on labelled data and write a report folder.
+
+    Args:
+        run_dir: the run directory written by `fit`.
+        source: labelled data (folder, zip, CSV or dataset name); default the run's own data.
+        out: report folder (default `RUN_DIR/eval-<source>`, plus `-<split>` for all/test).
+        split: "auto" (the validation split when the data has one, its own random split for
+            the run's own data, else every image), "valid", "all" or "test".
+        images: image folder for a CSV source.
+        bs: prediction batch size.
+        model: an instance of the architecture, for custom (non-timm) models.
+        device: where to run (default CUDA when available).
+        top_losses: how many images the top-loss grid shows (single-label).
+        quiet: do not print the report.
+
+    Returns:
+        An `Evaluation` with the metrics, per-class rows, predictions and the report folder.
+
+    Example:
+        >>> ev = evaluate("runs/digits-resnet18")        # its own validation split
+        >>> ev.metrics["accuracy"], ev.out_dir
+    """
+    run_dir = Path(run_dir)
+    predictor = load(run_dir, model=model, device=device)
+    name, refs, labels = _items(run_dir, None if source is None else str(source), split,
+                                None if images is None else str(images))
+    refs, labels, skipped = _usable(refs, labels, predictor.classes, predictor.multi_label)
+    if not refs:
+        raise DataError(f"no usable labelled images in {name} ({len(skipped)} skipped, e.g. "
+                        f"{skipped[0][1] if skipped else 'none found'})")
+    suffix = f"-{split}" if split in ("all", "test") else ""
+    out_dir = Path(out) if out else run_dir / f"eval-{_slug(name)}{suffix}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from .data.loaders import encode_labels
+    targets = encode_labels(labels, predictor.classes, predictor.multi_label)
+    ev = Evaluation(out_dir, predictor.classes, predictor.multi_label, refs, targets,
+                    predictor.probabilities(refs, bs), np.zeros(0), {}, [], skipped=skipped)
+    if ev.multi_label:
+        _multi(ev, predictor)
+    else:
+        _single(ev, top_losses)
+    ev.metrics["source"], ev.metrics["n_skipped"] = str(name), len(skipped)
+    _write(ev)
+    if not quiet:
+        print(summary(ev))
+    return ev
