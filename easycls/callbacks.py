@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from fastai.callback.core import Callback
 
-__all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents"]
+__all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents", "tensorboard_callback"]
 
 
 class PlainTensors(Callback):
@@ -82,24 +82,55 @@ class L1Penalty(Callback):
 
 
 class JsonEvents(Callback):
-    """JSON-lines events for scripts: one object per epoch, plus fit start and end."""
+    """JSON-lines events for scripts: one object per trained epoch, plus fit start and end.
+
+    Epochs count across `fine_tune`'s phases like `history.csv`. lr_find, get_preds and
+    validate also fire fit events (fastai's Learner is their context manager): no events.
+    """
 
     order = 61
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path, self.count, self.started, self.trained = Path(path), 0, False, False
 
     def _emit(self, **event):
         with self.path.open("a") as f:
             f.write(json.dumps(dict(time=time.time(), **event)) + "\n")
 
     def before_fit(self):
-        self._emit(event="fit_start", epochs=self.n_epoch)
+        self.started = False
+
+    def before_epoch(self):
+        self.trained = False
+
+    def after_train(self):
+        self.trained = not hasattr(self.learn, "lr_finder")
 
     def after_epoch(self):
+        if not self.trained:
+            return
+        if not self.started:  # only now is it known that this "fit" trains
+            self.started = True
+            self._emit(event="fit_start", epochs=self.n_epoch)
         names = [n for n in self.recorder.metric_names[1:] if n != "time"]
-        self._emit(event="epoch", epoch=self.epoch,
+        self._emit(event="epoch", epoch=self.count,
                    **{n: (float(v) if v is not None else None) for n, v in zip(names, self.learn.final_record)})
+        self.count += 1
 
     def after_fit(self):
-        self._emit(event="fit_end")
+        if self.started:
+            self._emit(event="fit_end")
+
+
+def tensorboard_callback(log_dir: str | Path) -> Callback:
+    """fastai's TensorBoardCallback writing to `log_dir` (losses, metrics, lr per step).
+
+    Raises a clear ImportError before training when tensorboard is not installed.
+    """
+    try:
+        from fastai.callback.tensorboard import TensorBoardCallback
+    except ImportError as e:
+        raise ImportError("--tensorboard (tensorboard=True) needs the tensorboard package: "
+                          "pip install tensorboard") from e
+    # No graph tracing (fails under mixed precision) and no image logging (needs a DataBlock).
+    return TensorBoardCallback(log_dir=str(log_dir), trace_model=False, log_preds=False)

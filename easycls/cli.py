@@ -78,6 +78,7 @@ def fit_cmd(
     cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Decoded-image cache (default: on when it fits).")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="DataLoader worker processes.")] = None,
     log_json: Annotated[Path | None, typer.Option(help="Write JSON-lines events to this file.")] = None,
+    tensorboard: Annotated[bool | None, typer.Option("--tensorboard", help="Also log to TensorBoard (RUN_DIR/tensorboard; needs `pip install tensorboard`).")] = None,
     resume: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
                                                 help="Continue the run in this directory from its checkpoint.pth.")] = None,
     time_budget: Annotated[str | None, typer.Option(help="Wall-time budget (90s, 30m, 2h): epochs are planned to fit.")] = None,
@@ -90,14 +91,14 @@ def fit_cmd(
     """Train a classifier on SOURCE and write a run directory."""
     from .data.sources import DataError
     from .data.tables import TableError
-    from .train import fit
     from .learners import ArchError, PretrainedUnavailable
+    from .train import fit
     settings = dict(arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, pretrained=pretrained,
                     weights=str(weights) if weights else None, valid_pct=valid_pct, seed=seed,
                     out=str(out) if out else None, images=str(images) if images else None,
                     path=str(path) if path else None, multi_label=multi_label, wd=wd, l1=l1, ps=ps,
                     label_smoothing=label_smoothing, augment=augment, cache=cache, workers=workers,
-                    log_json=str(log_json) if log_json else None, quiet=quiet or None,
+                    log_json=str(log_json) if log_json else None, quiet=quiet or None, tensorboard=tensorboard,
                     time_budget=_duration(time_budget), checkpoint_minutes=checkpoint_minutes,
                     mixed_precision=mixed_precision, scale_lr=scale_lr, compile=compile,
                     resume=str(resume) if resume else None)
@@ -106,7 +107,8 @@ def fit_cmd(
     from .checkpoint import CheckpointError, TrainingInterrupted
     try:
         fit(source, **settings)
-    except (DataError, TableError, ArchError, PretrainedUnavailable, FileNotFoundError, CheckpointError) as e:
+    except (DataError, TableError, ArchError, PretrainedUnavailable, FileNotFoundError, CheckpointError,
+            ImportError) as e:
         _fail(e)
     except TrainingInterrupted as e:  # a checkpoint was written; exit like the signal did, without a traceback
         _fail(e, 128 + e.signum)
@@ -119,10 +121,12 @@ def predict_cmd(
     csv: Annotated[Path | None, typer.Option(help="Write predictions to this CSV.")] = None,
     bs: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
     threshold: Threshold = None,
+    submission: Annotated[str | None, typer.Option(help="Write a competition file instead: auto, multilabel (ImageID,Labels), single (id,label), or 'IDCOL,LABELCOL'.")] = None,
+    order: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="CSV whose id column sets the submission rows and order (e.g. test.csv).")] = None,
 ) -> None:
     """Label images with a trained model."""
     from .bundle import expand_inputs, load
-    from .predict import predict_files, write_predictions
+    from .predict import predict_files, write_predictions, write_submission
     try:
         refs = expand_inputs(inputs)
     except FileNotFoundError as e:
@@ -130,6 +134,16 @@ def predict_cmd(
     if not refs:
         _fail(ValueError(f"no images found in {', '.join(map(str, inputs))}"))
     predictor = load(run_dir)
+    if submission or order:
+        out = csv or Path("submission.csv")
+        try:
+            n, unreadable = write_submission(predictor, refs, out, submission or "auto", order, bs, threshold)
+        except (ValueError, FileNotFoundError) as e:
+            _fail(e)
+        typer.echo(f"wrote {n} rows to {out}")
+        for x, reason in unreadable.items():
+            typer.secho(f"unreadable {x} (empty label): {reason}", err=True, fg=typer.colors.YELLOW)
+        return
     if csv:
         rows, bad = write_predictions(predictor, refs, csv, bs, threshold)
         typer.echo(f"wrote {len(rows)} predictions to {csv}")
@@ -139,6 +153,26 @@ def predict_cmd(
             typer.echo("\t".join(str(v) for v in row.values()))
     for i, reason in sorted(bad.items()):
         typer.secho(f"skipped {refs[i]}: {reason}", err=True, fg=typer.colors.YELLOW)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: RunDir,
+    source: Annotated[str | None, typer.Argument(help="Labelled data: folder, .zip, CSV or dataset name (default: the run's own data).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default RUN_DIR/eval-<source>).")] = None,
+    split: Annotated[str, typer.Option(help="auto (the validation split if any), valid, all or test.")] = "auto",
+    images: Annotated[Path | None, typer.Option(help="Image folder for a CSV source.")] = None,
+    bs: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
+    quiet: Quiet = False,
+) -> None:
+    """Score a trained model on labelled data: per-class table, confusion matrix or F1 curves."""
+    from .data.sources import DataError
+    from .data.tables import TableError
+    from .evaluate import evaluate
+    try:
+        evaluate(run_dir, source, out, split=split, images=images, bs=bs, quiet=quiet)
+    except (DataError, TableError, ValueError, FileNotFoundError) as e:
+        _fail(e)
 
 
 @app.command("archs")

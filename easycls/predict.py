@@ -1,4 +1,8 @@
-"""Batch prediction of image files into a CSV, skipping (and reporting) unreadable ones."""
+"""Batch prediction of image files into a CSV, and competition submission files.
+
+Unreadable images are skipped in predictions and reported; in a submission they keep their
+row (with an empty label) because competitions reject files with missing ids.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,16 @@ from pathlib import Path
 
 from .bundle import Predictor
 from .data.images import check_images, split_zip_ref
+from .data.tables import TableError, read_id_csv
 
-__all__ = ["predict_files", "write_predictions"]
+__all__ = ["predict_files", "write_predictions", "write_submission", "submission_columns",
+           "SUBMISSION_FORMATS"]
+
+# Named formats; any other "IDCOLUMN,LABELCOLUMN" header works too.
+SUBMISSION_FORMATS = {
+    "multilabel": ("ImageID", "Labels"),   # the COMP5329 course data: labels space-separated
+    "single": ("id", "label"),             # the usual single-label Kaggle file
+}
 
 
 def _name(ref: str) -> str:
@@ -46,3 +58,83 @@ def write_predictions(predictor: Predictor, refs: Sequence[str], out_csv: str | 
         out_csv.with_suffix(".skipped.txt").write_text(
             "".join(f"{refs[i]}\t{reason}\n" for i, reason in sorted(bad.items())))
     return rows, bad
+
+
+def submission_columns(fmt: str, multi_label: bool) -> tuple[str, str]:
+    """(id column, label column) of a format: "auto", a name in SUBMISSION_FORMATS, or "ID,LABEL"."""
+    if fmt == "auto":
+        return SUBMISSION_FORMATS["multilabel" if multi_label else "single"]
+    if fmt in SUBMISSION_FORMATS:
+        return SUBMISSION_FORMATS[fmt]
+    cols = [c.strip() for c in fmt.split(",")]
+    if len(cols) != 2 or not all(cols):
+        raise ValueError(f"unknown submission format {fmt!r}: use auto, {', '.join(SUBMISSION_FORMATS)}, "
+                         "or the two column names, e.g. 'ImageID,Labels' or 'id,label'")
+    return cols[0], cols[1]
+
+
+def _basename(ref: str) -> str:
+    return Path(_name(ref)).name
+
+
+def _match_order(refs: Sequence[str], order: str | Path, id_col: str) -> tuple[list[str], list[int]]:
+    """Ids of the order CSV, in its order, and the index in `refs` of each id's image."""
+    try:
+        ids, _ = read_id_csv(order, file_column=id_col)
+    except TableError:  # no such column: fall back to the usual id column names
+        ids, _ = read_id_csv(order)
+    by_name, by_stem = {}, {}
+    for i, ref in enumerate(refs):
+        by_name.setdefault(_basename(ref), i)
+        by_stem.setdefault(Path(_basename(ref)).stem, i)
+    index = [by_name.get(Path(x).name, by_stem.get(Path(x).stem, -1)) for x in ids]
+    missing = [x for x, i in zip(ids, index) if i < 0]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(ids)} ids in {order} have no image among the inputs "
+            f"(e.g. {missing[:5]}); give the folder that holds the test images")
+    return ids, index
+
+
+def write_submission(predictor: Predictor, refs: Sequence[str], out_csv: str | Path, fmt: str = "auto",
+                     order: str | Path | None = None, bs: int = 64,
+                     threshold: float | None = None) -> tuple[int, dict[str, str]]:
+    """Write a competition submission: one row per id, labels space-separated if multi-label.
+
+    Args:
+        predictor: a loaded bundle (`easycls.load`).
+        refs: image paths (see `bundle.expand_inputs`).
+        out_csv: the file to write.
+        fmt: "auto" (`ImageID,Labels` for multi-label, `id,label` otherwise), "multilabel",
+            "single", or the two column names "ID,LABEL".
+        order: a CSV (e.g. the competition's test.csv) whose id column sets the rows and their
+            order; ids match image file names with or without the extension.
+        bs: batch size; threshold: one multi-label threshold instead of the tuned ones.
+
+    Returns:
+        (rows written, {id: reason} for unreadable images, whose label cell is empty).
+
+    Example:
+        >>> write_submission(load("runs/comp"), expand_inputs(["data/"]), "submission.csv",
+        ...                  order="test.csv")
+    """
+    id_col, label_col = submission_columns(fmt, predictor.multi_label)
+    if order is not None:
+        ids, index = _match_order(refs, order, id_col)
+    else:
+        ids, index = [_basename(r) for r in refs], list(range(len(refs)))
+    used = sorted(set(index))
+    bad = check_images([refs[i] for i in used])
+    good = [i for k, i in enumerate(used) if k not in bad]
+    decided = dict(zip(good, predictor.predict_many([refs[i] for i in good], bs=bs, threshold=threshold)))
+    with Path(out_csv).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([id_col, label_col])
+        for x, i in zip(ids, index):
+            label = decided[i][0] if i in decided else ""
+            writer.writerow([x, " ".join(label) if isinstance(label, list) else label])
+    reasons = {ids[index.index(used[k])]: why for k, why in bad.items()}
+    if reasons:
+        Path(out_csv).with_suffix(".skipped.txt").write_text(
+            "".join(f"{x}\t{why}\n" for x, why in reasons.items()))
+    return len(ids), reasons

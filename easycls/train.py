@@ -21,7 +21,7 @@ from fastai.torch_core import set_seed
 from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget
 from .bundle import save_bundle
-from .callbacks import HistoryCSV, JsonEvents, L1Penalty, PlainTensors
+from .callbacks import HistoryCSV, JsonEvents, L1Penalty, PlainTensors, tensorboard_callback
 from .checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -156,7 +156,8 @@ def _build_learner(data: _Data, cfg: TrainConfig, arch, sess, run_dir: Path, his
                            device=sess.device, seed=cfg.seed)
     cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
     cbs += sess.main_only([HistoryCSV(run_dir / "history.csv", start=history_start)]
-                          + ([JsonEvents(cfg.log_json)] if cfg.log_json else []))
+                          + ([JsonEvents(cfg.log_json)] if cfg.log_json else [])
+                          + ([tensorboard_callback(run_dir / "tensorboard")] if cfg.tensorboard else []))
     kw = dict(pretrained=cfg.pretrained, weights=cfg.weights, wd=cfg.wd, cbs=cbs, path=run_dir)
     if data.multi_label:
         pos_weight = _pos_weight(train_ds.targets) if cfg.class_weights == "auto" else None
