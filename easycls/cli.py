@@ -203,6 +203,31 @@ def datasets_cmd() -> None:
         typer.echo(f"{'':<{w}}  {'':<8}  {r['description']}")
 
 
+@app.command("bench")
+def bench_cmd(
+    source: Annotated[str | None, typer.Argument(help="Data as for `fit` (default: a generated synthetic folder).")] = None,
+    arch: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet18",
+    size: Annotated[int, typer.Option(min=8, help="Image size in pixels.")] = 64,
+    bs: Annotated[int, typer.Option(min=1, help="Batch size per process.")] = 64,
+    processes: Annotated[str, typer.Option(help="Process counts for the end-to-end runs, e.g. 1,2,4.")] = "1",
+    steps: Annotated[int, typer.Option(min=1, help="Timed training steps on synthetic data.")] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of each end-to-end run.")] = 1,
+    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the end-to-end runs.")] = 2e-3,
+    out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench"),
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (train step).")] = False,
+) -> None:
+    """Images/s of the training step, the input pipeline and end to end; DDP scaling."""
+    from .bench import bench
+    try:
+        counts = [int(p) for p in processes.split(",") if p.strip()]
+    except ValueError:
+        _fail(ValueError(f"--processes takes comma-separated counts like 1,2,4, not {processes!r}"))
+    if not counts or min(counts) < 1:
+        _fail(ValueError(f"--processes needs counts >= 1, not {processes!r}"))
+    bench(source, arch=arch, size=size, bs=bs, processes=counts, steps=steps, epochs=epochs, lr=lr,
+          out=out, compile=compile, say=typer.echo)
+
+
 def main() -> None:
     """Console-script entry point (also `python -m easycls`)."""
     app(prog_name="easycls")
