@@ -61,6 +61,12 @@ class ItemTable:
         if not bad:
             return self
         keep = [i for i in range(len(self.refs)) if i not in bad]
+        lost = sorted(set(self.classes) - {lab for i in keep for lab in self.labels[i]})
+        if lost:  # a class must not vanish from the model with only a line in skipped.txt
+            reasons = Counter(bad.values()).most_common(3)
+            raise DataError(f"every image of class(es) {lost[:10]} is unreadable ({len(bad)} unreadable in all, "
+                            f"e.g. {', '.join(f'{r}: {n}' for r, n in reasons)}; first: {self.refs[min(bad)]}); "
+                            "replace the files or remove the class folder")
         self.skipped += [(self.refs[i], reason) for i, reason in sorted(bad.items())]
         self.refs = [self.refs[i] for i in keep]
         self.labels = [self.labels[i] for i in keep]
@@ -230,6 +236,8 @@ def _strip_nesting(files: list[str]) -> tuple[str, list[str]]:
             break
         head = heads.pop()
         if _split_of(head):  # never descend into a lone train/ folder: it is the split
+            break
+        if any("/" not in f.split("/", 1)[1] for f in files):  # a lone class folder, not nesting
             break
         prefix += head + "/"
         files = [f.split("/", 1)[1] for f in files]
