@@ -179,3 +179,20 @@ def test_dataset_table_and_cli(downloads, tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["datasets"])
     assert res.exit_code == 0, res.output
     assert "comp5329" in res.output and "COMP5329S1A2Dataset" in res.output and "tiny-imagenet" in res.output
+
+
+@pytest.mark.parametrize("name", ["animals15", "tiny-imagenet", "comp5329"])
+def test_plain_path_holding_a_recipe_layout_uses_it(name, downloads):
+    """`fit("archive.zip")` on a known download reads its real splits, not `Training Data/` as a class."""
+    from easycls.data.sources import from_path
+    expected = get_recipe(name).load(TrainConfig(source=name, path=str(downloads[name][0])))
+    for given in downloads[name]:
+        table = from_path(given)
+        assert table.classes == expected.classes and table.is_valid == expected.is_valid
+        assert len(table.test_refs) == len(expected.test_refs)
+
+
+def test_plain_split_folders_are_not_taken_for_imagenet(tmp_path):
+    from easycls.data.recipes import detect
+    R.imagenet_folders(tmp_path / "plain")
+    assert detect(tmp_path / "plain") is None

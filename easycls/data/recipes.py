@@ -36,7 +36,8 @@ from .sources import (
 )
 from .tables import read_id_csv, read_label_csv
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "is_recipe", "locate", "search_places", "dataset_table"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "is_recipe", "locate", "search_places", "dataset_table", "detect",
+           "read_recipe_layout"]
 
 
 @dataclass
@@ -156,6 +157,37 @@ def locate(recipe: Recipe, path: str | os.PathLike | None = None) -> Tree:
     raise DataError(f"dataset {recipe.name!r} not found; looked for a folder or zip holding {expected} in:\n  "
                     f"{listed}\nDownload it with: {recipe.download}\nthen pass path=... (--path), or put it in "
                     f"$EASYCLS_DATA/{recipe.name} (no download is attempted).")
+
+
+def _specific(markers: tuple[str, ...]) -> bool:
+    # train/ + val/ alone is any split-folder dataset; only distinctive markers identify a recipe.
+    return any(m.lower() not in ("train", "val", "valid", "test") for m in markers)
+
+
+def detect(path: str | os.PathLike) -> tuple[str, Tree] | None:
+    """(recipe name, root) when a folder or zip given as a plain path holds a recipe's layout.
+
+    So `fit("~/Downloads/archive.zip")` reads the animals zip with its given splits
+    instead of taking `Training Data/` for a class.
+    """
+    p = Path(path).expanduser()
+    for r in RECIPES.values():
+        for markers in filter(_specific, r.layouts):
+            if p.is_file() and p.suffix.lower() == ".zip":
+                tree = _root_in_zip(p, markers)
+            else:
+                tree = next((Tree(d) for d in [p, *_subfolders(p, _MAX_DEPTH - 1)] if p.is_dir()
+                             and all((d / m).exists() for m in markers)), None)
+            if tree is not None:
+                return r.name, tree
+    return None
+
+
+def read_recipe_layout(name: str, tree: Tree, cfg) -> ItemTable:
+    """Read `tree` with recipe `name`'s layout (used for plain paths that hold one)."""
+    table = _LAYOUTS[name](tree, cfg)
+    table.name = name
+    return table
 
 
 def _located(layout: Callable[[Tree, Any], ItemTable], name: str) -> Callable[[Any], ItemTable]:
@@ -405,6 +437,10 @@ RECIPES: dict[str, Recipe] = {
         aliases=("COMP5329S1A2Dataset", "comp5329s1a2"), size="40,000 images (30k labelled), 18 labels",
         after_fit=write_submission),
 }
+
+
+_LAYOUTS = {"asl": _asl, "animals15": _animals15, "tiny-imagenet": _tiny_imagenet, "imagenet": _imagenet,
+            "comp5329": _comp5329}
 
 
 def is_recipe(name: str) -> bool:

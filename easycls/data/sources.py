@@ -417,15 +417,24 @@ def from_path(source: str | Path, images: str | Path | None = None, label_delimi
     p = Path(source)
     if not p.exists():
         raise DataError(f"{source!r} is neither an existing file or folder nor a dataset name")
-    if p.is_dir():
-        return from_folder(p)
     suffix = p.suffix.lower()
-    if suffix == ".zip":
-        return from_zip(p)
+    if p.is_dir() or suffix == ".zip":
+        from .recipes import detect, read_recipe_layout  # recipes build on this module
+        if (found := detect(p)) is not None:  # a known download given by path: read its real layout
+            return read_recipe_layout(found[0], found[1], _Opts(label_delimiter=label_delimiter))
+        return from_folder(p) if p.is_dir() else from_zip(p)
     if suffix in (".csv", ".tsv", ".txt"):
         return from_csv(p, images, label_delimiter)
     raise DataError(f"{source}: don't know how to read a {suffix or 'suffix-less'} file; "
                     "give a folder, a .zip or a .csv of labels")
+
+
+@dataclass
+class _Opts:
+    """The settings a recipe layout reads, for plain paths (no TrainConfig here)."""
+
+    label_delimiter: str = " "
+    path: str | None = None
 
 
 def closest(name: str, options: list[str], n: int = 3) -> list[str]:
