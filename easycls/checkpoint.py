@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelFitException
+from fastcore.foundation import L
 
 from . import __version__
 
@@ -158,6 +159,20 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _plain(obj):
+    """fastai's optimizer state with `L`s and numpy scalars as lists and floats, so the
+    checkpoint loads with `torch.load(weights_only=True)`."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, L)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def _py_state(s) -> list:
     return [s[0], list(s[1]), s[2]]  # plain lists load with weights_only
 
@@ -236,7 +251,7 @@ class Checkpointer(Callback):
         state = dict(format=_FORMAT, easycls_version=__version__, **self.meta, phase=self.phase,
                      epoch=epoch, batches_done=done, n_epoch=self.n_epoch, data_rng=_py_state(data_rng),
                      history_rows=self.offset + epoch, elapsed=time.perf_counter() - self.t_start,
-                     model=_bare(self.model).state_dict(), opt=self.opt.state_dict(), rng=_rng_state(),
+                     model=_bare(self.model).state_dict(), opt=_plain(self.opt.state_dict()), rng=_rng_state(),
                      **self.extra())
         self.session.on_main(lambda: save_checkpoint(state, self.run_dir / CHECKPOINT))
         self._last_save = time.perf_counter()
@@ -262,7 +277,7 @@ def restore(learn, state: dict) -> None:
     _bare(learn.model).load_state_dict(state["model"])
     if learn.opt is None:
         learn.create_opt()
-    learn.opt.load_state_dict(state["opt"])
+    learn.opt.load_state_dict({"state": state["opt"]["state"], "hypers": L(state["opt"]["hypers"])})
     _set_rng_state(state["rng"])
 
 
