@@ -196,3 +196,8 @@ def test_plain_split_folders_are_not_taken_for_imagenet(tmp_path):
     from easycls.data.recipes import detect
     R.imagenet_folders(tmp_path / "plain")
     assert detect(tmp_path / "plain") is None
+
+
+def test_path_may_be_a_file_of_the_dataset(downloads):
+    tree = locate(get_recipe("comp5329"), downloads["comp5329"][0] / "train.csv")
+    assert tree.exists("test.csv") and tree.exists("data")

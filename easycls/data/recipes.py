@@ -115,10 +115,10 @@ def _root_at(p: Path, recipe: Recipe) -> Tree | None:
     Layouts are tried in order over all candidate folders, so the most specific one
     wins (ASL's `asl_alphabet_train/asl_alphabet_train` must not pass for the root).
     """
-    if p.is_file():
-        if p.suffix.lower() != ".zip":
-            return None
+    if p.is_file() and p.suffix.lower() == ".zip":
         return next((t for m in recipe.layouts if (t := _root_in_zip(p, m)) is not None), None)
+    if p.is_file():  # a file of the dataset, e.g. its train.csv
+        p = p.parent
     if not p.is_dir():
         return None
     p = p.resolve()
@@ -410,7 +410,7 @@ RECIPES: dict[str, Recipe] = {
         layouts=(("Training Data", "Validation Data"),),
         download="kaggle datasets download -d utkarshsaxenadn/animal-image-classification-dataset",
         aliases=("animal-image-classification-dataset", "animals", "archive"),
-        size="about 30,000 images, 15 classes, 0.6 GB", after_fit=score_test),
+        size="15 classes; train, validation and test given", after_fit=score_test),
     "tiny-imagenet": Recipe(
         "tiny-imagenet", "Tiny ImageNet: 200 classes at 64x64, val labelled by val_annotations.txt; "
         "top-1 and top-5 accuracy", _located(_tiny_imagenet, "tiny-imagenet"),
