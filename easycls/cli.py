@@ -175,6 +175,29 @@ def evaluate_cmd(
         _fail(e)
 
 
+@app.command("thresholds")
+def thresholds_cmd(
+    run_dir: RunDir,
+    source: Annotated[str, typer.Argument(help="Labelled data (CSV, folder, zip or dataset name).")],
+    images: Annotated[Path | None, typer.Option(help="Image folder for a CSV source.")] = None,
+    average: Annotated[str | None, typer.Option(help="F1 average to maximize: samples, micro or macro.")] = None,
+) -> None:
+    """Recompute a multi-label model's F1-optimal thresholds on SOURCE and store them in the bundle."""
+    from .data.sources import DataError
+    from .data.tables import TableError
+    from .retune import retune_thresholds
+    if average not in (None, "samples", "micro", "macro"):
+        _fail(ValueError(f"--average must be samples, micro or macro, not {average!r}"))
+    try:
+        tuned = retune_thresholds(run_dir, source, str(images) if images else None, average)
+    except (DataError, TableError, ValueError) as e:
+        _fail(e)
+    f1 = tuned["f1"]
+    typer.echo(f"thresholds ({tuned['chosen']}, global {tuned['global']:.4f}): F1 {tuned['average']} "
+               f"{f1['tuned']:.4f} (at 0.5: {f1['at_0.5']:.4f}) on {tuned['tuned_on']['images']} images; "
+               f"updated {run_dir / 'model.json'}")
+
+
 @app.command("archs")
 def archs_cmd(
     pattern: Annotated[str, typer.Argument(help="Glob pattern, e.g. 'resnet*' or '*convnext*'.")] = "*",

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["plot_history", "format_metrics", "plot_confusion", "top_confused_classes", "plot_image_grid",
-           "plot_f1_curves", "plot_frequency_f1", "format_table"]
+           "plot_f1_curves", "plot_frequency_f1", "format_table", "plot_f1_threshold", "write_per_class"]
 
 
 def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
@@ -181,3 +181,21 @@ def format_table(rows: Sequence[dict], columns: Sequence[str], max_rows: int | N
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def plot_f1_threshold(probs, targets, tuned: dict, out_png: str | Path) -> Path:
+    """The run's F1-vs-threshold curve for the tuned average, with 0.5 and the chosen threshold marked."""
+    from . import thresholds as th
+    average = tuned.get("average", "samples")
+    curve = th.f1_curve(probs, targets, average=average, n_points=400)
+    return plot_f1_curves({average: curve}, out_png, marks={"0.5": 0.5, f"best global {tuned['global']:.3f}": tuned["global"]})
+
+
+def write_per_class(rows: list[dict], classes: list[str], out_csv: str | Path) -> Path:
+    """One row per class: label, precision, recall, f1, support, threshold."""
+    with Path(out_csv).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["label", *rows[0].keys()] if rows else ["label"])
+        writer.writeheader()
+        for label, row in zip(classes, rows):
+            writer.writerow({"label": label, **row})
+    return Path(out_csv)

@@ -42,7 +42,7 @@ from .data.loaders import (
     train_store_size,
 )
 from .data.recipes import get_recipe, is_recipe
-from .data.sources import ItemTable, from_path
+from .data.sources import DataError, ItemTable, from_path
 from .learners import (
     arch_name,
     create_model,
@@ -107,6 +107,10 @@ class _Data:
         table.check()
         self.table, self.cfg = table, cfg
         self.multi_label = table.multi_label if cfg.multi_label is None else cfg.multi_label
+        if not self.multi_label and table.multi_label:  # never drop labels silently
+            n = sum(len(labs) != 1 for labs in table.labels)
+            raise DataError(f"multi_label=False, but {n} images of {cfg.source} have several (or no) labels; "
+                            "drop --single-label to train a multi-label model")
         self.use_cache = cfg.cache if cfg.cache is not None else dcache.fits_budget(len(table.refs), train_store_size(cfg.size, cfg.augment))
         self._decode()
         self.vocab = table.classes
@@ -218,6 +222,7 @@ def _resumed_config(resume: str | Path, overrides: dict) -> TrainConfig:
 
 def _final_metrics(learn: Learner, data: _Data, cfg: TrainConfig) -> dict:
     probs, targets = learn.get_preds(ds_idx=1)
+    learn.valid_preds = (probs, targets)  # for the plots and tables written with the run
     if data.multi_label:
         return multi_label_metrics(probs, targets, cfg.threshold_average)
     return single_label_metrics(probs, targets)
@@ -306,6 +311,8 @@ def _write_run(learn: Learner, data: _Data, cfg: TrainConfig, metrics: dict) -> 
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     cfg.to_json(run_dir / "config.json")
     plot_history(run_dir / "history.csv", run_dir / "loss.png")
+    if data.multi_label:
+        _write_threshold_report(run_dir, learn.valid_preds, metrics["thresholds"], data.vocab)
     if data.table.skipped:
         lines = [f"{ref}\t{reason}" for ref, reason in data.table.skipped]
         (run_dir / "skipped.txt").write_text("\n".join(lines) + "\n")
@@ -315,6 +322,14 @@ def _write_run(learn: Learner, data: _Data, cfg: TrainConfig, metrics: dict) -> 
     if recipe is not None and recipe.after_fit is not None:  # test scores, Kaggle submissions
         from .bundle import load
         recipe.after_fit(run_dir, load(run_dir), data.table)
+
+
+def _write_threshold_report(run_dir: Path, preds, tuned: dict, classes: list[str]) -> None:
+    from . import thresholds as th
+    from .report import plot_f1_threshold, write_per_class
+    probs, targets = preds[0].numpy(), preds[1].numpy() > 0.5
+    plot_f1_threshold(probs, targets, tuned, run_dir / "f1_threshold.png")
+    write_per_class(th.per_class_report(probs, targets, tuned["per_class"]), classes, run_dir / "per_class.csv")
 
 
 def _predict_test(run_dir: Path, refs: list[str]) -> None:
