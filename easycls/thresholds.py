@@ -333,7 +333,7 @@ def _single_valued(
 
 def _sweep(
     v: np.ndarray, bkt: np.ndarray, t: _Tables, w: np.ndarray, f: F1Fn,
-    n_groups: int = 1, shared: bool = False, prune: bool = True,
+    n_groups: int = 1, shared: bool = False, how: str = "best",
 ) -> Candidates:
     """Exact F1 of every candidate threshold that can be (near-)best, per threshold group.
 
@@ -347,13 +347,14 @@ def _sweep(
         n_groups: 1, or c for the class columns.
         shared: one threshold for all groups, scoring the sum of their F1s (macro);
             otherwise one threshold per group.
-        prune: False sweeps every score (the full curve).
+        how: "best" sweeps only what can be (near-)best; "all" sweeps every score (the full
+            curve); "buckets" adds the exact point at every bucket's lowest score to "best".
 
     Returns:
-        (group, threshold, f1) of the candidates; without pruning sorted by group, then
+        (group, threshold, f1) of the candidates; with "all" sorted by group, then
         thresholds decreasing.
     """
-    if not prune:
+    if how == "all":
         return _sweep_cells(np.arange(v.size), v, bkt, t, w, f, n_groups, shared)
     keep, exact, idle = _promising(t, f, shared)
     run = bkt if shared else t.cell  # bucket of each cell, flat over (group, bucket)
@@ -361,7 +362,17 @@ def _sweep(
     cells, single = _single_valued(np.flatnonzero(keep[run]), v, run, exact, n_buckets)
     found = [single, _closest(v, np.flatnonzero(idle), 1 if shared else n_groups),
              _sweep_cells(cells, v, bkt, t, w, f, n_groups, shared)]
+    if how == "buckets":
+        found.append(_bucket_points(v, run, exact, n_buckets))
     return tuple(np.concatenate(parts) for parts in zip(*found, strict=True))
+
+
+def _bucket_points(v: np.ndarray, run: np.ndarray, exact: np.ndarray, n_buckets: int) -> Candidates:
+    """The exact F1 at the lowest score of every bucket: a coarse but exact curve."""
+    lo = np.full(exact.size, np.inf)
+    np.minimum.at(lo, run, v)
+    filled = np.flatnonzero(exact > -np.inf)
+    return filled // n_buckets, lo[filled], exact[filled]
 
 
 def _sweep_cells(
@@ -430,7 +441,7 @@ def _group_gains(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _global_sweep(
-    d: _Data, v: np.ndarray, bkt: np.ndarray, n_buckets: int, average: str, prune: bool
+    d: _Data, v: np.ndarray, bkt: np.ndarray, n_buckets: int, average: str, how: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(thresholds, f1) of the global candidates, thresholds decreasing."""
     n, c = d.p.shape
@@ -444,26 +455,26 @@ def _global_sweep(
         unchanged = bkt is d.buckets[0]  # else at_least_one moved the row maxima up
         t = d.class_tables if unchanged else _tables(bkt, n_buckets, d.hits, c)
         args = (t, d.hits, _f1_fn(np.count_nonzero(d.y, axis=0), 1.0 / c), c, True)
-    _, thresholds, f1 = _sweep(v, bkt, *args, prune=prune)
+    _, thresholds, f1 = _sweep(v, bkt, *args, how=how)
     return thresholds, f1
 
 
 def _global_candidates(
-    d: _Data, average: str, at_least_one: bool, prune: bool = True
+    d: _Data, average: str, at_least_one: bool, how: str = "best"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(thresholds, f1) of global candidates, thresholds decreasing, "nothing" included."""
     (n, c), (bkt, n_buckets) = d.p.shape, d.buckets
     v = d.p.ravel()
     above = np.nextafter(d.p.max(), np.inf)
     if not at_least_one:
-        thresholds, f1 = _global_sweep(d, v, bkt, n_buckets, average, prune)
+        thresholds, f1 = _global_sweep(d, v, bkt, n_buckets, average, how)
         return np.append(above, thresholds), np.append(0.0, f1)
     # a global threshold predicts a row's argmax whenever anything in the row passes, and
     # at_least_one adds it when nothing does: exactly plain thresholding with argmax = +inf
     top = d.p.argmax(axis=1) + np.arange(0, n * c, c)
     v, bkt = v.copy(), bkt.copy()
     v[top], bkt[top] = np.inf, n_buckets
-    thresholds, f1 = _global_sweep(d, v, bkt, n_buckets + 1, average, prune)
+    thresholds, f1 = _global_sweep(d, v, bkt, n_buckets + 1, average, how)
     thresholds[np.isinf(thresholds)] = above  # nothing is never predicted; top-1 takes its place
     return thresholds, f1
 
@@ -502,28 +513,35 @@ def f1_curve(
     probs: Any, targets: Any, average: str = "samples", n_points: int | None = None, *,
     at_least_one: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The exact F1-vs-global-threshold step curve, for plots (a full sort: O(N log N)).
+    """Points of the exact F1-vs-global-threshold step curve, for plots.
 
     Args:
         probs: (n, c) scores.
         targets: (n, c) 0/1 labels.
         average: "samples", "micro" or "macro".
-        n_points: keep about this many evenly spaced candidates (always including the best).
+        n_points: return about this many points, always including the best. On large inputs
+            they are spread over the score quantiles and cost no full sort.
         at_least_one: curve of ``apply_thresholds(..., at_least_one=True)``.
 
     Returns:
-        (thresholds, f1), thresholds increasing: every distinct score, then the threshold
-        just above the largest one (predict nothing, or top-1 only with at_least_one).
+        (thresholds, f1), thresholds increasing, every f1 exact. Without ``n_points``: every
+        distinct score, then the threshold just above the largest one (predict nothing, or
+        top-1 only with at_least_one); that needs a full sort, O(N log N).
     """
     _check_average(average)
-    thresholds, f1 = _global_candidates(_Data(*_prepare(probs, targets)), average,
-                                        at_least_one, prune=False)
+    d = _Data(*_prepare(probs, targets))
+    coarse = n_points is not None and d.buckets[1] >= n_points
+    thresholds, f1 = _global_candidates(d, average, at_least_one, "buckets" if coarse else "all")
+    if coarse:  # one point per threshold: bucket points may repeat swept ones
+        thresholds, first = np.unique(thresholds, return_index=True)
+        f1 = f1[first]
+    else:
+        thresholds, f1 = thresholds[::-1].copy(), f1[::-1].copy()
     if n_points is not None and len(f1) > n_points:
         keep = np.round(np.linspace(0, len(f1) - 1, max(n_points, 2))).astype(np.intp)
-        best = _pick(np.zeros(len(f1), np.intp), thresholds, f1, 1)
-        keep = np.union1d(keep, best)
+        keep = np.union1d(keep, _pick(np.zeros(len(f1), np.intp), thresholds, f1, 1))
         thresholds, f1 = thresholds[keep], f1[keep]
-    return thresholds[::-1].copy(), f1[::-1].copy()
+    return thresholds, f1
 
 
 # ---------------------------------------------------------------------------- per class

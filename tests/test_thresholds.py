@@ -267,13 +267,15 @@ def test_f1_curve_is_the_exact_step_curve(seed, average):
     np.testing.assert_allclose(curve, f1, rtol=0, atol=1e-12)
 
 
-def test_f1_curve_subsampling_keeps_the_best():
-    probs, y = skewed_data(1, n=300, c=8)
-    full_t, full_f1 = f1_curve(probs, y, "samples")
-    t, f1 = f1_curve(probs, y, "samples", n_points=50)
-    assert 50 <= len(t) <= 51 and np.all(np.diff(t) > 0)
-    assert f1.max() == full_f1.max()
-    assert np.isin(t, full_t).all()
+@pytest.mark.parametrize("n_points", [50, 1000])
+@pytest.mark.parametrize("average", AVERAGES)
+def test_f1_curve_subsampling_keeps_exact_points_and_the_best(n_points, average):
+    probs, y = skewed_data(1, n=300, c=8)  # 2400 scores: 50 points come from bucket bottoms
+    full_t, full_f1 = f1_curve(probs, y, average)
+    t, f1 = f1_curve(probs, y, average, n_points=n_points)
+    assert min(n_points, len(full_t)) <= len(t) <= n_points + 1 and np.all(np.diff(t) > 0)
+    np.testing.assert_allclose(f1, full_f1[np.searchsorted(full_t, t)], rtol=0, atol=1e-12)
+    assert best_global_threshold(probs, y, average)[0] == t[np.argmax(f1)]
 
 
 # ---------------------------------------------------------------------------- per class
