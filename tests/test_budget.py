@@ -1,0 +1,45 @@
+"""Wall-time budgets: duration parsing, and a run that plans its epochs to end inside the budget."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import pytest
+from conftest import write_class_folders
+
+from easycls.budget import parse_duration
+from easycls.train import fit  # imported here: import time is not training time
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400),
+                                           ("45", 45), ("1.5m", 90)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5y", "0s", "m"])
+def test_parse_duration_refuses_nonsense(text):
+    with pytest.raises(ValueError, match="90s, 30m, 2h"):
+        parse_duration(text)
+
+
+def test_budget_run_ends_within_15_percent_with_all_artifacts(tmp_path):
+    import matplotlib.pyplot  # noqa: F401  (so is matplotlib's, which the run's plot needs)
+
+    data = write_class_folders(tmp_path / "pets", per_class=20)
+    out = tmp_path / "run"
+    budget = 20.0
+    t0 = time.perf_counter()
+    learn = fit(str(data), out=str(out), arch="mobilenetv3_small_050", pretrained=False, epochs=2,
+                size=32, bs=8, lr=2e-3, quiet=True, workers=0, time_budget=budget)
+    used = time.perf_counter() - t0
+    print(f"budget {budget}s used {used:.2f}s, planned {learn.final_metrics['planned_epochs']} epochs")
+    assert abs(used - budget) <= 0.15 * budget
+    assert {"model.safetensors", "model.json", "metrics.json", "history.csv", "config.json",
+            "checkpoint.pth"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["time_budget_seconds"] == budget and metrics["planned_epochs"] > 2  # more than --epochs
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == metrics["planned_epochs"]
