@@ -84,9 +84,9 @@ def search_places(recipe: Recipe, path: str | os.PathLike | None = None) -> list
 def _root_in_zip(path: Path, markers: tuple[str, ...]) -> Tree | None:
     """The dataset root inside a zip, at the shallowest nesting that has all `markers`."""
     top = Tree(path)
-    dirs = top.dirs()
-    present = {n.rstrip("/") for n in top._names} | dirs
-    for prefix in sorted({""} | {d for d in dirs if d.count("/") < _MAX_DEPTH}, key=lambda d: (d.count("/"), d)):
+    present = top.paths()
+    shallow = {d for d in top.dirs() if d.count("/") < _MAX_DEPTH}
+    for prefix in sorted({""} | shallow, key=lambda d: (d.count("/"), d)):
         head = f"{prefix}/" if prefix else ""
         if all(head + m in present for m in markers):
             return Tree(path, prefix)

@@ -128,6 +128,18 @@ def _zip_names(path: str, mtime_ns: int) -> tuple[str, ...]:
         return tuple(zf.namelist())
 
 
+@lru_cache(maxsize=8)
+def _zip_index(path: str, mtime_ns: int) -> tuple[frozenset[str], frozenset[str]]:
+    """(every member and folder, every folder) of a zip, without trailing "/": O(1) lookups."""
+    folders, files = set(), set()
+    for m in _zip_names(path, mtime_ns):
+        parts = m.rstrip("/").split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts) if not m.endswith("/") else len(parts) + 1))
+        if not m.endswith("/"):
+            files.add(m)
+    return frozenset(folders | files), frozenset(folders)
+
+
 class Tree:
     """A folder, or a folder inside a zip, seen as relative POSIX paths.
 
@@ -145,7 +157,8 @@ class Tree:
         self.is_zip = self.base.is_file()
         if self.is_zip:
             try:
-                self._names = _zip_names(str(self.base), os.stat(self.base).st_mtime_ns)
+                self._key = (str(self.base), os.stat(self.base).st_mtime_ns)
+                self._names = _zip_names(*self._key)
             except zipfile.BadZipFile as e:
                 raise DataError(f"{self.base} is not a readable zip archive ({e}); download it again") from e
 
@@ -183,18 +196,19 @@ class Tree:
             root = self.base / self.prefix
             found = {Path(d).relative_to(root).as_posix() for d, _, _ in os.walk(root)} - {"."}
             return {d for d in found if not _hidden(d)}
-        out = set()
-        for m in self._members():
-            parts = m.rstrip("/").split("/")
-            out.update("/".join(parts[:i]) for i in range(1, len(parts) if not m.endswith("/") else len(parts) + 1))
-        return {d for d in out if not _hidden(d)}
+        n = len(self.prefix)
+        return {d[n:] for d in _zip_index(*self._key)[1] if d.startswith(self.prefix) and len(d) > n
+                and not _hidden(d[n:])}
+
+    def paths(self) -> frozenset[str]:
+        """Zip only: every member and folder of the whole archive (no trailing "/")."""
+        return _zip_index(*self._key)[0]
 
     def exists(self, rel: str) -> bool:
         rel = rel.strip("/")
         if not self.is_zip:
             return (self.base / self.prefix / rel).exists()
-        full = self.prefix + rel
-        return full in self._names or any(m.startswith(full + "/") for m in self._names)
+        return (self.prefix + rel).rstrip("/") in self.paths()
 
     def read_text(self, rel: str) -> str:
         try:
