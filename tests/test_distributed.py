@@ -1,0 +1,111 @@
+"""Multi-process training: shard arithmetic, and 2 gloo processes on CPU under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_class_folders
+from fastai.data.core import TfmdDL
+
+import easycls
+from easycls.distributed import Session, TrainShardsDL, ValidShardsDL, resolve_precision
+from easycls.metrics import single_label_metrics
+
+PROBE = Path(__file__).with_name("ddp_probe.py")
+
+
+def _loader(n: int, bs: int, shuffle: bool) -> TfmdDL:
+    dl = TfmdDL(list(range(n)), bs=bs, shuffle=shuffle, drop_last=shuffle)
+    dl.rng.seed(0)
+    return dl
+
+
+def test_training_shards_are_disjoint_and_never_padded():
+    # No process group here: each "rank" computes its shard of the same shuffled order.
+    shards = [TrainShardsDL(_loader(35, 4, True), rank=r, world_size=2) for r in (0, 1)]
+    idxs = [list(s.get_idxs()) for s in shards]
+    assert len(idxs[0]) == len(idxs[1]) == 17  # 35 -> 34: the odd sample is dropped, not repeated
+    assert not set(idxs[0]) & set(idxs[1]) and len(set(idxs[0]) | set(idxs[1])) == 34
+    assert len(shards[0]) == 17 // 4  # batches per rank, as fastai's TrainEvalCallback counts them
+
+
+def test_training_shards_skip_batches_done_before_a_resume():
+    whole, resumed = _loader(32, 4, True), _loader(32, 4, True)
+    a = TrainShardsDL(whole, rank=1, world_size=2)
+    b = TrainShardsDL(resumed, rank=1, world_size=2)
+    b.skip = 2
+    assert list(b.get_idxs()) == list(a.get_idxs())[2 * 4:]
+    assert b.skip == 0  # one pass only
+
+
+def test_validation_shards_pad_then_unpad():
+    shards = [ValidShardsDL(_loader(5, 4, False), rank=r, world_size=2) for r in (0, 1)]
+    idxs = [list(s.get_idxs()) for s in shards]
+    assert idxs == [[0, 1, 2], [3, 4, 0]]  # fastai pads to equal shards; to_detach cuts the copy
+
+
+def test_single_process_session_and_precision():
+    sess = Session()
+    assert sess.any_rank(True, False) == [True, False] and sess.agree(3) == 3
+    assert "bs 16 per process x 1 = 16" in sess.batch_sizes(16)
+    assert resolve_precision(None, torch.device("cpu")) == "no"
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        resolve_precision("bf16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="'no', 'fp16' or 'bf16'"):
+        resolve_precision("fp8", torch.device("cpu"))
+
+
+def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_one_model(tmp_path):
+    root = tmp_path / "split"
+    write_class_folders(root / "train", per_class=32, seed=1)  # 96 = 6 batches of 8 on each of 2 ranks
+    write_class_folders(root / "valid", per_class=7, seed=2)   # 21: odd, so fastai pads one for rank 1
+    work = tmp_path / "work"
+    work.mkdir()
+    res = _torchrun(str(PROBE), str(root), "run", "records", cwd=work)
+    assert res.returncode == 0, res.stdout + res.stderr
+    r0, r1 = (json.loads((work / "records" / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+
+    assert r0["weights"] == r1["weights"]  # DDP kept the replicas identical
+    assert len(r0["seen"]) == 2  # two epochs
+    for a, b in zip(r0["seen"], r1["seen"]):  # each training sample exactly once per epoch
+        assert len(a) == len(b) == 48 and sorted(a + b) == list(range(96))
+
+    # Validation metrics equal a single-process evaluation of the saved model.
+    assert r0["metrics"] == r1["metrics"] and r0["metrics"]["n_valid"] == 21
+    probs = easycls.load(work / "run", device="cpu").probabilities(r0["valid_refs"])
+    single = single_label_metrics(torch.from_numpy(probs), torch.tensor(r0["valid_targets"]))
+    for k in ("accuracy", "valid_loss", "n_valid"):
+        assert np.isclose(r0["metrics"][k], single[k], atol=1e-4), k
+
+    # One set of files, written once (rank 1 wrote nothing of its own).
+    assert sorted(p.name for p in work.iterdir()) == ["records", "run"]
+    files = {p.name for p in (work / "run").iterdir()}
+    assert {"model.safetensors", "model.json", "metrics.json", "history.csv", "config.json", "checkpoint.pth"} <= files
+    assert not any(n.endswith(".tmp") for n in files)
+    rows = (work / "run" / "history.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + one row per epoch, not one per rank
+    shutil.rmtree(work / "run")
+
+
+@pytest.mark.slow
+def test_an_error_stops_every_rank_and_is_shown_once(tmp_path):
+    res = _torchrun("-m", "easycls", "fit", str(tmp_path / "no_such_folder"), "--quiet", cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert out.count("error:") == 1, out
