@@ -201,3 +201,12 @@ def test_plain_split_folders_are_not_taken_for_imagenet(tmp_path):
 def test_path_may_be_a_file_of_the_dataset(downloads):
     tree = locate(get_recipe("comp5329"), downloads["comp5329"][0] / "train.csv")
     assert tree.exists("test.csv") and tree.exists("data")
+
+
+def test_cli_fit_recipe_not_found_exits_with_the_message(tmp_path):
+    from typer.testing import CliRunner
+
+    from easycls.cli import app
+    res = CliRunner().invoke(app, ["fit", "asl", "--path", str(tmp_path / "nope"), "--no-pretrained"])
+    assert res.exit_code == 2
+    assert "does not exist" in res.output and "grassknoted/asl-alphabet" in res.output
