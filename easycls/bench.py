@@ -167,11 +167,12 @@ def _cores() -> int:
 def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs: int = 64,
           processes: Sequence[int] = (1,), steps: int = 20, epochs: int = 1, lr: float = 2e-3,
           out: str | os.PathLike = "bench", compile: bool = False, device: str | None = None,
-          say=print) -> dict:
+          synthetic: int = 256, say=print) -> dict:
     """Measure train-step, pipeline and end-to-end throughput; write JSON and a PNG plot.
 
     Args:
-        source: anything `fit` accepts; None generates a small synthetic JPEG folder.
+        source: anything `fit` accepts; None generates a synthetic JPEG folder of
+            `synthetic` images in `out/data`.
         processes: process counts for the end-to-end runs (DDP when > 1).
 
     Example:
@@ -180,7 +181,7 @@ def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    source = source or str(synthetic_folder(out / "data"))
+    source = source or str(synthetic_folder(out / "data", n=synthetic))
     dev = _device(device)
     result: dict = dict(arch=arch, size=size, bs=bs, device=_device_name(dev), source=str(source),
                         cores=_cores(), loadavg=[round(x, 2) for x in os.getloadavg()])
