@@ -1,0 +1,56 @@
+"""`easycls bench`: tiny CPU runs, including the DDP scaling path with 1 and 2 processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from easycls.bench import (
+    format_table,
+    pipeline_rate,
+    plot_results,
+    synthetic_folder,
+    train_step_rate,
+)
+from easycls.cli import app
+
+
+def test_train_step_and_pipeline_rates(tmp_path):
+    assert train_step_rate("resnet18", size=16, bs=4, steps=2, warmup=1) > 0
+    from easycls.bench import easycls_loaders
+    src = synthetic_folder(tmp_path, n=24, n_classes=3, side=32)
+    dl = easycls_loaders(str(src), size=16, bs=4).train
+    assert pipeline_rate(dl) > 0
+    xb, yb = dl.one_batch()
+    assert xb.shape == (4, 3, 16, 16) and yb.shape == (4,)
+
+
+def test_table_and_plot(tmp_path):
+    result = dict(arch="resnet18", size=16, bs=4, device="cpu", train_step=100.0, pipeline=500.0,
+                  scaling=[dict(processes=1, images_per_s=50.0, efficiency=1.0),
+                           dict(processes=2, images_per_s=80.0, efficiency=0.8)])
+    table = format_table(result)
+    assert "end to end, 2 process(es)" in table and "0.80" in table
+    assert plot_results(result, tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_cli_bench_processes_1_2(tmp_path):
+    """The CI-sized scaling run: end to end through `fit` with 1 and 2 (DDP, gloo) processes."""
+    out = tmp_path / "bench"
+    src = synthetic_folder(tmp_path, n=32, n_classes=2, side=24)
+    res = CliRunner().invoke(app, ["bench", str(src), "--arch", "resnet18", "--size", "16", "--bs", "4",
+                                   "--steps", "2", "--processes", "1,2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "end to end, 2 process(es)" in res.output
+    data = json.loads((out / "bench.json").read_text())
+    assert [r["processes"] for r in data["scaling"]] == [1, 2]
+    assert data["scaling"][0]["efficiency"] == pytest.approx(1.0)
+    assert data["scaling"][1]["efficiency"] > 0
+    assert (out / "bench.png").exists()
+
+
+def test_cli_bench_rejects_bad_processes(tmp_path):
+    res = CliRunner().invoke(app, ["bench", "--processes", "one,two", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "comma-separated" in res.output
