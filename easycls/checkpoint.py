@@ -259,9 +259,10 @@ class Checkpointer(Callback):
     # signals ----------------------------------------------------------------------------------
     @contextmanager
     def catching_signals(self) -> Iterator[None]:
-        """While inside, SIGTERM/SIGINT ask for a checkpoint and a clean stop; a second SIGINT aborts."""
+        """While inside, SIGTERM/SIGINT ask for a checkpoint and a clean stop; a second signal
+        aborts at once (e.g. a process stuck waiting for a dead peer)."""
         def handler(signum, frame):
-            if self.signum == signum == signal.SIGINT:
+            if self.signum is not None:
                 raise KeyboardInterrupt
             self.signum = signum
         old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
