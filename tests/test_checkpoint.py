@@ -141,3 +141,34 @@ def test_cli_sigterm_and_sigkill_then_resume_reach_the_planned_epochs(tmp_path):
     rows = _history(run)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
     assert saved["history_rows"] <= 5 and (run / "metrics.json").exists() and (run / "model.safetensors").exists()
+
+
+def test_fine_tune_resumes_in_its_second_phase(tmp_path, monkeypatch):
+    import timm
+    weights = tmp_path / "w.pth"
+    torch.save(timm.create_model("mobilenetv3_small_050").state_dict(), weights)  # a local "pretrained" file
+    data = write_class_folders(tmp_path / "pets", per_class=20)
+    kw = {**EXACT, "pretrained": True, "weights": str(weights), "epochs": 2}
+    ref = easycls.fit(str(data), out=str(tmp_path / "ref"), **kw)
+
+    real_after_batch = checkpoint.Checkpointer.after_batch
+
+    def sigint_in_unfrozen_phase(self):
+        if self.training and self.phase == 1 and self.epoch == 0 and self.iter == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_after_batch(self)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", sigint_in_unfrozen_phase)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="SIGINT"):
+        easycls.fit(str(data), out=str(run), **kw)
+    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", real_after_batch)
+    state = torch.load(run / "checkpoint.pth", weights_only=True)
+    assert (state["phase"], state["epoch"], state["batches_done"], state["history_rows"]) == (1, 0, 2, 1)
+
+    easycls.fit(resume=str(run), quiet=True)
+    rows, ref_rows = _history(run), _history(tmp_path / "ref")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # 1 frozen + 2 unfrozen epochs
+    assert [r["valid_loss"] for r in rows] == [r["valid_loss"] for r in ref_rows]
+    assert json.loads((run / "metrics.json").read_text())["valid_loss"] == pytest.approx(
+        ref.final_metrics["valid_loss"], abs=1e-6)
