@@ -30,9 +30,9 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
-    """A real (tiny) run on the embedded digits data: one epoch at 16 px."""
+    """A real (tiny) run on the embedded digits data: one epoch of timm's smallest resnet at 16 px."""
     out = tmp_path_factory.mktemp("runs") / "digits"
-    fit("digits", epochs=1, size=16, bs=64, lr=3e-3, out=str(out), quiet=True)
+    fit("digits", arch="test_resnet", epochs=1, size=16, bs=64, lr=3e-3, out=str(out), quiet=True)
     return out
 
 
@@ -132,7 +132,7 @@ def multi_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ml")
     labels = _write_multilabel(root, 64, seed=0)
     out = root / "run"
-    fit(str(labels), images=str(root / "images"), arch="resnet18", pretrained=False, epochs=1, size=32,
+    fit(str(labels), images=str(root / "images"), arch="test_resnet", pretrained=False, epochs=1, size=32,
         bs=16, lr=1e-3, out=str(out), quiet=True)
     return labels, out
 
