@@ -78,8 +78,14 @@ def _heatmap(ax, cm: np.ndarray, names: list[str] | None, title: str) -> None:
     ax.set_yticks(ticks, names, fontsize=fs)
     for (i, j), v in np.ndenumerate(norm):
         if v >= 0.01:
-            ax.text(j, i, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center",
+            ax.text(j, i, _share(v), ha="center", va="center",
                     fontsize=fs - 1, color="white" if v > 0.5 else "black")
+
+
+def _share(v: float) -> str:
+    """0.97 -> ".97", 1.0 (or 0.996) -> "1": short enough for a cell."""
+    text = f"{v:.2f}"
+    return "1" if text == "1.00" else text[1:]
 
 
 def top_confused_classes(cm: np.ndarray, k: int = 20) -> list[int]:
