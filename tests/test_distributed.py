@@ -64,13 +64,16 @@ def test_single_process_session_and_precision():
         resolve_precision("fp8", torch.device("cpu"))
 
 
-def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _launcher(*args: str) -> list[str]:
     with socket.socket() as s:  # a free port: with port 0 the second rank would not find the first
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
+
+
+def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(_launcher(*args), capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 @pytest.mark.slow
@@ -114,3 +117,28 @@ def test_an_error_stops_every_rank_and_is_shown_once(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert out.count("error:") == 1, out
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_checkpoints_once_and_resumes(tmp_path):
+    import signal
+    import time
+    root = tmp_path / "split"
+    write_class_folders(root / "train", per_class=32, seed=1)
+    write_class_folders(root / "valid", per_class=7, seed=2)
+    run = tmp_path / "run"
+    args = ["-m", "easycls", "fit", str(root), "--arch", "mobilenetv3_small_050", "--no-pretrained", "--epochs", "4",
+            "--size", "32", "--bs", "8", "--lr", "2e-3", "--workers", "0", "--out", str(run), "--quiet"]
+    proc = subprocess.Popen(_launcher(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    t0 = time.time()
+    while not (run / "checkpoint.pth").exists():
+        assert proc.poll() is None and time.time() - t0 < 240, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    out = proc.communicate(timeout=120)[0]
+    assert out.count(f"easycls fit --resume {run}") == 1, out  # rank 0 says it, once
+    res = _torchrun("-m", "easycls", "fit", "--resume", str(run), "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = (run / "history.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [0, 1, 2, 3]
