@@ -18,15 +18,17 @@ import csv
 import json
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import thresholds as th
 from .bundle import Predictor, load
 from .config import TrainConfig
-from .data.images import check_images, open_image, split_zip_ref
+from .data.images import check_images, load_resized, open_image, parallel_map, split_zip_ref
 from .data.sources import DataError, ItemTable
 from .metrics import single_label_metrics
 from .report import (
@@ -126,6 +128,16 @@ def _usable(refs: list[str], labels: list[list[str]], classes: list[str], multi_
         else:
             keep.append(i)
     return [refs[i] for i in keep], [labels[i] for i in keep], skipped
+
+
+def _probabilities(predictor: Predictor, refs: list[str], bs: int, chunk: int = 2048) -> np.ndarray:
+    """The predictor's probabilities, with images decoded on a thread pool a chunk at a time."""
+    out = []
+    for i in range(0, len(refs), chunk):
+        pixels = parallel_map(partial(load_resized, size=predictor.size), refs[i:i + chunk])
+        # Already at the input size: the predictor's own resize is then a no-op.
+        out.append(predictor.probabilities([Image.fromarray(a) for a in pixels], bs))
+    return np.concatenate(out)
 
 
 # ---------------------------------------------------------------- single-label
@@ -309,7 +321,7 @@ def evaluate(run_dir: str | Path, source: str | Path | None = None, out: str | P
     from .data.loaders import encode_labels
     targets = encode_labels(labels, predictor.classes, predictor.multi_label)
     ev = Evaluation(out_dir, predictor.classes, predictor.multi_label, refs, targets,
-                    predictor.probabilities(refs, bs), np.zeros(0), {}, [], skipped=skipped)
+                    _probabilities(predictor, refs, bs), np.zeros(0), {}, [], skipped=skipped)
     if ev.multi_label:
         _multi(ev, predictor)
     else:
