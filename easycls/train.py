@@ -313,6 +313,8 @@ def _write_run(learn: Learner, data: _Data, cfg: TrainConfig, metrics: dict) -> 
     plot_history(run_dir / "history.csv", run_dir / "loss.png")
     if data.multi_label:
         _write_threshold_report(run_dir, learn.valid_preds, metrics["thresholds"], data.vocab)
+    else:
+        _write_confusion(run_dir, learn.valid_preds, data.vocab)
     if data.table.skipped:
         lines = [f"{ref}\t{reason}" for ref, reason in data.table.skipped]
         (run_dir / "skipped.txt").write_text("\n".join(lines) + "\n")
@@ -330,6 +332,14 @@ def _write_threshold_report(run_dir: Path, preds, tuned: dict, classes: list[str
     probs, targets = preds[0].numpy(), preds[1].numpy() > 0.5
     plot_f1_threshold(probs, targets, tuned, run_dir / "f1_threshold.png")
     write_per_class(th.per_class_report(probs, targets, tuned["per_class"]), classes, run_dir / "per_class.csv")
+
+
+def _write_confusion(run_dir: Path, preds, classes: list[str]) -> None:
+    from .evaluate import confusion_matrix
+    from .report import plot_confusion
+    probs, targets = preds
+    cm = confusion_matrix(targets.numpy(), probs.argmax(1).numpy(), len(classes))
+    plot_confusion(cm, classes, run_dir / "confusion_matrix.png")
 
 
 def _predict_test(run_dir: Path, refs: list[str]) -> None:

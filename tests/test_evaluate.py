@@ -44,6 +44,7 @@ def digits_eval(digits_run):
 def test_single_label_report_files(digits_run, digits_eval):
     out = digits_run / "eval-digits"
     assert digits_eval.out_dir == out
+    assert (digits_run / "confusion_matrix.png").exists()  # fit writes one with the run
     for name in ("metrics.json", "per_class.csv", "predictions.csv", "confusion_matrix.csv",
                  "confusion_matrix.png", "most_confused.csv", "top_losses.png"):
         assert (out / name).stat().st_size > 0, name
