@@ -1,7 +1,8 @@
-"""Tiny generated stand-ins for the real datasets, in their real layouts, for `--smoke` runs.
+"""Helpers of the example scripts (the library does not use them).
 
-Each image's mean colour encodes its class, so one epoch learns something. Shared by the
-example scripts only; the library does not use it.
+Tiny generated stand-ins of the real datasets, in their real layouts, for `--smoke` runs
+(each image's mean colour encodes its class, so one epoch learns something), and the
+relaunch of a script under `accelerate launch` for multi-GPU runs.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import _smoke
+import _common
 
 from easycls import fit
 from easycls.distributed import session
@@ -33,8 +33,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/animals15")
     ap.add_argument("--smoke", action="store_true", help="tiny generated zip, 1 epoch, CPU")
     args = ap.parse_args()
-    if args.gpus > 1 and not _smoke.is_worker():
-        _smoke.launch(args.gpus, [__file__, *sys.argv[1:]])
+    if args.gpus > 1 and not _common.is_worker():
+        _common.launch(args.gpus, [__file__, *sys.argv[1:]])
     else:
         train(args)
 
@@ -43,8 +43,8 @@ def train(args) -> None:
     settings = dict(arch=args.arch, epochs=args.epochs, l1=args.l1, wd=args.wd, augment=True, out=args.out)
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="animals15-smoke-"))
-        settings.update(_smoke.SMOKE_FIT, l1=args.l1, wd=args.wd, out=str(tmp / "run"))
-        args.data = str(_smoke.animals15_zip(tmp))
+        settings.update(_common.SMOKE_FIT, l1=args.l1, wd=args.wd, out=str(tmp / "run"))
+        args.data = str(_common.animals15_zip(tmp))
     learn = fit("animals15", path=args.data, **settings)
     if session().is_main:  # one report, written by the process that wrote the run
         evaluate(learn.run_dir, quiet=args.smoke)

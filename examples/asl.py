@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import _smoke
+import _common
 
 from easycls import fit
 
@@ -27,13 +27,13 @@ def run_one(args, processes: int) -> Path:
     if processes == 1:
         fit("asl", path=args.data, out=str(out), **settings(args))
     else:
-        _smoke.launch(processes, [__file__, "--worker", "--data", args.data, "--out", str(out),
+        _common.launch(processes, [__file__, "--worker", "--data", args.data, "--out", str(out),
                                   "--epochs", str(args.epochs), *(["--smoke"] if args.smoke else [])])
     return out
 
 
 def settings(args) -> dict:
-    return {**_smoke.SMOKE_FIT} if args.smoke else dict(epochs=args.epochs, arch="resnet34", size=128)
+    return {**_common.SMOKE_FIT} if args.smoke else dict(epochs=args.epochs, arch="resnet34", size=128)
 
 
 def row(processes: int, run: Path) -> dict:
@@ -58,7 +58,7 @@ def main() -> None:
     counts = [int(c) for c in args.gpus.split(",")]
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="asl-smoke-"))
-        args.data, args.out = str(_smoke.asl(tmp / "data")), str(tmp / "runs")
+        args.data, args.out = str(_common.asl(tmp / "data")), str(tmp / "runs")
         counts = counts if "--gpus" in sys.argv else [1]
     rows = [row(n, run_one(args, n)) for n in counts]
     base = rows[0]["train_seconds"]

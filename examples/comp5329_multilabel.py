@@ -20,7 +20,7 @@ import csv
 import tempfile
 from pathlib import Path
 
-import _smoke
+import _common
 
 from easycls import fit, load
 from easycls.bundle import expand_inputs
@@ -39,8 +39,8 @@ def main() -> None:
     settings = dict(arch=args.arch, epochs=args.epochs, out=args.out)
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="comp5329-smoke-"))
-        args.data = str(_smoke.comp5329(tmp))
-        settings.update(_smoke.SMOKE_FIT, out=str(tmp / "run"))
+        args.data = str(_common.comp5329(tmp))
+        settings.update(_common.SMOKE_FIT, out=str(tmp / "run"))
     learn = fit("comp5329", path=args.data, **settings)
     print("thresholds:", learn.final_metrics["thresholds"]["chosen"],
           [round(t, 3) for t in learn.final_metrics["thresholds"]["per_class"]])

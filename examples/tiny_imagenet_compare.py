@@ -16,7 +16,7 @@ import csv
 import tempfile
 from pathlib import Path
 
-import _smoke
+import _common
 from torch import nn
 
 from easycls import fit
@@ -74,8 +74,8 @@ def main() -> None:
     settings = dict(epochs=args.epochs, pretrained=False, size=64, bs=128, lr=3e-3)
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="tiny-imagenet-smoke-"))
-        source, out = str(_smoke.class_folders(tmp / "data", [f"n{i:08d}" for i in range(10)], 8)), tmp / "runs"
-        settings = {**_smoke.SMOKE_FIT, "bs": 16}
+        source, out = str(_common.class_folders(tmp / "data", [f"n{i:08d}" for i in range(10)], 8)), tmp / "runs"
+        settings = {**_common.SMOKE_FIT, "bs": 16}
         settings.pop("arch")
     rows = compare(source, args.data, settings, out)
     out.mkdir(parents=True, exist_ok=True)
