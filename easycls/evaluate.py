@@ -28,7 +28,7 @@ from PIL import Image
 from . import thresholds as th
 from .bundle import Predictor, load
 from .config import TrainConfig
-from .data.images import check_images, load_resized, open_image, parallel_map, split_zip_ref
+from .data.images import UnreadableImage, load_resized, open_image, parallel_map, split_zip_ref
 from .data.sources import DataError, ItemTable
 from .metrics import single_label_metrics
 from .report import (
@@ -113,31 +113,55 @@ def _items(run_dir: Path, source: str | None, split: str, images: str | None) ->
     return cfg.source, refs, labels
 
 
-def _usable(refs: list[str], labels: list[list[str]], classes: list[str], multi_label: bool):
-    """Readable images whose labels the model knows; the rest with their reasons."""
+def _known(refs: list[str], labels: list[list[str]], classes: list[str], multi_label: bool):
+    """Images whose labels the model knows; the rest with their reasons."""
     known, keep, skipped = set(classes), [], []
-    bad = check_images(refs)
-    for i, (ref, labs) in enumerate(zip(refs, labels)):
+    for ref, labs in zip(refs, labels):
         unknown = sorted(set(labs) - known)
-        if i in bad:
-            skipped.append((ref, bad[i]))
-        elif unknown:
+        if unknown:
             skipped.append((ref, f"label(s) {unknown} are not among the model's classes"))
         elif not multi_label and len(labs) != 1:
             skipped.append((ref, f"{len(labs)} labels for a single-label model"))
         else:
-            keep.append(i)
-    return [refs[i] for i in keep], [labels[i] for i in keep], skipped
+            keep.append((ref, labs))
+    return [r for r, _ in keep], [labs for _, labs in keep], skipped
 
 
-def _probabilities(predictor: Predictor, refs: list[str], bs: int, chunk: int = 2048) -> np.ndarray:
-    """The predictor's probabilities, with images decoded on a thread pool a chunk at a time."""
-    out = []
-    for i in range(0, len(refs), chunk):
-        pixels = parallel_map(partial(load_resized, size=predictor.size), refs[i:i + chunk])
+def _decode(ref: str, size: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return load_resized(ref, size), None
+    except UnreadableImage as e:
+        return None, e.reason
+
+
+def _probabilities(predictor: Predictor, refs: list[str], bs: int, chunk: int = 2048):
+    """(probabilities of the readable images, {index: reason} for the others).
+
+    Images are decoded once, on a thread pool, a chunk at a time (bounded memory).
+    """
+    probs, bad = [], {}
+    for start in range(0, len(refs), chunk):
+        decoded = list(parallel_map(partial(_decode, size=predictor.size), refs[start:start + chunk]))
+        bad.update({start + k: why for k, (_, why) in enumerate(decoded) if why is not None})
         # Already at the input size: the predictor's own resize is then a no-op.
-        out.append(predictor.probabilities([Image.fromarray(a) for a in pixels], bs))
-    return np.concatenate(out)
+        good = [Image.fromarray(px) for px, why in decoded if why is None]
+        if good:
+            probs.append(predictor.probabilities(good, bs))
+    return (np.concatenate(probs) if probs else np.zeros((0, len(predictor.classes)))), bad
+
+
+def _score(predictor: Predictor, refs: list[str], labels: list[list[str]], bs: int, name: str):
+    """(refs, targets, probabilities, skipped) of the usable images: known labels, readable."""
+    from .data.loaders import encode_labels
+    refs, labels, skipped = _known(refs, labels, predictor.classes, predictor.multi_label)
+    probs, bad = _probabilities(predictor, refs, bs)
+    skipped += [(refs[i], why) for i, why in sorted(bad.items())]
+    refs = [r for i, r in enumerate(refs) if i not in bad]
+    labels = [labs for i, labs in enumerate(labels) if i not in bad]
+    if not refs:
+        raise DataError(f"no usable labelled images in {name} ({len(skipped)} skipped, e.g. "
+                        f"{skipped[0][1] if skipped else 'none found'})")
+    return refs, encode_labels(labels, predictor.classes, predictor.multi_label), probs, skipped
 
 
 # ---------------------------------------------------------------- single-label
@@ -311,17 +335,12 @@ def evaluate(run_dir: str | Path, source: str | Path | None = None, out: str | P
     predictor = load(run_dir, model=model, device=device)
     name, refs, labels = _items(run_dir, None if source is None else str(source), split,
                                 None if images is None else str(images))
-    refs, labels, skipped = _usable(refs, labels, predictor.classes, predictor.multi_label)
-    if not refs:
-        raise DataError(f"no usable labelled images in {name} ({len(skipped)} skipped, e.g. "
-                        f"{skipped[0][1] if skipped else 'none found'})")
+    refs, targets, probs, skipped = _score(predictor, refs, labels, bs, name)
     suffix = f"-{split}" if split in ("all", "test") else ""
     out_dir = Path(out) if out else run_dir / f"eval-{_slug(name)}{suffix}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    from .data.loaders import encode_labels
-    targets = encode_labels(labels, predictor.classes, predictor.multi_label)
     ev = Evaluation(out_dir, predictor.classes, predictor.multi_label, refs, targets,
-                    _probabilities(predictor, refs, bs), np.zeros(0), {}, [], skipped=skipped)
+                    probs, np.zeros(0), {}, [], skipped=skipped)
     if ev.multi_label:
         _multi(ev, predictor)
     else:
