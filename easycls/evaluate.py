@@ -29,6 +29,7 @@ from . import thresholds as th
 from .bundle import Predictor, load
 from .config import TrainConfig
 from .data.images import UnreadableImage, load_resized, open_image, parallel_map, split_zip_ref
+from .data.recipes import is_recipe
 from .data.sources import DataError, ItemTable
 from .metrics import single_label_metrics
 from .report import (
@@ -109,6 +110,9 @@ def _items(run_dir: Path, source: str | None, split: str, images: str | None) ->
         cfg = cfg.updated(images=images)
     if not cfg.source:
         raise ValueError(f"{run_dir} has no config.json naming its data: pass the data to evaluate")
+    if same and not is_recipe(cfg.source) and not Path(cfg.source).exists():
+        raise DataError(f"the run's data {cfg.source!r} (config.json) is not found from {Path.cwd()}: "
+                        f"pass it, e.g. `easycls evaluate {run_dir} PATH/TO/DATA`")
     refs, labels = _select(load_items(cfg), cfg, same, split)
     return cfg.source, refs, labels
 

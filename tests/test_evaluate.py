@@ -225,3 +225,15 @@ def test_confusion_helpers_and_large_plot(tmp_path):
     assert len(top_confused_classes(cm, 20)) <= 20
     png = plot_confusion(cm, [f"class_{i}" for i in range(n)], tmp_path / "cm.png")
     assert png.stat().st_size > 0
+
+
+def test_run_data_not_found_names_the_fix(digits_run, tmp_path):
+    cfg = json.loads((digits_run / "config.json").read_text())
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in ("model.json", "model.safetensors"):
+        (moved / f).write_bytes((digits_run / f).read_bytes())
+    (moved / "config.json").write_text(json.dumps({**cfg, "source": "relative/photos"}))
+    result = runner.invoke(app, ["evaluate", str(moved)])
+    assert result.exit_code == 2
+    assert "not found" in result.output and "easycls evaluate" in result.output
