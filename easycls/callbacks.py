@@ -47,7 +47,7 @@ class HistoryCSV(Callback):
 
     # get_preds/validate also fire epoch events; only epochs that trained are history.
     def after_train(self):
-        self.trained = True
+        self.trained = not hasattr(self.learn, "lr_finder")  # lr_find's "epochs" are not history
 
     def after_epoch(self):
         if not self.trained:

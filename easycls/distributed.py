@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from fastai.callback.schedule import LRFinder
 from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 
@@ -101,6 +103,11 @@ class DataParallelTrainer(DistributedTrainer):
         self.accelerator, self.rank, self.world, self.sync_bn = accelerator, rank, world, sync_bn
 
     def before_fit(self):
+        # lr_find stops when *its own* smoothed loss diverges: under DDP one rank could stop
+        # while another waits in an all-reduce forever. Each process probes alone instead.
+        self.active = not any(isinstance(cb, LRFinder) for cb in self.learn.cbs)
+        if not self.active:
+            return
         if self.world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model) if self.sync_bn else self.model
             self.learn.model = self.accelerator.prepare(model)
@@ -108,13 +115,15 @@ class DataParallelTrainer(DistributedTrainer):
         self.learn.dls.loaders = [self._wrap_dl(dl) for dl in self.dls]
 
     def _wrap_dl(self, dl):
-        if isinstance(dl, DistributedDL):
+        if not getattr(self, "active", True) or isinstance(dl, DistributedDL):
             return dl
         if dl.shuffle:
             return TrainShardsDL(dl, self.rank, self.world, device=dl.device)
         return ValidShardsDL(dl, self.rank, self.world, device=dl.device) if self.world > 1 else dl
 
     def after_fit(self):
+        if not self.active:
+            return
         if isinstance(self.learn.model, DistributedDataParallel):
             self.learn.model = self.learn.model.module
         self.learn.dls.loaders = self.old_dls
@@ -175,6 +184,24 @@ class Session:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """Inside, fastai sees one process: no gathers, every rank saves and loads its own files.
+
+        For `lr_find`, whose temporary save/restore is rank-0-only in fastai (the restore then
+        waits in a barrier the other ranks never reach). Pair it with `agree` on the result.
+        """
+        saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
+        os.environ.update(WORLD_SIZE="1", RANK="0")
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
     def train_callbacks(self, cfg: Any = None) -> list:
         """DDP and sharding; on CUDA also mixed precision and channels_last (from `cfg`)."""
         cbs: list = [DataParallelTrainer(self.accelerator, self.rank, self.world_size,
@@ -210,4 +237,6 @@ def session(cpu: bool | None = None) -> Session:
     # Accelerator joins the process group the launcher described (NCCL on CUDA, gloo on CPU).
     # Mixed precision stays with fastai's callback, so Accelerator itself runs in fp32.
     acc = Accelerator(cpu=not use_cuda, mixed_precision="no")
-    return Session(acc.process_index, acc.num_processes, acc.device, acc)
+    # On CPU accelerate may say "cpu:0"; tensors saved from there cannot be loaded again.
+    device = acc.device if acc.device.type == "cuda" else torch.device("cpu")
+    return Session(acc.process_index, acc.num_processes, device, acc)

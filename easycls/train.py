@@ -187,11 +187,12 @@ def _pos_weight(targets: np.ndarray) -> torch.Tensor:
     return torch.tensor((len(targets) - pos) / np.maximum(pos, 1), dtype=torch.float32)
 
 
-def _pick_lr(learn: Learner, cfg: TrainConfig, say) -> float:
+def _pick_lr(learn: Learner, cfg: TrainConfig, say, sess) -> float:
     if cfg.lr is not None:
         return cfg.lr
-    suggestion = learn.lr_find(show_plot=False)
-    lr = float(suggestion.valley)
+    with sess.alone():  # each process probes on its own (fastai's lr_find is single-process)
+        suggestion = learn.lr_find(show_plot=False)
+    lr = sess.agree(float(suggestion.valley))  # every process trains with rank 0's choice
     say(f"lr_find picked lr={lr:.2e}")
     return lr
 
@@ -274,7 +275,7 @@ def fit(source: str | None = None, arch: Any = None, epochs: int | None = None, 
         t_start -= state["elapsed"]
         sess.on_main(lambda: trim_history(run_dir / "history.csv", state["history_rows"]))
     learn = _build_learner(data, cfg, arch_obj, sess, run_dir, state["history_rows"] if state else 0)
-    cfg = cfg.updated(lr=_pick_lr(learn, cfg, say))
+    cfg = cfg.updated(lr=_pick_lr(learn, cfg, say, sess))
     sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: --resume reads it
     t_train = time.perf_counter() - (state["elapsed"] if state else 0.0)
     meta = dict(arch=cfg.arch, classes=data.vocab)
