@@ -172,3 +172,14 @@ def test_fine_tune_resumes_in_its_second_phase(tmp_path, monkeypatch):
     assert [r["valid_loss"] for r in rows] == [r["valid_loss"] for r in ref_rows]
     assert json.loads((run / "metrics.json").read_text())["valid_loss"] == pytest.approx(
         ref.final_metrics["valid_loss"], abs=1e-6)
+
+
+def test_checkpoint_minutes_saves_inside_epochs(tmp_path, monkeypatch):
+    saved = []
+    real_save = checkpoint.save_checkpoint
+    monkeypatch.setattr(checkpoint, "save_checkpoint",
+                        lambda state, path: saved.append((state["epoch"], state["batches_done"])) or real_save(state, path))
+    data = write_class_folders(tmp_path / "pets", per_class=20)
+    easycls.fit(str(data), out=str(tmp_path / "run"), **{**EXACT, "epochs": 1}, checkpoint_minutes=1e-9)
+    # 48 training images: 6 batches, each followed by a timed checkpoint, then the epoch's own.
+    assert saved == [(0, b) for b in range(1, 7)] + [(1, 0)]
