@@ -105,10 +105,11 @@ def fit_cmd(
     if source is None and resume is None:
         raise typer.BadParameter("give a SOURCE to train on, or --resume DIR to continue a run")
     from .checkpoint import CheckpointError, TrainingInterrupted
+    from .distributed import PrecisionError
     try:
         fit(source, **settings)
     except (DataError, TableError, ArchError, PretrainedUnavailable, FileNotFoundError, CheckpointError,
-            ImportError) as e:
+            ImportError, PrecisionError) as e:
         _fail(e)
     except TrainingInterrupted as e:  # a checkpoint was written; exit like the signal did, without a traceback
         _fail(e, 128 + e.signum)

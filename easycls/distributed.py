@@ -25,7 +25,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["Session", "session", "world_size", "is_main_process", "TrainShardsDL", "ValidShardsDL",
-           "DataParallelTrainer", "resolve_precision"]
+           "DataParallelTrainer", "resolve_precision", "PrecisionError"]
 
 
 def world_size() -> int:
@@ -129,15 +129,19 @@ class DataParallelTrainer(DistributedTrainer):
         self.learn.dls.loaders = self.old_dls
 
 
+class PrecisionError(ValueError):
+    """A mixed-precision mode this device cannot run."""
+
+
 def resolve_precision(requested: str | None, device: torch.device) -> str:
     """"no", "fp16" or "bf16"; None picks bf16 on CUDA that supports it, else no."""
     requested = requested or os.environ.get("ACCELERATE_MIXED_PRECISION") or None
     if requested is None:
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
     if requested not in ("no", "fp16", "bf16"):
-        raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', not {requested!r}")
+        raise PrecisionError(f"mixed_precision must be 'no', 'fp16' or 'bf16', not {requested!r}")
     if requested != "no" and device.type != "cuda":
-        raise ValueError(f"mixed precision {requested} needs a CUDA GPU; on CPU use --mixed-precision no")
+        raise PrecisionError(f"mixed precision {requested} needs a CUDA GPU; on CPU use --mixed-precision no")
     return requested
 
 
