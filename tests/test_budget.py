@@ -43,3 +43,51 @@ def test_budget_run_ends_within_15_percent_with_all_artifacts(tmp_path):
     assert metrics["time_budget_seconds"] == budget and metrics["planned_epochs"] > 2  # more than --epochs
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == metrics["planned_epochs"]
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run_epoch(cb, learn, clock, epoch: int, step: float, n_iter: int = 10, valid: float = 0.0) -> None:
+    learn.epoch, learn.n_iter, learn.training = epoch, n_iter, True
+    cb.before_epoch()
+    cb.before_train()
+    for i in range(n_iter):
+        clock.now += step
+        learn.iter = i
+        cb.after_batch()
+    learn.training = False
+    cb.before_validate()
+    clock.now += valid
+    cb.after_validate()
+    cb.after_epoch()
+
+
+def test_budget_replans_when_speed_changes(monkeypatch):
+    from types import SimpleNamespace
+
+    from fastai.callback.core import CancelFitException
+
+    from easycls import budget as b
+
+    clock = _Clock()
+    monkeypatch.setattr(b.time, "perf_counter", clock)
+    dls = SimpleNamespace(train=SimpleNamespace(dataset=range(80)), valid=SimpleNamespace(dataset=range(20)))
+    learn = SimpleNamespace(dl=None, dls=dls, n_epoch=b.UNBOUNDED_EPOCHS, pct_train=0.0)
+    cb = b.TimeBudget(100.0, t_start=0.0, first_guess=3, reserve=0.0)
+    cb.learn = learn
+    _run_epoch(cb, learn, clock, 0, step=1.0)  # 10 s per epoch: ten fit in 100 s
+    assert cb.planned == learn.n_epoch == 10
+    _run_epoch(cb, learn, clock, 1, step=2.0)  # slowed to 20 s per epoch: 20 s done + 60 s left = 3 more
+    assert cb.planned == 5 and cb.replans >= 1
+    for e in (2, 3, 4):
+        _run_epoch(cb, learn, clock, e, step=2.0)
+    with pytest.raises(CancelFitException):  # the planned count is reached: the fit ends
+        learn.epoch = 5
+        cb.before_epoch()
+    assert clock.now <= 100.0
