@@ -62,12 +62,11 @@ class TrainShardsDL(DistributedDL):
     """Training shards: one shuffled order shared by all ranks, rank r takes every
     `world_size`-th index from position r, truncated so no sample is repeated.
 
-    `skip` batches are left out of the next pass (resuming inside an epoch); `epoch_rng`
-    is the loader's RNG state before that pass, which fixes the pass's order.
+    `skip` batches are left out of the next pass (resuming inside an epoch); the order
+    itself follows the wrapped loader's `rng`, which checkpoints save and restore.
     """
 
     skip: int = 0
-    epoch_rng: Any = None
 
     def _broadcast(self, t, rank):
         return _broadcast_list(t, rank, self.world_size)
@@ -75,10 +74,6 @@ class TrainShardsDL(DistributedDL):
     def __len__(self) -> int:
         per_rank = self.dl.n // self.world_size
         return per_rank // self.bs if self.drop_last else math.ceil(per_rank / self.bs)
-
-    def randomize(self):
-        self.epoch_rng = self.dl.rng.getstate()
-        self.dl.randomize()
 
     def get_idxs(self):
         idxs = self._broadcast(list(self.dl.get_idxs()), 0)
@@ -103,8 +98,7 @@ class DataParallelTrainer(DistributedTrainer):
         self.accelerator, self.rank, self.world, self.sync_bn = accelerator, rank, world, sync_bn
 
     def before_fit(self):
-        # lr_find stops when *its own* smoothed loss diverges: under DDP one rank could stop
-        # while another waits in an all-reduce forever. Each process probes alone instead.
+        # lr_find runs inside `Session.alone()`, each process on its own: no DDP, no shards.
         self.active = not any(isinstance(cb, LRFinder) for cb in self.learn.cbs)
         if not self.active:
             return
