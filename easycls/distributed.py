@@ -86,6 +86,13 @@ class TrainShardsDL(DistributedDL):
     def to_detach(self, b, cpu=True, gather=True):
         return self._to_detach(b, cpu, gather)  # nothing padded, nothing to cut
 
+    @property
+    def n_inp(self) -> int:
+        # Ask the wrapped loader, which works it out (one augmented item, drawing random
+        # numbers) exactly as it would unwrapped: a single process trains number for number
+        # as it would without this class.
+        return self.dl.n_inp
+
 
 class DataParallelTrainer(DistributedTrainer):
     """fastai's `DistributedTrainer` with the process group's own `Accelerator`, CPU/gloo-safe
