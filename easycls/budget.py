@@ -50,7 +50,7 @@ class TimeBudget(Callback):
 
     order = 55  # before SkipToEpoch (70); after TrainEvalCallback (-10) has counted the batch
 
-    def __init__(self, seconds: float, t_start: float, first_guess: int, *, reserve: float = 1.0,
+    def __init__(self, seconds: float, t_start: float, first_guess: int, *, reserve: float = 2.0,
                  probe_batches: int = 4, agree: Callable = lambda v: v):
         self.seconds, self.t_start, self.planned = seconds, t_start, max(1, first_guess)
         self.reserve, self.probe, self.agree = reserve, probe_batches, agree

@@ -166,3 +166,11 @@ def test_custom_module_arch(class_folders, tmp_path):
 def test_digits_demo_reaches_095(tmp_path):
     learn = easycls.fit("digits", out=str(tmp_path / "digits"), quiet=True)
     assert learn.final_metrics["accuracy"] >= 0.95
+    # `easycls predict` on the held-out images labels them right at the same rate.
+    from easycls.data.builtin import materialize
+    valid = materialize("digits") / "valid"
+    out_csv = tmp_path / "preds.csv"
+    subprocess.run(["easycls", "predict", str(tmp_path / "digits"), str(valid), "--csv", str(out_csv)], check=True)
+    rows = list(csv.DictReader(out_csv.open()))
+    hits = [r["label"] == r["file"].split("/")[-2] for r in rows]
+    assert len(rows) == 360 and abs(sum(hits) / len(hits) - learn.final_metrics["accuracy"]) < 1e-6
