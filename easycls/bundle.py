@@ -5,6 +5,7 @@ Loading reads JSON and safetensors only, so opening a bundle never runs code fro
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,7 +36,11 @@ def save_bundle(model: nn.Module, out: str | Path, *, arch: str, classes: Sequen
     """Write `model.safetensors` and `model.json` into `out`; returns `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_model(_bare(model), str(out / "model.safetensors"))
+    bare = _bare(model)
+    if any(not t.is_contiguous() for t in bare.state_dict().values()):
+        # channels_last weights: safetensors stores contiguous tensors only
+        bare = copy.deepcopy(bare).to(memory_format=torch.contiguous_format)
+    save_model(bare, str(out / "model.safetensors"))
     meta = dict(arch=arch, classes=list(classes), multi_label=multi_label, thresholds=thresholds,
                 input_size=size, mean=list(mean), std=list(std), easycls_version=__version__,
                 **(extra or {}))

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from fastai.callback.core import Callback
 
-__all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents", "tensorboard_callback"]
+__all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents", "ChannelsLastAuto", "tensorboard_callback"]
 
 
 class PlainTensors(Callback):
@@ -134,3 +134,29 @@ def tensorboard_callback(log_dir: str | Path) -> Callback:
                           "pip install tensorboard") from e
     # No graph tracing (fails under mixed precision) and no image logging (needs a DataBlock).
     return TensorBoardCallback(log_dir=str(log_dir), trace_model=False, log_preds=False)
+
+
+class ChannelsLastAuto(Callback):
+    """Channels-last weights where they pay: always on CUDA; on CPU for depthwise-conv models.
+
+    Measured on 2 CPU cores (training step, 64 px, bs 64): mobilenetv3_small_100 83 ms in
+    channels_last vs 154 ms contiguous; resnet18 about 5 % slower, so CPU keeps it off for
+    models without depthwise convolutions. `enabled` True/False forces it.
+    """
+
+    order = -1  # before anything wraps the model (DDP, compile)
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = enabled
+
+    def before_fit(self):
+        on = self.enabled
+        if on is None:
+            on = self.dls.device.type == "cuda" or _has_depthwise_conv(self.model)
+        if on:
+            self.learn.model.to(memory_format=torch.channels_last)
+
+
+def _has_depthwise_conv(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+               for m in model.modules())

@@ -39,7 +39,7 @@ class TrainConfig:
     cache: bool | None = None        # decoded-image cache; None: on when it fits the disk budget
     workers: int | None = None       # DataLoader workers; None: from the available cores
     mixed_precision: str | None = None  # "no" | "fp16" | "bf16"; None: bf16 on capable CUDA, else no
-    channels_last: bool | None = None   # None: on for CUDA
+    channels_last: bool | None = None   # None: on for CUDA, and on CPU for depthwise-conv models
     compile: bool = False            # torch.compile the model
     time_budget: float | None = None # seconds of training wall time; epochs are planned to fit
     checkpoint_minutes: float | None = None  # also checkpoint inside long epochs

@@ -208,18 +208,15 @@ class Session:
                     os.environ[k] = v
 
     def train_callbacks(self, cfg: Any = None) -> list:
-        """DDP and sharding; on CUDA also mixed precision and channels_last (from `cfg`)."""
+        """DDP and sharding, channels_last where it pays, and on CUDA mixed precision (from `cfg`)."""
         cbs: list = [DataParallelTrainer(self.accelerator, self.rank, self.world_size,
                                          sync_bn=self.device.type == "cuda" and self.world_size > 1)]
+        from .callbacks import ChannelsLastAuto
+        cbs.append(ChannelsLastAuto(getattr(cfg, "channels_last", None)))
         precision = resolve_precision(getattr(cfg, "mixed_precision", None), self.device)
-        if self.device.type != "cuda":
-            return cbs
-        if precision != "no":
+        if self.device.type == "cuda" and precision != "no":
             from fastai.callback.fp16 import MixedPrecision
             cbs.append(MixedPrecision(precision))
-        if getattr(cfg, "channels_last", None) is not False:
-            from fastai.callback.channelslast import ChannelsLast
-            cbs.append(ChannelsLast())
         return cbs
 
     def batch_sizes(self, bs: int) -> str:

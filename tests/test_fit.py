@@ -174,3 +174,19 @@ def test_digits_demo_reaches_095(tmp_path):
     rows = list(csv.DictReader(out_csv.open()))
     hits = [r["label"] == r["file"].split("/")[-2] for r in rows]
     assert len(rows) == 360 and abs(sum(hits) / len(hits) - learn.final_metrics["accuracy"]) < 1e-6
+
+
+def test_channels_last_on_cpu_for_depthwise_models_and_bundle_still_loads(class_folders, tmp_path):
+    learn = easycls.fit(str(class_folders), out=str(tmp_path / "r"),
+                        **{**TINY, "arch": "mobilenetv3_small_050"})
+    convs = [m.weight for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    probs, _ = learn.get_preds(ds_idx=1)
+    again = easycls.load(tmp_path / "r", device="cpu").probabilities(learn.dls.valid.dataset.pixels.refs)
+    np.testing.assert_allclose(again, probs.numpy(), atol=1e-4)
+
+
+def test_channels_last_stays_off_on_cpu_without_depthwise_convs(trained):
+    learn, _, _ = trained  # resnet18
+    conv = next(m.weight for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.is_contiguous()
