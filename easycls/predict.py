@@ -98,7 +98,8 @@ def _match_order(refs: Sequence[str], order: str | Path, id_col: str) -> tuple[l
 
 def write_submission(predictor: Predictor, refs: Sequence[str], out_csv: str | Path, fmt: str = "auto",
                      order: str | Path | None = None, bs: int = 64,
-                     threshold: float | None = None) -> tuple[int, dict[str, str]]:
+                     threshold: float | None = None,
+                     ids: Sequence[str] | None = None) -> tuple[int, dict[str, str]]:
     """Write a competition submission: one row per id, labels space-separated if multi-label.
 
     Args:
@@ -110,6 +111,8 @@ def write_submission(predictor: Predictor, refs: Sequence[str], out_csv: str | P
         order: a CSV (e.g. the competition's test.csv) whose id column sets the rows and their
             order; ids match image file names with or without the extension.
         bs: batch size; threshold: one multi-label threshold instead of the tuned ones.
+        ids: the id of each ref, in row order (instead of `order`), when the ids are known
+            already (a recipe's test.csv read from a zip).
 
     Returns:
         (rows written, {id: reason} for unreadable images, whose label cell is empty).
@@ -119,7 +122,9 @@ def write_submission(predictor: Predictor, refs: Sequence[str], out_csv: str | P
         ...                  order="test.csv")
     """
     id_col, label_col = submission_columns(fmt, predictor.multi_label)
-    if order is not None:
+    if ids is not None:
+        ids, index = list(ids), list(range(len(refs)))
+    elif order is not None:
         ids, index = _match_order(refs, order, id_col)
     else:
         ids, index = [_basename(r) for r in refs], list(range(len(refs)))

@@ -36,6 +36,7 @@ from .data.images import check_images
 from .data.loaders import (
     ImageDataset,
     Pixels,
+    default_workers,
     encode_labels,
     make_dataloaders,
     pixel_stats,
@@ -85,12 +86,12 @@ def _random_split(n: int, valid_pct: float, seed: int) -> list[bool]:
     return is_valid.tolist()
 
 
-def _pixels(refs: list[str], size: int, use_cache: bool, quiet: bool) -> tuple[Pixels, dict[int, str]]:
+def _pixels(refs: list[str], size: int, use_cache: bool, progress: bool) -> tuple[Pixels, dict[int, str]]:
     """Decoded pixels for `refs` plus the unreadable ones ({index: reason})."""
     if use_cache:
-        built = dcache.load_or_build(refs, size, progress=not quiet)
+        built = dcache.load_or_build(refs, size, progress=progress)
         return Pixels(refs, size, built.array), dict(built.failures)
-    return Pixels(refs, size), check_images(refs, progress=not quiet)
+    return Pixels(refs, size), check_images(refs, progress=progress)
 
 
 def _default_out(cfg: TrainConfig, table: ItemTable) -> Path:
@@ -101,7 +102,8 @@ def _default_out(cfg: TrainConfig, table: ItemTable) -> Path:
 class _Data:
     """Everything derived from the item table: vocab, targets, pixels per split."""
 
-    def __init__(self, table: ItemTable, cfg: TrainConfig):
+    def __init__(self, table: ItemTable, cfg: TrainConfig, progress: bool = False):
+        self.progress = progress  # decode/cache progress: rank 0 only, and not when quiet
         if table.is_valid is None:
             table.is_valid = _random_split(len(table.refs), cfg.valid_pct, cfg.seed)
         table.check()
@@ -122,8 +124,8 @@ class _Data:
         cfg, bad = self.cfg, {}
         store = train_store_size(cfg.size, cfg.augment)
         tr, va = self._split_refs(False), self._split_refs(True)
-        self.train_px, f_tr = _pixels([self.table.refs[i] for i in tr], store, self.use_cache, cfg.quiet)
-        self.valid_px, f_va = _pixels([self.table.refs[i] for i in va], cfg.size, self.use_cache, cfg.quiet)
+        self.train_px, f_tr = _pixels([self.table.refs[i] for i in tr], store, self.use_cache, self.progress)
+        self.valid_px, f_va = _pixels([self.table.refs[i] for i in va], cfg.size, self.use_cache, self.progress)
         bad.update({tr[j]: r for j, r in f_tr.items()})
         bad.update({va[j]: r for j, r in f_va.items()})
         # Keep only readable items; cached arrays keep their rows, so index through them.
@@ -153,10 +155,10 @@ def _build_learner(data: _Data, cfg: TrainConfig, arch, sess, run_dir: Path, his
     train_ds, valid_ds = data.datasets()
     norm = model_normalization(model) if (cfg.pretrained or cfg.weights) else None
     mean, std = norm or pixel_stats(train_ds.pixels, seed=cfg.seed)
-    workers = cfg.workers if cfg.workers is not None else (0 if data.use_cache else None)
+    workers = cfg.workers if cfg.workers is not None else default_workers(cached=data.use_cache)
     dls = make_dataloaders(train_ds, valid_ds, size=cfg.size, bs=cfg.bs, mean=mean, std=std,
                            augment=cfg.augment, flip=cfg.extra.get("flip", True),
-                           workers=workers if workers is not None else _decode_workers(),
+                           workers=workers,
                            device=sess.device, seed=cfg.seed)
     cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
     cbs += sess.main_only([HistoryCSV(run_dir / "history.csv", start=history_start)]
@@ -175,11 +177,6 @@ def _build_learner(data: _Data, cfg: TrainConfig, arch, sess, run_dir: Path, his
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *a, **k: None
     return learn
-
-
-def _decode_workers() -> int:
-    from .data.loaders import default_workers
-    return default_workers(cached=False)
 
 
 def _pos_weight(targets: np.ndarray) -> torch.Tensor:
@@ -265,7 +262,7 @@ def fit(source: str | None = None, arch: Any = None, epochs: int | None = None, 
     say = print if (sess.is_main and not cfg.quiet) else (lambda *a, **k: None)
     set_seed(cfg.seed)
     t_start = time.perf_counter()
-    data = _Data(load_items(cfg), cfg)
+    data = _Data(load_items(cfg), cfg, progress=sess.is_main and not cfg.quiet)
     run_dir = Path(cfg.out) if cfg.out else _default_out(cfg, data.table)
     cfg = cfg.updated(out=str(run_dir))
     sess.on_main(lambda: run_dir.mkdir(parents=True, exist_ok=True))

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import tempfile
@@ -367,23 +366,19 @@ def score_test(run_dir: Path, predictor, table: ItemTable) -> None:
 def write_submission(run_dir: Path, predictor, table: ItemTable) -> None:
     """`submission.csv` (`ImageID,Labels`, labels space-separated) for every id of test.csv, in order.
 
-    An unreadable test image gets an empty Labels cell and a warning, so the file
-    still has one row per id as Kaggle requires.
+    An unreadable test image gets an empty Labels cell (listed in `submission.skipped.txt`)
+    and a warning, so the file still has one row per id as Kaggle requires.
     """
+    from ..predict import write_submission as write_rows  # predict imports the model stack
+
     score_test(run_dir, predictor, table)
-    ids = table.test_ids
-    if not ids:
+    if not table.test_ids:
         return
-    good, bad = _readable(table.test_refs)
-    preds = dict(zip(good, predictor.predict_many([table.test_refs[i] for i in good])))
-    with (run_dir / "submission.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["ImageID", "Labels"])
-        for i, image_id in enumerate(ids):
-            writer.writerow([image_id, " ".join(preds[i][0]) if i in preds else ""])
+    _, bad = write_rows(predictor, table.test_refs, run_dir / "submission.csv", fmt="ImageID,Labels",
+                        ids=table.test_ids)
     if bad:
         warnings.warn(f"{len(bad)} unreadable test image(s) have empty labels in submission.csv: "
-                      f"{[ids[i] for i in sorted(bad)][:5]}", stacklevel=2)
+                      f"{list(bad)[:5]}", stacklevel=2)
 
 
 # --- the catalogue -----------------------------------------------------------------------
