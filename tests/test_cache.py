@@ -129,11 +129,11 @@ def test_second_builder_waits_then_reuses(refs):
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_build_in_child, args=(refs, queue))
-    with cache_mod._locked(root / f"{key}.lock"):  # this process is the first builder
+    with cache_mod.locked(root / f"{key}.lock"):  # this process is the first builder
         child.start()
         child.join(timeout=0.5)
         assert child.is_alive() and not manifest.exists()  # the second one waits
-        cache_mod._build(refs, SIZE, npy, manifest, workers=1, progress=False)
+        cache_mod._build(refs, SIZE, root, key, workers=1, progress=False, source="")
     child.join(timeout=30)
     assert queue.get(timeout=5) is False  # and then reuses what the first built
     np.testing.assert_array_equal(load_or_build(refs, SIZE).array, _expected(refs))

@@ -17,18 +17,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-try:  # POSIX only; elsewhere concurrent first calls are not guarded
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
+from .locks import locked
 
 __all__ = ["BUILTIN", "data_home", "describe", "materialize"]
 
@@ -105,7 +100,7 @@ def materialize(name: str, root: str | os.PathLike | None = None) -> Path:
     if _is_complete(target, name):
         return target  # the common case: no lock, no writes
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".{name}.lock"):
+    with locked(root / f".{name}.lock", f"building the {name} dataset"):
         if not _is_complete(target, name):  # another process may have built it meanwhile
             _remove_leftovers(root, name)
             _publish(_build(name, root), target)
@@ -123,14 +118,6 @@ def _is_complete(target: Path, name: str) -> bool:
     except (OSError, ValueError):
         return False
     return info.get("name") == name and info.get("format") == FORMAT
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-        yield
 
 
 def _remove_leftovers(root: Path, name: str) -> None:

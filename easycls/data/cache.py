@@ -1,47 +1,46 @@
 """Decoded-image cache: decode and resize every image once, memory-map it after.
 
 A cache is one ``(N, S, S, 3)`` uint8 ``.npy`` file named by a key that hashes
-the references, their sizes and modification times, and the target size. It is
-built under ``<key>.npy.partial``, renamed into place, and only then is the
-``<key>.json`` manifest written, so a crash mid-build never leaves a file that
-looks complete. A lock file serializes concurrent builders (e.g. DDP ranks):
-the second one waits and then reuses the first one's cache.
+the references, their sizes and modification times, and the target size. Its space
+is reserved first (so a full disk is a clear error, never a SIGBUS through the memory
+map), it is built under ``<key>.npy.partial-<pid>``, renamed into place, and only then
+is the ``<key>.json`` manifest written, so a crash mid-build never leaves a file that
+looks complete; a failed build deletes its partial file. A lock file serializes
+concurrent builders (e.g. DDP ranks): the second one waits and then reuses the first
+one's cache. The folder's size cap and eviction live in ``cachedir.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
+import io
 import os
-import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import cachedir
+from .cachedir import HEADROOM, cache_root, free_bytes
 from .images import UnreadableImage, load_resized, parallel_map, split_zip_ref, zip_member_info
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; concurrent builders are then unsupported
-    fcntl = None
+from .locks import locked
 
 __all__ = [
     "DecodedCache",
+    "Rows",
     "cache_key",
     "cache_root",
     "estimate_bytes",
     "fits_budget",
+    "auto_budget",
     "load_or_build",
 ]
 
 # Bump when the pixels produced for the same inputs change (resize method, crop, ...).
 FORMAT_VERSION = "easycls-decoded-v1"
 _DEFAULT_BUDGET_GB = 20.0
-_DISK_HEADROOM = 512 * 2**20  # leave room on disk for everything else
 _NPY_HEADER = 128  # numpy's .npy header for a 4-d uint8 array
 
 
@@ -63,14 +62,6 @@ class DecodedCache:
 
     def __len__(self) -> int:
         return len(self.array)
-
-
-def cache_root() -> Path:
-    """``$EASYCLS_CACHE``, else ``$XDG_CACHE_HOME/easycls``, else ``~/.cache/easycls``."""
-    if os.environ.get("EASYCLS_CACHE"):
-        return Path(os.environ["EASYCLS_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "easycls"
 
 
 def _fingerprint(ref: str) -> str:
@@ -104,6 +95,11 @@ def estimate_bytes(n: int, size: int) -> int:
     return n * size * size * 3 + _NPY_HEADER
 
 
+def auto_budget() -> int:
+    """Largest uint8 cache chosen automatically: ``$EASYCLS_CACHE_BUDGET_GB`` (else 20 GB)."""
+    return int(float(os.environ.get("EASYCLS_CACHE_BUDGET_GB") or _DEFAULT_BUDGET_GB) * 1e9)
+
+
 def fits_budget(
     n: int, size: int, budget_bytes: int | None = None, root: Path | None = None
 ) -> bool:
@@ -111,29 +107,49 @@ def fits_budget(
 
     The budget defaults to ``$EASYCLS_CACHE_BUDGET_GB`` (else 20 GB).
     """
-    if budget_bytes is None:
-        gb = float(os.environ.get("EASYCLS_CACHE_BUDGET_GB", _DEFAULT_BUDGET_GB))
-        budget_bytes = int(gb * 1e9)
+    budget = auto_budget() if budget_bytes is None else budget_bytes
     need = estimate_bytes(n, size)
-    return need <= budget_bytes and need + _DISK_HEADROOM <= _free_bytes(root or cache_root())
+    return need <= budget and need + HEADROOM <= free_bytes(root or cache_root())
 
 
-def _free_bytes(path: Path) -> int:
-    """Free space on the disk of ``path``, or of its nearest existing parent."""
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
+class Rows:
+    """Some rows of a cache or store, indexed without copying the rest.
+
+    ``array[rows]`` on a memory map reads every kept row into RAM at once (the whole
+    cache when one image of many is unreadable); this view reads only what is asked.
+
+    Example:
+        >>> view = Rows(cache.array, [0, 2, 3])
+        >>> view[1].shape == cache.array[2].shape, view[[0, 2]].shape[0]
+        (True, 2)
+    """
+
+    def __init__(self, base, rows: Sequence[int]):
+        self.base, self.rows = base, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, (int, np.integer)):
+            return self.base[int(self.rows[i])]
+        return self.base[self.rows[np.asarray(i, dtype=np.int64)]]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.base.shape[1:]) if hasattr(self.base, "shape") else (
+            len(self.rows),)
 
 
 # ---------------------------------------------------------------- reading
 
 
-def _open_existing(npy: Path, manifest: Path, n: int, size: int) -> DecodedCache | None:
-    """The cache at ``npy`` if its manifest exists and matches, else None."""
+def _open_existing(root: Path, key: str, n: int, size: int) -> DecodedCache | None:
+    """The cache ``key`` if its manifest exists and matches, else None."""
+    npy = root / f"{key}.npy"
+    meta = cachedir.read_manifest(root, key)
     try:
-        meta = json.loads(manifest.read_text())
-        if (meta["n"], meta["size"]) != (n, size):
+        if meta is None or (meta["n"], meta["size"]) != (n, size):
             return None
         failures = {int(i): str(r) for i, r in meta["failures"].items()}
         array = np.load(npy, mmap_mode="r")
@@ -141,20 +157,8 @@ def _open_existing(npy: Path, manifest: Path, n: int, size: int) -> DecodedCache
         return None  # absent, half-written or foreign files: rebuild
     if array.shape != (n, size, size, 3) or array.dtype != np.uint8:
         return None
+    cachedir.touch(root, key)
     return DecodedCache(array, failures, npy, built=False)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (released if the process dies)."""
-    with open(path, "a+b") as f:
-        if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- building
@@ -177,30 +181,43 @@ def _fill(
     return {i: r for i, r in enumerate(results) if r is not None}
 
 
-def _build(
-    refs: Sequence[str],
-    size: int,
-    npy: Path,
-    manifest: Path,
-    workers: int | None,
-    progress: bool,
-) -> dict[int, str]:
-    """Write the array to ``.partial``, rename it into place, then write the manifest."""
-    manifest.unlink(missing_ok=True)  # the old manifest must never vouch for new bytes
-    partial = npy.with_name(npy.name + ".partial")
-    shape = (len(refs), size, size, 3)
-    array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
-    failures = _fill(array, refs, size, workers, progress)
-    array.flush()
-    del array
-    with open(partial, "rb") as f:
-        os.fsync(f.fileno())  # the data is on disk before the manifest says so
-    os.replace(partial, npy)
-    meta = {"n": len(refs), "size": size, "failures": failures, "created": time.time()}
-    tmp = manifest.with_name(manifest.name + ".partial")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, manifest)
+def _allocate(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A ``.npy`` file whose blocks are all reserved before it is mapped for writing."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    with open(path, "wb") as f:
+        f.write(header.getvalue())
+        f.flush()
+        cachedir.reserve(f.fileno(), 0, header.tell() + int(np.prod(shape)))
+    return np.memmap(path, np.uint8, "r+", offset=header.tell(), shape=shape)
+
+
+def _build(refs: Sequence[str], size: int, root: Path, key: str, workers: int | None,
+           progress: bool, source: str) -> dict[int, str]:
+    """Fill ``.partial-<pid>``, rename it into place, then write the manifest."""
+    (root / f"{key}.json").unlink(missing_ok=True)  # an old manifest never vouches for new bytes
+    npy = root / f"{key}.npy"
+    partial = npy.with_name(f"{npy.name}.partial-{os.getpid()}")
+    need = estimate_bytes(len(refs), size)
+    with cachedir.guarded_build(root, partial, need, "decoded-image cache"):
+        array = _allocate(partial, (len(refs), size, size, 3))
+        failures = _fill(array, refs, size, workers, progress)
+        array.flush()
+        del array
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())  # the data is on disk before the manifest says so
+        os.replace(partial, npy)
+    meta = {"kind": "cache", "n": len(refs), "size": size, "failures": failures,
+            "created": time.time(), "source": source}
+    cachedir.write_manifest(root, key, meta)
     return failures
+
+
+def _remove_stale(root: Path, key: str) -> None:
+    """Partial files of crashed builds of ``key``; safe because we hold its lock."""
+    for p in root.glob(f"{key}.*.partial*"):
+        cachedir.remove_path(p)
 
 
 def load_or_build(
@@ -209,6 +226,7 @@ def load_or_build(
     root: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: bool = True,
+    source: str = "",
 ) -> DecodedCache:
     """Reuse the decoded cache for ``refs`` at ``size``, or build it.
 
@@ -218,6 +236,11 @@ def load_or_build(
         root: cache directory (default :func:`cache_root`).
         workers: decoding threads (default: all cores).
         progress: print a progress counter to stderr while building.
+        source: what the images are (shown by ``easycls cache list``).
+
+    Raises:
+        DataError: not enough disk space (nothing is left behind), or the folder is not
+            writable.
 
     Example:
         >>> cache = load_or_build(refs, 64)
@@ -229,14 +252,15 @@ def load_or_build(
     root = Path(root) if root is not None else cache_root()
     root.mkdir(parents=True, exist_ok=True)
     key = cache_key(refs, size)
-    npy, manifest = root / f"{key}.npy", root / f"{key}.json"
-    cache = _open_existing(npy, manifest, len(refs), size)
+    cache = _open_existing(root, key, len(refs), size)
     if cache is not None:
         return cache
-    with _locked(root / f"{key}.lock"):
+    with locked(root / f"{key}.lock", "building the decoded-image cache"):
         # Another process may have finished the build while we waited.
-        cache = _open_existing(npy, manifest, len(refs), size)
+        cache = _open_existing(root, key, len(refs), size)
         if cache is not None:
             return cache
-        failures = _build(refs, size, npy, manifest, workers, progress)
+        _remove_stale(root, key)
+        failures = _build(refs, size, root, key, workers, progress, source)
+    npy = root / f"{key}.npy"
     return DecodedCache(np.load(npy, mmap_mode="r"), failures, npy, built=True)
