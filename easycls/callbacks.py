@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from fastai.callback.core import Callback
 
-__all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents", "ChannelsLastAuto", "tensorboard_callback"]
+__all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents", "ChannelsLastAuto", "tensorboard_callback",
+           "LoaderTiming"]
 
 
 class PlainTensors(Callback):
@@ -160,3 +161,55 @@ class ChannelsLastAuto(Callback):
 def _has_depthwise_conv(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
                for m in model.modules())
+
+
+class LoaderTiming(Callback):
+    """Per training step, the time the loop waited for its batch vs the step itself.
+
+    The wait runs from the end of one batch's callbacks to the next batch's
+    `before_batch` (the loader's `next`, the copy to the device and `after_batch`); the
+    step from there to this callback's `after_batch`. The first `skip` batches of each
+    epoch (thread start, warm-up) are left out. With `sync` (default: on CUDA) each step
+    ends with `torch.cuda.synchronize()`, so the step is the GPU's time, not the launch
+    time: for benchmarks, not for training runs.
+
+    Example:
+        >>> timing = LoaderTiming()
+        >>> learn.fit(1, cbs=timing); timing.summary()["wait_fraction"]
+    """
+
+    order = 99  # last: the step includes every other callback's work
+
+    def __init__(self, skip: int = 1, sync: bool | None = None, clock=time.perf_counter):
+        self.skip, self.sync, self.clock = skip, sync, clock
+        self.waits, self.steps, self.images = [], [], 0
+
+    def before_train(self):
+        self._end = self.clock()
+
+    def before_batch(self):
+        if self.training:
+            self._start = self.clock()
+
+    def after_batch(self):
+        if not self.training:
+            return
+        sync = self.sync if self.sync is not None else self.dls.device.type == "cuda"
+        if sync and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        end = self.clock()
+        if self.iter >= self.skip:
+            self.waits.append(self._start - self._end)
+            self.steps.append(end - self._start)
+            self.images += len(self.yb[0]) if self.yb else 0
+        self._end = end
+
+    def summary(self) -> dict:
+        """Mean wait and step seconds, wait / step, and images/s over the timed steps."""
+        if not self.steps:
+            return dict(steps=0, wait_seconds=None, step_seconds=None, wait_fraction=None,
+                        images_per_s=None)
+        wait, step = sum(self.waits) / len(self.waits), sum(self.steps) / len(self.steps)
+        return dict(steps=len(self.steps), wait_seconds=wait, step_seconds=step,
+                    wait_fraction=wait / step if step else None,
+                    images_per_s=self.images / (sum(self.waits) + sum(self.steps)))

@@ -25,11 +25,32 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["Session", "session", "world_size", "is_main_process", "TrainShardsDL", "ValidShardsDL",
-           "DataParallelTrainer", "resolve_precision", "PrecisionError"]
+           "DataParallelTrainer", "resolve_precision", "PrecisionError", "local_world_size",
+           "worker_budget"]
 
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_world_size() -> int:
+    """Processes of this job on this machine (torchrun and accelerate set LOCAL_WORLD_SIZE;
+    without it, all ranks are taken as local, which never oversubscribes the cores)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or world_size())
+
+
+def worker_budget(cores: int | None = None, local_world: int | None = None) -> int:
+    """Loader workers per process: the machine's cores shared by its processes, one core of
+    each share left to the process's own training loop; at least 1, at most 16.
+
+    Example:
+        >>> worker_budget(cores=16, local_world=8)   # not 8 ranks x 15 workers on 16 cores
+        1
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = cores // max(1, local_world if local_world is not None else local_world_size())
+    return min(16, max(1, share - 1))
 
 
 def is_main_process() -> bool:

@@ -1,0 +1,213 @@
+"""Batch-level loading (`FeedDL`): same batches as fastai's item-by-item loader, clean threads,
+JPEG batch decoding, the per-rank worker budget and the loader timing callback."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import color_image
+from fastai.data.core import TfmdDL
+from fastai.torch_core import TensorCategory, TensorImage, TensorMultiCategory
+from PIL import Image
+
+from easycls.callbacks import LoaderTiming
+from easycls.data.feed import FeedDL, ItemGather, JpegGather, batch_gather
+from easycls.data.jpeg import decode_jpegs
+from easycls.data.loaders import ImageDataset, Pixels
+from easycls.data.prefetch import Prefetcher
+from easycls.distributed import TrainShardsDL, worker_budget
+
+
+def _cached(n=37, side=12, multi=False, seed=0) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+    targets = (rng.random((n, 4)) > 0.5).astype(np.float32) if multi else np.arange(n) % 3
+    return ImageDataset(Pixels([f"img{i}" for i in range(n)], side, array), targets, multi, 0)
+
+
+def _pairs(a, b):
+    got_a, got_b = list(a), list(b)
+    assert len(got_a) == len(got_b) > 0
+    return zip(got_a, got_b)
+
+
+def _feed_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("easycls-")]
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("shuffle,drop_last", [(True, True), (True, False), (False, False)])
+def test_same_batches_as_the_item_by_item_loader(multi, shuffle, drop_last):
+    ds = _cached(multi=multi)
+    old = TfmdDL(ds, bs=8, shuffle=shuffle, drop_last=drop_last)
+    new = FeedDL(ds, bs=8, shuffle=shuffle, drop_last=drop_last)
+    old.rng.seed(7)
+    new.rng.seed(7)  # the same seed gives the same order: fastai's get_idxs is kept
+    assert new.batch_level
+    for (xa, ya), (xb, yb) in _pairs(old, new):
+        assert type(xb) is TensorImage and type(yb) is type(ya)
+        assert type(yb) is (TensorMultiCategory if multi else TensorCategory)
+        assert xb.dtype == torch.uint8 and torch.equal(xa, xb)
+        assert ya.dtype == yb.dtype and torch.equal(ya, yb)
+        assert xb.is_contiguous(memory_format=torch.channels_last)  # the NHWC block, no copy
+    assert not _feed_threads()
+
+
+def test_same_shards_under_the_ddp_wrapper():
+    ds = _cached(n=40)
+    for rank in (0, 1):
+        old, new = TfmdDL(ds, bs=4, shuffle=True, drop_last=True), FeedDL(ds, bs=4, shuffle=True, drop_last=True)
+        old.rng.seed(3)
+        new.rng.seed(3)
+        # world 2 without a process group: the broadcast is the identity, the sharding is real
+        for (xa, ya), (xb, yb) in _pairs(TrainShardsDL(old, rank, 2), TrainShardsDL(new, rank, 2)):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_new_and_after_batch_keep_the_settings():
+    ds = _cached()
+    dl = FeedDL(ds, bs=8, workers=3, prefetch=1, after_batch=[lambda b: b * 0])
+    copy = dl.new(shuffle=False)
+    assert type(copy) is FeedDL and (copy.workers, copy.prefetch) == (3, 1)
+    x, _ = copy.one_batch()
+    assert x.shape == (8, 3, 12, 12) and int(x.sum()) == 0  # after_batch still runs
+    assert FeedDL(ds, bs=8, num_workers=5).workers == 5  # fastai's name for the same thing
+
+
+def test_a_dataset_without_pixels_loads_item_by_item():
+    items = [(TensorImage(torch.full((3, 4, 4), i, dtype=torch.uint8)), TensorCategory(i)) for i in range(10)]
+    dl = FeedDL(items, bs=4)
+    assert not dl.batch_level and batch_gather(items, torch.device("cpu")) is None
+    xb, yb = dl.one_batch()
+    assert xb.shape == (4, 3, 4, 4) and yb.tolist() == [0, 1, 2, 3]
+
+
+def test_a_batch_kept_by_the_caller_is_never_overwritten():
+    ds = _cached(n=64)
+    dl = FeedDL(ds, bs=8, shuffle=False)
+    kept = [x.clone() for x, _ in dl]
+    held = list(dl)  # every batch alive at once: the reused host blocks must not be handed out twice
+    for (x, _), want in zip(held, kept):
+        assert torch.equal(x, want)
+    ptrs = {x.data_ptr() for x, _ in held}
+    assert len(ptrs) == len(held)
+
+
+def test_prefetch_thread_stops_when_the_loop_stops_early():
+    dl = FeedDL(_cached(n=200), bs=4, shuffle=True, prefetch=2)
+    it = iter(dl)
+    next(it)
+    assert _feed_threads()  # running ahead
+    del it  # fastai's one_batch abandons the loop this way
+    assert not _feed_threads()
+    dl.one_batch()
+    assert not _feed_threads()
+
+
+def test_prefetcher_hands_errors_over_and_closes():
+    def source():
+        yield 1
+        raise ValueError("broken item")
+
+    with Prefetcher(source(), depth=1) as items, pytest.raises(ValueError, match="broken item"):
+        list(items)
+    endless = Prefetcher(iter(int, 1), depth=2)  # never ends; its queue fills and blocks
+    assert next(iter(endless)) == 0
+    endless.close()
+    assert not endless.alive
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_decode_jpegs_on_cpu_matches_pil():
+    rng = np.random.default_rng(0)
+    shapes = [(24, 24), (24, 40), (40, 24)]  # short side 24, as the store keeps it
+    blobs = [_jpeg(color_image(i, 3, rng, 64).resize(s[::-1])) for i, s in enumerate(shapes)]
+    got = decode_jpegs(blobs, 24, "cpu", workers=2)
+    assert got.shape == (3, 3, 24, 24) and got.dtype == torch.uint8
+    for blob, (h, w), x in zip(blobs, shapes, got):
+        ref = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+        top, left = (h - 24) // 2, (w - 24) // 2
+        ref = ref[top:top + 24, left:left + 24].transpose(2, 0, 1).astype(int)
+        assert np.abs(x.numpy().astype(int) - ref).max() <= 2  # libjpeg builds may round differently
+
+
+class _Store:
+    """The compact store's reading interface: JPEG bytes of a list of indices."""
+
+    def __init__(self, blobs, size):
+        self.blobs, self.size, self.refs = blobs, size, [str(i) for i in range(len(blobs))]
+
+    def __len__(self):
+        return len(self.blobs)
+
+    def __getitem__(self, i):
+        return decode_jpegs([self.blobs[i]], self.size)[0].permute(1, 2, 0).numpy()
+
+    def jpeg_bytes(self, idxs):
+        return [self.blobs[i] for i in idxs]
+
+
+def test_jpeg_store_and_decoded_refs_batch_like_items(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = [color_image(i % 3, 3, rng, 16) for i in range(10)]
+    store = _Store([_jpeg(im) for im in imgs], 16)
+    ds = ImageDataset(store, np.arange(10) % 3, False, 1)
+    assert isinstance(batch_gather(ds, torch.device("cpu")), JpegGather)
+    paths = []
+    for i, im in enumerate(imgs):
+        paths.append(str(tmp_path / f"{i}.png"))
+        im.save(paths[-1])
+    refs = ImageDataset(Pixels(paths, 16), np.arange(10) % 3, False, 1)
+    assert isinstance(batch_gather(refs, torch.device("cpu"), workers=2), ItemGather)
+    for d in (ds, refs):
+        for (xa, ya), (xb, yb) in _pairs(TfmdDL(d, bs=4), FeedDL(d, bs=4, workers=2)):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("cores,local,want", [(16, 8, 1), (16, 1, 15), (2, 1, 1), (64, 4, 15),
+                                              (128, 1, 16), (4, 8, 1), (32, 2, 15)])
+def test_worker_budget(cores, local, want):
+    assert worker_budget(cores, local) == want
+
+
+def test_worker_budget_reads_the_local_world(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert worker_budget(cores=16) == 3
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert worker_budget(cores=16) == 1  # unknown: every rank taken as local
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_loader_timing_with_a_fake_clock():
+    clock = _Clock()
+    timing = LoaderTiming(skip=1, sync=False, clock=clock)
+    timing.learn = type("L", (), {"training": True, "yb": (torch.zeros(4),), "iter": 0})()
+    timing.before_train()
+    for i, (wait, step) in enumerate([(5.0, 1.0), (0.1, 1.0), (0.3, 2.0)]):
+        timing.learn.iter = i
+        clock.now += wait
+        timing.before_batch()
+        clock.now += step
+        timing.after_batch()
+    s = timing.summary()  # the first batch (thread start, warm-up) is left out
+    assert s["steps"] == 2 and s["wait_seconds"] == pytest.approx(0.2)
+    assert s["step_seconds"] == pytest.approx(1.5)
+    assert s["wait_fraction"] == pytest.approx(0.2 / 1.5)
+    assert s["images_per_s"] == pytest.approx(8 / 3.4)
