@@ -10,11 +10,12 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = ["fit", "load", "save", "Predictor", "__version__"]
+__all__ = ["fit", "load", "save", "export", "Predictor", "__version__"]
 
 # Public names resolve on first use, so `easycls --version` and `import easycls` stay
 # fast: torch and fastai are imported only when training or predicting.
-_LAZY = {"fit": ".train", "save": ".train", "load": ".bundle", "Predictor": ".bundle"}
+_LAZY = {"fit": ".train", "save": ".train", "load": ".bundle", "Predictor": ".bundle",
+         "export": ".export"}
 
 
 def __getattr__(name: str):

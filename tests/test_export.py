@@ -1,0 +1,233 @@
+"""ONNX export: the graph and its metadata, the torch-free predict.py, the self-check, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import TINY, write_class_folders
+from PIL import Image
+from typer.testing import CliRunner
+
+import easycls
+from easycls.bundle import load, save_bundle
+from easycls.cli import app
+from easycls.export import ExportError, export
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+# Runs a script with torch (and everything built on it) made impossible to import.
+TORCH_FREE = ("import sys, runpy\n"
+              "for m in ('torch', 'torchvision', 'fastai', 'timm', 'easycls'):\n"
+              "    sys.modules[m] = None\n"
+              "sys.argv = sys.argv[1:]\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+def torch_free(script: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-I", "-c", TORCH_FREE, str(script), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def make_bundle(out: Path, classes, multi_label=False, thresholds=None, model=None) -> Path:
+    """A run directory holding only a bundle: an untrained model is enough to compare runtimes."""
+    torch.manual_seed(0)
+    model = model or timm.create_model("test_resnet", pretrained=False, num_classes=len(classes))
+    arch = "test_resnet" if not isinstance(model, Tiny) else "custom:Tiny"
+    return save_bundle(model, out, arch=arch, classes=classes, size=32, mean=MEAN, std=STD,
+                       multi_label=multi_label, thresholds=thresholds)
+
+
+def held_out(folder: Path, n: int = 50) -> Path:
+    """`n` noise images of varied shapes and formats (PNG, JPEG, grey, RGBA)."""
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        h, w = rng.integers(20, 90, 2)
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        img = [img, img.convert("L"), img.convert("RGBA")][i % 3]
+        img.save(folder / f"{i:02d}.png") if i % 2 else img.convert("RGB").save(folder / f"{i:02d}.jpg")
+    return folder
+
+
+class Tiny(torch.nn.Module):
+    """A custom architecture as `fit(arch=module)` accepts."""
+
+    def __init__(self, n: int = 3, op=None):
+        super().__init__()
+        self.conv, self.head, self.op = torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, n), op
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.op is not None:
+            x = self.op(x)
+        return self.head(x.relu().mean((2, 3)))
+
+
+def cli_predictions(run: Path, folder: Path) -> dict[str, list[str]]:
+    result = CliRunner().invoke(app, ["predict", str(run), str(folder)])
+    assert result.exit_code == 0, result.output
+    return {line.split("\t")[0]: line.split("\t")[1:] for line in result.stdout.splitlines()}
+
+
+def onnx_predictions(script: Path, folder: Path, *args: str) -> tuple[dict, dict]:
+    """predict.py's text lines {file: [label(s), probabilities]} and JSON {file: probabilities}."""
+    text, as_json = torch_free(script, folder, *args), torch_free(script, folder, "--json", *args)
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    lines = {ln.split("\t")[0]: ln.split("\t")[1:] for ln in text.stdout.splitlines()}
+    probs = {r["file"]: r["probabilities"] for r in map(json.loads, as_json.stdout.splitlines())}
+    return lines, probs
+
+
+def assert_same_as_easycls(run: Path, script: Path, folder: Path, n: int) -> float:
+    """Same labels as `easycls predict`, probabilities within 1e-4 of PyTorch's; returns the max."""
+    ours, probs = onnx_predictions(script, folder)
+    theirs = cli_predictions(run, folder)
+    assert len(ours) == len(theirs) == n
+    assert {f: v[0] for f, v in ours.items()} == {f: v[0] for f, v in theirs.items()}
+    predictor = load(run, device="cpu")
+    files = sorted(probs)
+    expected = predictor.probabilities(files)
+    got = np.array([[probs[f][c] for c in predictor.classes] for f in files])
+    diff = float(np.abs(got - expected).max())
+    assert diff < 1e-4
+    return diff
+
+
+# ---------------------------------------------------------------- fast: bundles, no training
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    run = make_bundle(tmp_path_factory.mktemp("runs") / "single", ["cat", "dog", "fox", "owl"])
+    return run, export(run, max_check=8)
+
+
+def test_export_writes_model_and_metadata(single):
+    run, result = single
+    assert result.model == run / "onnx" / "model.onnx" and result.script.name == "predict.py"
+    assert result.checked == 8 and result.checked_on == "generated" and result.max_diff < 1e-4
+    proto = onnx.load(str(result.model))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["classes"]) == ["cat", "dog", "fox", "owl"]
+    assert json.loads(props["multi_label"]) is False and json.loads(props["input_size"]) == 32
+    assert json.loads(props["mean"]) == MEAN and json.loads(props["std"]) == STD
+    assert json.loads(props["easycls_version"]) == easycls.__version__
+    assert "BILINEAR" in props["preprocessing"] and "thresholds" in props
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param == "batch"  # dynamic batch axis
+
+
+def test_onnx_runs_any_batch_size_like_torch(single):
+    run, result = single
+    session = ort.InferenceSession(str(result.model), providers=["CPUExecutionProvider"])
+    predictor = load(run, device="cpu")
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    for n in (1, 5):
+        got = session.run(["probabilities"], {"pixels": pixels[:n]})[0]
+        want = predictor.probabilities([Image.fromarray(p) for p in pixels[:n]])
+        assert got.shape == (n, 4) and np.abs(got - want).max() < 1e-4
+        assert np.allclose(got.sum(1), 1, atol=1e-5)  # softmax in the graph
+
+
+def test_torch_is_really_blocked(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import torch\n")
+    result = torch_free(probe)
+    assert result.returncode != 0 and "import of torch halted" in result.stderr
+
+
+def test_predict_script_matches_easycls_predict_without_torch(single, tmp_path):
+    run, result = single
+    assert_same_as_easycls(run, result.script, held_out(tmp_path / "imgs"), 50)
+
+
+@pytest.mark.slow
+def test_multi_label_thresholds_and_predict_script(tmp_path):
+    th = {"global": 0.5, "per_class": [0.3, 0.5, 0.7], "at_least_one": False}
+    run = make_bundle(tmp_path / "ml", ["a", "b", "c"], multi_label=True, thresholds=th)
+    result = export(run, tmp_path / "out", max_check=8)
+    props = {p.key: p.value for p in onnx.load(str(result.model)).metadata_props}
+    assert json.loads(props["multi_label"]) is True and json.loads(props["thresholds"]) == th
+    assert_same_as_easycls(run, result.script, held_out(tmp_path / "imgs"), 50)
+
+
+def test_custom_module_exports(tmp_path):
+    run = make_bundle(tmp_path / "custom", ["x", "y", "z"], model=Tiny())
+    with pytest.raises(ValueError, match="custom model"):
+        export(run)
+    result = export(run, model=Tiny(), max_check=4)
+    assert result.max_diff < 1e-4
+
+
+def test_unsupported_operator_is_named(tmp_path):
+    op = lambda x: torch.cummax(x, 2).values  # noqa: E731 - no ONNX symbolic for cummax
+    run = make_bundle(tmp_path / "custom", ["x", "y", "z"], model=Tiny(op=op))
+    with pytest.raises(ExportError, match=r"operator aten::cummax is not supported"):
+        export(run, model=Tiny(op=op))
+
+
+def test_disagreement_fails_and_removes_the_model(single, tmp_path):
+    run, _ = single
+    with pytest.raises(ExportError, match=r"disagrees with PyTorch: max \|difference\|"):
+        export(run, tmp_path / "strict", max_check=4, tolerance=0.0)
+    assert not (tmp_path / "strict" / "model.onnx").exists()
+
+
+def test_unknown_format(single):
+    with pytest.raises(ValueError, match="unknown export format 'tflite'"):
+        export(single[0], format="tflite")
+
+
+# ---------------------------------------------------------------- slow: trained runs
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    easycls.fit("digits", out=str(out), **{**TINY, "arch": "test_resnet", "lr": 3e-3, "bs": 32})
+    return out
+
+
+@pytest.mark.slow
+def test_digits_run_round_trip(digits_run, tmp_path):
+    """Export checks itself on the run's validation images; 50 held-out digits agree."""
+    result = export(digits_run, tmp_path / "onnx")
+    assert result.checked == 64 and result.checked_on == "validation" and result.max_diff < 1e-4
+    valid = sorted((easycls_data_home() / "digits" / "valid").rglob("*.png"))[::7][:50]
+    folder = tmp_path / "held_out"
+    folder.mkdir()
+    for p in valid:
+        (folder / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    assert_same_as_easycls(digits_run, result.script, folder, 50)
+
+
+@pytest.mark.slow
+def test_multi_label_run_round_trip(tmp_path):
+    """A trained multi-label run (tuned thresholds) gives the same label sets without torch."""
+    root = write_class_folders(tmp_path / "data", per_class=12)
+    rng = np.random.default_rng(0)
+    lines = ["file,labels"]
+    for i, f in enumerate(sorted(root.rglob("*.png"))):
+        extra = ["cat", "dog", "fox"][rng.integers(3)] if i % 2 else ""
+        lines.append(f"{f.relative_to(root)},{' '.join(sorted({f.parent.name, extra} - {''}))}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    easycls.fit(str(tmp_path / "labels.csv"), images=str(root), out=str(out), **TINY)
+    assert json.loads((out / "model.json").read_text())["multi_label"] is True
+    result = export(out, tmp_path / "onnx")
+    assert result.max_diff < 1e-4
+    assert_same_as_easycls(out, result.script, held_out(tmp_path / "imgs"), 50)
+
+
+def easycls_data_home() -> Path:
+    from easycls.data.builtin import data_home
+    return data_home()
