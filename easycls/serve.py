@@ -1,0 +1,303 @@
+"""`easycls serve`: a web page and a REST API over a run directory (FastAPI + uvicorn).
+
+Requests are decoded in worker threads and queued; one inference thread takes what has
+arrived (up to `max_batch` images, waiting at most `max_wait_ms` for more) and runs it as one
+batch, so concurrent clients share forward passes and the event loop never runs the model.
+Uploads are parsed in memory, size-capped while they stream in, and checked before decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from .bundle import Predictor, load, read_meta
+from .data.images import resize_square, to_rgb
+
+__all__ = ["create_app", "serve", "Batcher", "UploadError", "decode_upload"]
+
+MAX_MB = 10.0
+MAX_FILES = 64
+TOP_K = 5
+
+
+class UploadError(Exception):
+    """A request the server refuses: an HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+# ---------------------------------------------------------------- batching
+
+
+class Batcher:
+    """Gathers concurrent requests into batches for `infer`, which runs on one worker thread.
+
+    Args:
+        infer: images -> (n, classes) probabilities; called with up to `max_batch` images
+            (more when a single request brings more).
+        max_batch: images per batch; 1 turns batching off (one request at a time).
+        max_wait: seconds a batch waits for company once the first request is in.
+    """
+
+    def __init__(self, infer: Callable[[list], np.ndarray], max_batch: int = 32,
+                 max_wait: float = 0.005):
+        self.infer, self.max_batch, self.max_wait = infer, max(1, max_batch), max_wait
+        self.batches = 0   # forward batches run, and the images in them (for /healthz)
+        self.images = 0
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="easycls-infer")
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._executor.shutdown(wait=True)
+        self._task = None
+
+    async def __call__(self, images: Sequence) -> np.ndarray:
+        """Probabilities of `images`, computed in a batch with whatever else is waiting."""
+        if self._task is None:
+            raise RuntimeError("Batcher.start() was not awaited (run the app with its lifespan)")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((list(images), future))
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._gather()
+            await self._run(batch)
+
+    async def _gather(self) -> list:
+        """The first waiting request, plus those arriving within `max_wait`, up to max_batch."""
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        n, deadline = len(batch[0][0]), loop.time() + self.max_wait
+        while n < self.max_batch:
+            item = await self._next(deadline - loop.time())
+            if item is None:
+                break
+            batch.append(item)
+            n += len(item[0])
+        return batch
+
+    async def _next(self, timeout: float):
+        if not self._queue.empty() or timeout <= 0:
+            return None if self._queue.empty() else self._queue.get_nowait()
+        # asyncio.wait, not wait_for: on a timeout a finished get() must not drop its item.
+        getter = asyncio.ensure_future(self._queue.get())
+        done, _ = await asyncio.wait({getter}, timeout=timeout)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        return None
+
+    async def _run(self, batch: list) -> None:
+        images = [im for ims, _ in batch for im in ims]
+        loop = asyncio.get_running_loop()
+        try:
+            probs = await loop.run_in_executor(self._executor, self.infer, images)
+        except Exception as e:  # noqa: BLE001 - every waiting request gets the error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        self.batches, self.images = self.batches + 1, self.images + len(images)
+        start = 0
+        for ims, future in batch:
+            if not future.done():  # a client that went away has a cancelled future
+                future.set_result(probs[start:start + len(ims)])
+            start += len(ims)
+
+
+# ---------------------------------------------------------------- uploads
+
+
+def decode_upload(name: str, data: bytes, size: int, max_pixels: int) -> Image.Image:
+    """An uploaded file as the model's input image, decoded exactly like `load_resized`.
+
+    Raises:
+        UploadError: 415 for a non-image, 400 for a decompression bomb, truncated or corrupt file.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise UploadError(400, f"{name}: decompression bomb: {img.width}x{img.height} "
+                                       f"pixels is over the limit of {max_pixels}")
+            img.draft("RGB", (size, size))  # as images._decode: JPEGs decode at reduced scale
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+    except UploadError:
+        raise
+    except UnidentifiedImageError:
+        raise UploadError(415, f"{name}: not an image Pillow can read (JPEG, PNG, WebP, ...)") \
+            from None
+    except Image.DecompressionBombError as e:
+        raise UploadError(400, f"{name}: decompression bomb: {e}") from None
+    except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, struct.error...
+        what = "truncated" if "truncated" in str(e).lower() else f"corrupt ({e})"
+        raise UploadError(400, f"{name}: {what} image") from None
+    return Image.fromarray(resize_square(to_rgb(img), size))
+
+
+async def _capped(stream: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in stream:
+        total += len(chunk)
+        if total > max_bytes:
+            raise UploadError(413, f"upload is over the limit of {max_bytes / 2**20:g} MB")
+        yield chunk
+
+
+async def read_files(request: Request, max_bytes: int) -> list[tuple[str, bytes]]:
+    """(filename, bytes) of each file in a multipart request, held in memory only."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UploadError(415, "send the images as multipart/form-data, field 'files'")
+    if int(request.headers.get("content-length") or 0) > max_bytes:
+        raise UploadError(413, f"upload is over the limit of {max_bytes / 2**20:g} MB")
+    parser = MultiPartParser(request.headers, _capped(request.stream(), max_bytes),
+                             max_files=MAX_FILES, max_fields=MAX_FILES)
+    parser.spool_max_size = max_bytes + 1  # spooled files stay in memory: nothing hits the disk
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise UploadError(400, f"bad multipart body: {e.message}") from None
+    found = [(v.filename or f"file{i}", await v.read())
+             for i, (_, v) in enumerate(form.multi_items()) if isinstance(v, UploadFile)]
+    if not found:
+        raise UploadError(400, "no files: send one or more images in the multipart field 'files'")
+    return found
+
+
+# ---------------------------------------------------------------- the app
+
+
+def _rows(predictor: Predictor, names: list[str], probs: np.ndarray, top_k: int) -> list[dict]:
+    rows = []
+    for name, p, (label, prob) in zip(names, probs, predictor.decide(probs)):
+        top = [{"label": predictor.classes[i], "probability": float(p[i])}
+               for i in np.argsort(-p, kind="stable")[:top_k]]
+        if predictor.multi_label:
+            rows.append({"file": name, "labels": label, "probabilities": prob, "top": top})
+        else:
+            rows.append({"file": name, "label": label, "probability": prob, "top": top})
+    return rows
+
+
+def _model_info(run_dir: Path, predictor: Predictor) -> dict:
+    metrics = run_dir / "metrics.json"
+    return {"name": run_dir.resolve().name, "model": read_meta(run_dir),
+            "thresholds": predictor.thresholds().tolist() if predictor.multi_label else None,
+            "metrics": json.loads(metrics.read_text()) if metrics.is_file() else None}
+
+
+def create_app(run_dir: str | Path, *, predictor: Predictor | None = None, token: str | None = None,
+               max_batch: int = 32, max_wait_ms: float = 5.0, max_mb: float = MAX_MB,
+               max_pixels: int | None = None, device: str | None = None) -> FastAPI:
+    """The FastAPI app serving a run: `/` (page), `/predict`, `/model`, `/healthz`, `/docs`.
+
+    Args:
+        run_dir: the run directory written by `fit`.
+        predictor: an already loaded `Predictor` (e.g. `load(dir, model=...)` for a custom arch).
+        token: if given, `/predict` and `/model` need `Authorization: Bearer <token>`.
+        max_batch, max_wait_ms: server-side batching (`max_batch=1` turns it off).
+        max_mb: the largest request body; max_pixels: the largest image (default Pillow's).
+
+    Example:
+        >>> app = create_app("runs/digits-resnet18", token="s3cret")
+    """
+    run_dir = Path(run_dir)
+    predictor = predictor or load(run_dir, device=device)
+    batcher = Batcher(lambda ims: predictor.probabilities(ims, bs=max(1, len(ims))),
+                      max_batch, max_wait_ms / 1000)
+    max_bytes, max_pixels = int(max_mb * 2**20), max_pixels or Image.MAX_IMAGE_PIXELS
+    info = _model_info(run_dir, predictor)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title=f"easycls: {info['name']}", lifespan=lifespan,
+                  description="Image classification with a model trained by easycls.")
+    app.state.batcher, app.state.predictor = batcher, predictor
+
+    @app.exception_handler(UploadError)
+    async def _refused(_request: Request, e: UploadError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return JSONResponse({"detail": e.reason}, status_code=e.status, headers=headers)
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise UploadError(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return (files(__package__) / "static" / "index.html").read_text()
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        """Liveness, and how many batches and images the server has run."""
+        return {"status": "ok", "batches": batcher.batches, "images": batcher.images}
+
+    @app.get("/model")
+    async def model(request: Request) -> dict:
+        """model.json and metrics.json of the run."""
+        authorize(request)
+        return info
+
+    @app.post("/predict", openapi_extra=_PREDICT_BODY)
+    async def predict(request: Request, top_k: int = TOP_K) -> dict:
+        """Label one or several images (multipart field `files`): label(s), probability, top-k."""
+        authorize(request)
+        uploads = await read_files(request, max_bytes)
+        images = await run_in_threadpool(
+            lambda: [decode_upload(n, d, predictor.size, max_pixels) for n, d in uploads])
+        probs = await batcher(images)
+        return {"predictions": _rows(predictor, [n for n, _ in uploads], probs, max(1, top_k))}
+
+    return app
+
+
+_PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["files"],
+    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+}}}}}
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
+          token: str | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
+          max_mb: float = MAX_MB, say: Callable[[str], None] = print) -> None:
+    """Serve a run until interrupted (see `create_app` for the options)."""
+    import uvicorn
+    app = create_app(run_dir, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                     max_mb=max_mb)
+    say(f"serving {run_dir} on http://{host}:{port}/ (API docs at /docs; Ctrl+C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,282 @@
+"""`easycls serve`: the REST API, refusals of bad uploads, batching, and the page in a real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import TINY
+from PIL import Image
+
+import easycls
+from easycls.bundle import load, save_bundle
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from easycls.serve import Batcher, create_app  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def png(size=(40, 30), seed=0, fmt="PNG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=len(CLASSES))
+    out = save_bundle(model, tmp_path_factory.mktemp("runs") / "pets", arch="test_resnet",
+                      classes=CLASSES, size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    (out / "metrics.json").write_text(json.dumps({"accuracy": 0.75, "valid_loss": 0.5}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(run):
+    with TestClient(create_app(run, token="s3cret", max_mb=1.0, device="cpu")) as c:
+        c.headers["Authorization"] = "Bearer s3cret"
+        yield c
+
+
+def post(client, *files: tuple[str, bytes], **kw):
+    return client.post("/predict", files=[("files", (n, d, "image/png")) for n, d in files], **kw)
+
+
+def test_predict_several_files_like_the_predictor(client, run, tmp_path):
+    data = [png(seed=i, size=(30 + 9 * i, 40)) for i in range(3)]
+    r = post(client, *[(f"{i}.png", d) for i, d in enumerate(data)], params={"top_k": 3})
+    assert r.status_code == 200
+    rows = r.json()["predictions"]
+    predictor = load(run, device="cpu")
+    for i, (row, d) in enumerate(zip(rows, data)):
+        (tmp_path / f"{i}.png").write_bytes(d)
+        label, prob = predictor.predict(tmp_path / f"{i}.png")
+        assert row["file"] == f"{i}.png" and row["label"] == label
+        assert abs(row["probability"] - prob) < 1e-6
+        probs = [t["probability"] for t in row["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and row["top"][0]["label"] == label
+
+
+def test_model_healthz_docs_and_page(client, run):
+    info = client.get("/model").json()
+    assert info["name"] == "pets" and info["model"]["classes"] == CLASSES
+    assert info["metrics"] == {"accuracy": 0.75, "valid_loss": 0.5}
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+    assert "multipart/form-data" in schema["content"]
+    page = client.get("/").text
+    assert 'type="file"' in page and "http" not in page.split("<script>")[1]  # no CDN
+
+
+def bomb() -> bytes:
+    """An 18 kB PNG that decodes to 144 million pixels."""
+    buf = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def truncated() -> bytes:
+    data = png(size=(64, 64), fmt="JPEG")
+    return data[: len(data) // 2]
+
+
+BAD = [
+    ("too large", lambda c: post(c, ("big.png", png(size=(800, 800)))),
+     413, "upload is over the limit of 1 MB"),
+    ("not an image", lambda c: post(c, ("notes.png", b"just some text\n" * 10)),
+     415, "notes.png: not an image Pillow can read"),
+    ("bomb", lambda c: post(c, ("bomb.png", bomb())),
+     400, "bomb.png: decompression bomb: 12000x12000 pixels is over the limit"),
+    ("truncated", lambda c: post(c, ("cut.jpg", truncated())),
+     400, "cut.jpg: truncated image"),
+    ("wrong token", lambda c: post(c, ("a.png", png()), headers={"Authorization": "Bearer nope"}),
+     401, "missing or wrong token"),
+    ("no files", lambda c: c.post("/predict", files={"note": (None, "hi")}),
+     400, "no files"),
+    ("not multipart", lambda c: c.post("/predict", content=png(), headers={"Content-Type": "image/png"}),
+     415, "multipart/form-data"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("send,status,reason", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_uploads_are_refused_with_a_reason(client, send, status, reason):
+    r = send(client)
+    assert r.status_code == status
+    body = r.json()
+    assert list(body) == ["detail"] and reason in body["detail"] and "\n" not in body["detail"]
+    assert client.get("/healthz").status_code == 200  # and the server still answers
+    assert post(client, ("ok.png", png())).status_code == 200
+
+
+def test_size_limit_holds_without_content_length(client):
+    """A chunked body (no Content-Length) is cut off while it streams in."""
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + png(size=(800, 800)) + \
+        f"\r\n--{boundary}--\r\n".encode()
+    chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
+    r = client.post("/predict", content=chunks,
+                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+
+
+def test_no_token_needed_when_none_is_set(run):
+    with TestClient(create_app(run, device="cpu")) as c:
+        assert post(c, ("a.png", png())).status_code == 200
+        assert c.get("/model").status_code == 200
+
+
+def test_uploads_never_touch_the_disk(run, monkeypatch):
+    """Files bigger than Starlette's 1 MB spool threshold still stay in memory."""
+    def refuse(*a, **k):
+        raise AssertionError("an upload was written to a temporary file")
+    for name in ("TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    big = png(size=(700, 700))
+    assert len(big) > 2**20
+    with TestClient(create_app(run, device="cpu", max_mb=4)) as c:
+        r = post(c, ("big.png", big))
+    assert r.status_code == 200, r.text
+
+
+# ---------------------------------------------------------------- batching
+
+
+def _batch_sizes(max_batch: int, requests: list[int], max_wait: float = 60.0) -> list[int]:
+    """Sizes of the batches `infer` saw for concurrent requests of the given image counts."""
+    seen: list[int] = []
+
+    def infer(images):
+        seen.append(len(images))
+        return np.arange(len(images), dtype=float)[:, None]
+
+    async def main():
+        batcher = Batcher(infer, max_batch=max_batch, max_wait=max_wait)
+        await batcher.start()
+        outs = await asyncio.gather(*(batcher(list(range(n))) for n in requests))
+        await batcher.stop()
+        return outs
+
+    outs = asyncio.run(main())
+    assert [len(out) for out in outs] == requests
+    return seen
+
+
+def test_batcher_groups_concurrent_requests():
+    # max_wait is long, so only a full batch can end the wait: no timing involved.
+    assert _batch_sizes(4, [1, 1, 1, 1]) == [4]
+    assert _batch_sizes(4, [1, 2, 3]) == [6]  # a request is never split
+    assert _batch_sizes(1, [1, 1, 1]) == [1, 1, 1]  # max_batch=1: batching off
+
+
+def test_batcher_returns_each_request_its_rows():
+    async def main():
+        batcher = Batcher(lambda ims: np.array(ims, dtype=float)[:, None], max_batch=6, max_wait=60)
+        await batcher.start()
+        outs = await asyncio.gather(batcher([1, 2]), batcher([3]), batcher([4, 5, 6]))
+        await batcher.stop()
+        return outs
+    a, b, c = asyncio.run(main())
+    assert a[:, 0].tolist() == [1, 2] and b[:, 0].tolist() == [3] and c[:, 0].tolist() == [4, 5, 6]
+
+
+def test_batcher_passes_errors_to_every_waiting_request():
+    def infer(images):
+        raise ValueError("model exploded")
+
+    async def main():
+        batcher = Batcher(infer, max_batch=2, max_wait=60)
+        await batcher.start()
+        outs = await asyncio.gather(batcher([1]), batcher([2]), return_exceptions=True)
+        await asyncio.wait_for(batcher.stop(), 10)
+        return outs
+    outs = asyncio.run(main())
+    assert [str(e) for e in outs] == ["model exploded"] * 2
+
+
+# ---------------------------------------------------------------- the page in a real browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "digits-test_resnet"
+    easycls.fit("digits", out=str(out), **{**TINY, "arch": "test_resnet", "lr": 3e-3, "bs": 32})
+    return out
+
+
+@pytest.fixture
+def server(digits_run):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "easycls", "serve", str(digits_run),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    import httpx
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_page_labels_an_uploaded_digit(server, digits_run, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from easycls.data.builtin import data_home
+    image = tmp_path / "digit_7.png"
+    source = sorted((data_home() / "digits" / "valid" / "7").glob("*.png"))[0]
+    Image.open(source).resize((128, 128), Image.Resampling.NEAREST).save(image)
+    expected, _ = load(digits_run, device="cpu").predict(image)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 640})
+        page.goto(server)
+        page.wait_for_function("document.getElementById('metrics').rows.length > 0")
+        page.set_input_files("#file", str(image))
+        shown = page.locator(".card .label").first
+        shown.wait_for(timeout=60_000)
+        assert shown.inner_text() == expected
+        assert page.locator(".card .bar").count() == 5  # top-5 bars
+        assert "accuracy" in page.locator("#metrics").inner_text()
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        browser.close()
+    if os.environ.get("EASYCLS_DOCS_SCREENSHOT"):  # refresh the picture in docs/use.md
+        shutil.copy(tmp_path / "serve.png", REPO / "docs" / "img" / "serve.png")
