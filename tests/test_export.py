@@ -54,7 +54,10 @@ def held_out(folder: Path, n: int = 50) -> Path:
         h, w = rng.integers(20, 90, 2)
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         img = [img, img.convert("L"), img.convert("RGBA")][i % 3]
-        img.save(folder / f"{i:02d}.png") if i % 2 else img.convert("RGB").save(folder / f"{i:02d}.jpg")
+        if i % 2:
+            img.save(folder / f"{i:02d}.png")
+        else:
+            img.convert("RGB").save(folder / f"{i:02d}.jpg")
     return folder
 
 
