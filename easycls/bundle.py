@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from . import __version__
-from .data.images import IMAGE_EXTENSIONS, load_resized, resize_square
+from .data.images import IMAGE_EXTENSIONS, UnreadableImage, load_resized, resize_square
 
 __all__ = ["save_bundle", "load", "Predictor", "read_meta", "expand_inputs"]
 
@@ -118,15 +121,75 @@ class Predictor:
             return resize_square(image.convert("RGB"), self.size)
         return load_resized(str(image), self.size)
 
+    def _pixels_or_error(self, image) -> np.ndarray | UnreadableImage:
+        try:
+            return self._pixels(image)
+        except UnreadableImage as e:
+            return e
+
+    def _decoded(self, images: Sequence, bs: int, workers: int | None,
+                 ahead: int = 2) -> Iterator[tuple[int, list]]:
+        """(start, decoded images or errors) per batch, decoded on a thread pool while
+        the model runs on the batches before (Pillow releases the GIL while decoding)."""
+        workers = workers or os.cpu_count() or 1
+        starts = iter(range(0, len(images), bs))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: deque = deque()
+
+            def submit() -> None:
+                s = next(starts, None)
+                if s is not None:
+                    batch = images[s:s + bs]
+                    pending.append((s, [pool.submit(self._pixels_or_error, im) for im in batch]))
+
+            for _ in range(ahead + 1):
+                submit()
+            while pending:
+                s, futures = pending.popleft()
+                submit()
+                yield s, [f.result() for f in futures]
+
+    def _forward(self, pixels: list[np.ndarray]) -> np.ndarray:
+        x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
+        x = ((x.float() - self._mean) / self._std).to(self.device)
+        logits = self.model(x).float()
+        return (logits.sigmoid() if self.multi_label else logits.softmax(1)).cpu().numpy()
+
     @torch.inference_mode()
-    def probabilities(self, images: Sequence, bs: int = 64) -> np.ndarray:
-        """(n, classes) softmax (single-label) or sigmoid (multi-label) probabilities."""
-        outs = []
-        for i in range(0, len(images), bs):
-            x = torch.from_numpy(np.stack([self._pixels(im) for im in images[i:i + bs]])).permute(0, 3, 1, 2)
-            x = ((x.float() - self._mean) / self._std).to(self.device)
-            logits = self.model(x).float()
-            outs.append((logits.sigmoid() if self.multi_label else logits.softmax(1)).cpu().numpy())
+    def stream(self, images: Sequence, bs: int = 64, workers: int | None = None
+               ) -> Iterator[tuple[list[int], np.ndarray, dict[int, str]]]:
+        """Probabilities batch by batch, skipping unreadable images; each file is read once.
+
+        Yields:
+            (positions in `images` of the readable ones, their (n, classes) probabilities,
+            {position: reason} for the unreadable ones of the batch).
+
+        Example:
+            >>> for where, probs, bad in predictor.stream(paths, bs=64):
+            ...     print(len(where), probs.shape, bad)
+        """
+        images = list(images)
+        for start, decoded in self._decoded(images, bs, workers):
+            ok = [k for k, d in enumerate(decoded) if not isinstance(d, UnreadableImage)]
+            bad = {start + k: d.reason for k, d in enumerate(decoded)
+                   if isinstance(d, UnreadableImage)}
+            probs = self._forward([decoded[k] for k in ok]) if ok else np.zeros(
+                (0, len(self.classes)), np.float32)
+            yield [start + k for k in ok], probs, bad
+
+    def probabilities(self, images: Sequence, bs: int = 64, workers: int | None = None
+                      ) -> np.ndarray:
+        """(n, classes) softmax (single-label) or sigmoid (multi-label) probabilities.
+
+        Raises:
+            UnreadableImage: an image cannot be decoded (`stream` skips them instead).
+        """
+        images, outs = list(images), []
+        for _, probs, bad in self.stream(images, bs, workers):
+            if bad:
+                i, reason = next(iter(bad.items()))
+                raise UnreadableImage(str(images[i]), reason)
+            outs.append(probs)
         return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), np.float32)
 
     def decide(self, probs: np.ndarray, threshold: float | None = None) -> list:

@@ -1,7 +1,9 @@
 """Batch prediction of image files into a CSV, and competition submission files.
 
 Unreadable images are skipped in predictions and reported; in a submission they keep their
-row (with an empty label) because competitions reject files with missing ids.
+row (with an empty label) because competitions reject files with missing ids. Each file is
+read and decoded once, on a thread pool that runs ahead of the model (`Predictor.stream`),
+and rows are made batch by batch, so memory does not grow with the probabilities of all.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .bundle import Predictor
-from .data.images import check_images, split_zip_ref
+from .data.images import split_zip_ref
 from .data.tables import TableError, read_id_csv
 
 __all__ = ["predict_files", "write_predictions", "write_submission", "submission_columns",
@@ -29,18 +31,27 @@ def _name(ref: str) -> str:
     return z[1] if z else ref
 
 
+def _decisions(predictor: Predictor, refs: Sequence[str], bs: int, threshold: float | None
+               ) -> tuple[dict[int, tuple], dict[int, str]]:
+    """{index: decision} for readable images, {index: reason} for the others."""
+    decided, bad = {}, {}
+    for where, probs, failed in predictor.stream(refs, bs=bs):
+        decided.update(zip(where, predictor.decide(probs, threshold)))
+        bad.update(failed)
+    return decided, bad
+
+
 def predict_files(predictor: Predictor, refs: Sequence[str], bs: int = 64,
                   threshold: float | None = None) -> tuple[list[dict], dict[int, str]]:
     """Rows {file, label(s), probability} for readable images, and {index: reason} for the rest."""
-    bad = check_images(list(refs))
-    good = [r for i, r in enumerate(refs) if i not in bad]
+    decided, bad = _decisions(predictor, refs, bs, threshold)
     rows = []
-    for ref, (label, prob) in zip(good, predictor.predict_many(good, bs=bs, threshold=threshold)):
+    for i, (label, prob) in sorted(decided.items()):
         if predictor.multi_label:
-            rows.append(dict(file=_name(ref), labels=" ".join(label),
+            rows.append(dict(file=_name(refs[i]), labels=" ".join(label),
                              probabilities=" ".join(f"{p:.4f}" for p in prob)))
         else:
-            rows.append(dict(file=_name(ref), label=label, probability=round(prob, 6)))
+            rows.append(dict(file=_name(refs[i]), label=label, probability=round(prob, 6)))
     return rows, bad
 
 
@@ -129,16 +140,18 @@ def write_submission(predictor: Predictor, refs: Sequence[str], out_csv: str | P
     else:
         ids, index = [_basename(r) for r in refs], list(range(len(refs)))
     used = sorted(set(index))
-    bad = check_images([refs[i] for i in used])
-    good = [i for k, i in enumerate(used) if k not in bad]
-    decided = dict(zip(good, predictor.predict_many([refs[i] for i in good], bs=bs, threshold=threshold)))
+    found, bad = _decisions(predictor, [refs[i] for i in used], bs, threshold)
+    decided = {used[k]: d for k, d in found.items()}
     with Path(out_csv).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([id_col, label_col])
         for x, i in zip(ids, index):
             label = decided[i][0] if i in decided else ""
             writer.writerow([x, " ".join(label) if isinstance(label, list) else label])
-    reasons = {ids[index.index(used[k])]: why for k, why in bad.items()}
+    first: dict[int, int] = {}
+    for row, i in enumerate(index):
+        first.setdefault(i, row)
+    reasons = {ids[first[used[k]]]: why for k, why in bad.items()}
     if reasons:
         Path(out_csv).with_suffix(".skipped.txt").write_text(
             "".join(f"{x}\t{why}\n" for x, why in reasons.items()))

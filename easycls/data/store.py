@@ -16,11 +16,12 @@ contiguous part (:func:`build_part`), then one of them calls :func:`finish`.
 
 Reading API, for DataLoader workers and batch loaders (also a GPU decoder):
 ``store[i]`` and ``store.decode_batch(indices)`` give uint8 HWC / NHWC arrays,
-``store.read(indices)`` the raw JPEG bytes.
+``store.jpeg_bytes(indices)`` (alias ``read``) the raw JPEG bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -105,6 +106,23 @@ def choose_store(mode: str, splits: Sequence[tuple[int, int]],
 # ---------------------------------------------------------------- reading
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_decoder():
+    """torchvision's libjpeg-turbo decoder (about twice Pillow's images per CPU-second on
+    small JPEGs, see docs/large-data.md), or None to fall back to Pillow."""
+    try:
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except (ImportError, RuntimeError, OSError):
+        return None
+
+    def decode(data: bytes) -> np.ndarray:
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return decode_jpeg(raw, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+
+    return decode
+
+
 class JpegStore:
     """A built store: ``len(store)`` images of ``size`` x ``size`` RGB pixels.
 
@@ -157,13 +175,19 @@ class JpegStore:
             out.append(os.pread(self._fd(shard), length, offset) if length else b"")
         return out
 
+    jpeg_bytes = read  # the name batch loaders (and GPU decoders) ask for
+
     def _decode_into(self, data: bytes, out: np.ndarray) -> None:
         if not data:
             out[...] = 0
             return
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            out[...] = np.asarray(img)
+        decode = _cpu_decoder()
+        if decode is None:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                out[...] = np.asarray(img)
+        else:
+            out[...] = decode(data)
 
     def decode(self, i: int) -> np.ndarray:
         """Image ``i`` as a uint8 ``(size, size, 3)`` array."""
