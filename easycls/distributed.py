@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -26,7 +27,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["Session", "session", "world_size", "is_main_process", "TrainShardsDL", "ValidShardsDL",
            "DataParallelTrainer", "resolve_precision", "PrecisionError", "local_world_size",
-           "worker_budget"]
+           "worker_budget", "process_group_timeout"]
+
+# Ranks wait at barriers while others build caches or stores, which can take hours at
+# ImageNet size; torch's default (10 to 30 minutes) would abort the job instead.
+_DEFAULT_TIMEOUT_S = 2 * 3600.0
 
 
 def world_size() -> int:
@@ -51,6 +56,11 @@ def worker_budget(cores: int | None = None, local_world: int | None = None) -> i
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     share = cores // max(1, local_world if local_world is not None else local_world_size())
     return min(16, max(1, share - 1))
+
+
+def process_group_timeout(seconds: float | None = None) -> float:
+    """Seconds a collective may wait: `seconds`, else `$EASYCLS_DIST_TIMEOUT`, else two hours."""
+    return float(seconds or os.environ.get("EASYCLS_DIST_TIMEOUT") or _DEFAULT_TIMEOUT_S)
 
 
 def is_main_process() -> bool:
@@ -175,6 +185,8 @@ class Session:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     accelerator: Any = field(default=None, repr=False)
+    local_rank: int = 0
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -210,6 +222,26 @@ class Session:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, value: Any) -> list:
+        """Every rank's `value`, in rank order, on every rank."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return [value]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    def share(self, n: int, local: bool = False) -> range:
+        """This process's contiguous share of `n` work items, among all processes or, with
+        `local`, among those of this machine (work on a machine's own disk).
+
+        Example:
+            >>> Session(rank=1, world_size=2).share(5)
+            range(2, 5)
+        """
+        part, parts = (self.local_rank, self.local_world_size) if local else (
+            self.rank, self.world_size)
+        return range(n * part // parts, n * (part + 1) // parts)
+
     @contextmanager
     def alone(self) -> Iterator[None]:
         """Inside, fastai sees one process: no gathers, every rank saves and loads its own files.
@@ -244,8 +276,13 @@ class Session:
         return f"bs {bs} per process x {self.world_size} = {bs * self.world_size}"
 
 
-def session(cpu: bool | None = None) -> Session:
+def session(cpu: bool | None = None, timeout: float | None = None) -> Session:
     """The session of this process; single-process unless started by a launcher.
+
+    Args:
+        cpu: stay on the CPU even when CUDA is there.
+        timeout: seconds a collective (a barrier while another rank builds a cache) may
+            wait before the job fails (see `process_group_timeout`).
 
     Example:
         >>> sess = session()   # under torchrun: joins the process group (gloo on CPU)
@@ -257,9 +294,14 @@ def session(cpu: bool | None = None) -> Session:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
         return Session(0, 1, device)
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
     # Accelerator joins the process group the launcher described (NCCL on CUDA, gloo on CPU).
     # Mixed precision stays with fastai's callback, so Accelerator itself runs in fp32.
-    acc = Accelerator(cpu=not use_cuda, mixed_precision="no")
+    wait = InitProcessGroupKwargs(timeout=timedelta(seconds=process_group_timeout(timeout)))
+    acc = Accelerator(cpu=not use_cuda, mixed_precision="no", kwargs_handlers=[wait])
     # On CPU accelerate may say "cpu:0"; tensors saved from there cannot be loaded again.
     device = acc.device if acc.device.type == "cuda" else torch.device("cpu")
-    return Session(acc.process_index, acc.num_processes, device, acc)
+    local = local_world_size()
+    return Session(acc.process_index, acc.num_processes, device, acc,
+                   local_rank=acc.local_process_index, local_world_size=local)

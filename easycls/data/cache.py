@@ -3,7 +3,7 @@
 A cache is one ``(N, S, S, 3)`` uint8 ``.npy`` file named by a key that hashes
 the references, their sizes and modification times, and the target size. Its space
 is reserved first (so a full disk is a clear error, never a SIGBUS through the memory
-map), it is built under ``<key>.npy.partial-<pid>``, renamed into place, and only then
+map), it is built under ``<key>.npy.partial-<host>``, renamed into place, and only then
 is the ``<key>.json`` manifest written, so a crash mid-build never leaves a file that
 looks complete; a failed build deletes its partial file. A lock file serializes
 concurrent builders (e.g. DDP ranks): the second one waits and then reuses the first
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,12 @@ from .locks import locked
 __all__ = [
     "DecodedCache",
     "Rows",
+    "allocate",
+    "open_cache",
     "cache_key",
+    "fill_part",
+    "finish",
+    "partial_path",
     "cache_root",
     "estimate_bytes",
     "fits_budget",
@@ -144,7 +150,7 @@ class Rows:
 # ---------------------------------------------------------------- reading
 
 
-def _open_existing(root: Path, key: str, n: int, size: int) -> DecodedCache | None:
+def open_cache(root: Path, key: str, n: int, size: int) -> DecodedCache | None:
     """The cache ``key`` if its manifest exists and matches, else None."""
     npy = root / f"{key}.npy"
     meta = cachedir.read_manifest(root, key)
@@ -164,10 +170,26 @@ def _open_existing(root: Path, key: str, n: int, size: int) -> DecodedCache | No
 # ---------------------------------------------------------------- building
 
 
-def _fill(
-    array: np.ndarray, refs: Sequence[str], size: int, workers: int | None, progress: bool
-) -> dict[int, str]:
-    """Decode every ref into its slot of ``array``; return ``{index: reason}`` failures."""
+def partial_path(root: Path, key: str) -> Path:
+    """Where the cache ``key`` is built (one per machine: nodes may share the folder)."""
+    return Path(root) / f"{key}.npy.partial-{socket.gethostname()}"
+
+
+def allocate(partial: Path, n: int, size: int) -> None:
+    """Create the ``.npy`` file with all its blocks reserved, before anything maps it."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (n, size, size, 3)})
+    with open(partial, "wb") as f:
+        f.write(header.getvalue())
+        f.flush()
+        cachedir.reserve(f.fileno(), 0, header.tell() + n * size * size * 3)
+
+
+def fill_part(partial: Path, refs: Sequence[str], size: int, span: range,
+              workers: int | None = None, progress: bool = False) -> dict[int, str]:
+    """Decode ``refs[span]`` into their rows of the allocated file; ``{index: reason}``."""
+    array = np.load(partial, mmap_mode="r+")
 
     def one(i: int) -> str | None:
         try:
@@ -177,40 +199,33 @@ def _fill(
             return e.reason
         return None
 
-    results = parallel_map(one, range(len(refs)), workers, progress)
-    return {i: r for i, r in enumerate(results) if r is not None}
+    results = parallel_map(one, span, workers, progress)
+    failures = {i: r for i, r in zip(span, results) if r is not None}
+    array.flush()  # the map closes when this function returns
+    return failures
 
 
-def _allocate(path: Path, shape: tuple[int, ...]) -> np.memmap:
-    """A ``.npy`` file whose blocks are all reserved before it is mapped for writing."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": "|u1", "fortran_order": False, "shape": shape})
-    with open(path, "wb") as f:
-        f.write(header.getvalue())
-        f.flush()
-        cachedir.reserve(f.fileno(), 0, header.tell() + int(np.prod(shape)))
-    return np.memmap(path, np.uint8, "r+", offset=header.tell(), shape=shape)
+def finish(root: Path, key: str, partial: Path, n: int, size: int, failures: dict[int, str],
+           source: str = "") -> None:
+    """Sync, rename into place, then write the manifest that vouches for it."""
+    with open(partial, "rb") as f:
+        os.fsync(f.fileno())  # the data is on disk before the manifest says so
+    os.replace(partial, root / f"{key}.npy")
+    meta = {"kind": "cache", "n": n, "size": size, "failures": failures,
+            "created": time.time(), "source": source}
+    cachedir.write_manifest(root, key, meta)
 
 
 def _build(refs: Sequence[str], size: int, root: Path, key: str, workers: int | None,
            progress: bool, source: str) -> dict[int, str]:
-    """Fill ``.partial-<pid>``, rename it into place, then write the manifest."""
+    """Allocate, fill and finish the cache in this one process."""
     (root / f"{key}.json").unlink(missing_ok=True)  # an old manifest never vouches for new bytes
-    npy = root / f"{key}.npy"
-    partial = npy.with_name(f"{npy.name}.partial-{os.getpid()}")
+    partial = partial_path(root, key)
     need = estimate_bytes(len(refs), size)
     with cachedir.guarded_build(root, partial, need, "decoded-image cache"):
-        array = _allocate(partial, (len(refs), size, size, 3))
-        failures = _fill(array, refs, size, workers, progress)
-        array.flush()
-        del array
-        with open(partial, "rb") as f:
-            os.fsync(f.fileno())  # the data is on disk before the manifest says so
-        os.replace(partial, npy)
-    meta = {"kind": "cache", "n": len(refs), "size": size, "failures": failures,
-            "created": time.time(), "source": source}
-    cachedir.write_manifest(root, key, meta)
+        allocate(partial, len(refs), size)
+        failures = fill_part(partial, refs, size, range(len(refs)), workers, progress)
+        finish(root, key, partial, len(refs), size, failures, source)
     return failures
 
 
@@ -252,12 +267,12 @@ def load_or_build(
     root = Path(root) if root is not None else cache_root()
     root.mkdir(parents=True, exist_ok=True)
     key = cache_key(refs, size)
-    cache = _open_existing(root, key, len(refs), size)
+    cache = open_cache(root, key, len(refs), size)
     if cache is not None:
         return cache
     with locked(root / f"{key}.lock", "building the decoded-image cache"):
         # Another process may have finished the build while we waited.
-        cache = _open_existing(root, key, len(refs), size)
+        cache = open_cache(root, key, len(refs), size)
         if cache is not None:
             return cache
         _remove_stale(root, key)
