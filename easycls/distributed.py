@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from fastai.callback.schedule import LRFinder
+from fastai.data.load import DataLoader
 from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 
@@ -147,18 +148,24 @@ class DataParallelTrainer(DistributedTrainer):
         self.learn.dls.loaders = [self._wrap_dl(dl) for dl in self.dls]
 
     def _wrap_dl(self, dl):
-        if not getattr(self, "active", True) or isinstance(dl, DistributedDL):
+        # Outside a fit, and for what is not a fastai loader (show_results passes a list of
+        # batches), leave it alone: the trainer concerns training and gathered validation only.
+        if not getattr(self, "active", False) or isinstance(dl, DistributedDL):
+            return dl
+        if not isinstance(dl, DataLoader):
             return dl
         if dl.shuffle:
             return TrainShardsDL(dl, self.rank, self.world, device=dl.device)
         return ValidShardsDL(dl, self.rank, self.world, device=dl.device) if self.world > 1 else dl
 
     def after_fit(self):
-        if not self.active:
+        if not getattr(self, "active", False):
             return
         if isinstance(self.learn.model, DistributedDataParallel):
             self.learn.model = self.learn.model.module
         self.learn.dls.loaders = self.old_dls
+        # Nothing of the fit stays behind: `learn.export()` pickles the callbacks.
+        self.active, self.old_dls = False, None
 
 
 class PrecisionError(ValueError):

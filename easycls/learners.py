@@ -31,13 +31,18 @@ from fastai.torch_core import params
 from torch import nn
 
 __all__ = ["create_model", "single_label_learner", "multi_label_learner", "model_splitter",
-           "model_normalization", "ArchError", "PretrainedUnavailable", "arch_name"]
+           "model_normalization", "ArchError", "PretrainedUnavailable", "SizeError", "arch_name",
+           "default_size", "check_size"]
 
 ArchSpec = str | nn.Module | Callable[[int], nn.Module]
 
 
 class ArchError(ValueError):
     """Unknown architecture name."""
+
+
+class SizeError(ArchError):
+    """An architecture that cannot run at the image size asked for."""
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -57,6 +62,72 @@ def _check_arch(name: str) -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
     hint = f" Closest timm names: {', '.join(close)}." if close else ""
     raise ArchError(f"unknown architecture {name!r}.{hint} List them with `easycls archs PATTERN`.")
+
+
+def _pretrained_cfg(name: str):
+    try:
+        return timm.models.get_pretrained_cfg(name)
+    except Exception:  # names timm does not know, or without a registered config
+        return None
+
+
+def default_size(arch: ArchSpec) -> int:
+    """The input size the model was made for (timm's `pretrained_cfg`); 224 when unknown.
+
+    Example:
+        >>> default_size("mobilevit_xxs")
+        256
+    """
+    cfg = _pretrained_cfg(arch) if isinstance(arch, str) else None
+    size = getattr(cfg, "input_size", None)
+    return int(size[-1]) if size else 224
+
+
+def _size_kwargs(name: str, size: int | None) -> dict:
+    """`img_size` for models built for one input size (ViT, DeiT, Swin, LeViT, CoAtNet, ...)."""
+    cfg = _pretrained_cfg(name)
+    if size is None or not getattr(cfg, "fixed_input_size", False):
+        return {}
+    return {} if tuple(cfg.input_size[-2:]) == (size, size) else {"img_size": size}
+
+
+def _runs_at(name: str, size: int, device: str = "meta") -> bool:
+    """Whether `name` builds and runs a forward pass at `size` (on the meta device: no memory,
+    no compute; a failure there is confirmed on the CPU, since a few ops lack meta kernels)."""
+    try:
+        with torch.device(device), torch.no_grad():
+            model = timm.create_model(name, pretrained=False, num_classes=2,
+                                      **_size_kwargs(name, size))
+            model.eval()(torch.zeros(1, 3, size, size))
+    except Exception:  # shape asserts, tensor-size mismatches, unexpected `img_size`
+        return device == "meta" and size <= 1024 and _runs_at(name, size, "cpu")
+    return True
+
+
+def check_size(arch: ArchSpec, size: int) -> None:
+    """Raise `SizeError`, naming sizes that work, when a timm `arch` cannot train at `size`.
+
+    Cheap (a forward pass on the meta device), so `fit` calls it before reading any data.
+
+    Example:
+        >>> check_size("levit_128s", 50)
+        Traceback (most recent call last):
+        SizeError: levit_128s cannot run at size 50; sizes that work: 48, 64. Pass --size 64 ...
+    """
+    if not isinstance(arch, str) or not timm.is_model(arch) or _runs_at(arch, size):
+        return
+    native = default_size(arch)
+    near = {m * (size // m + k) for m in (16, 32) for k in (0, 1)} - {size, native}
+    works = sorted([s for s in near if s >= 16 and _runs_at(arch, s)]
+                   + ([native] if _runs_at(arch, native) else []))
+    if not works:
+        raise SizeError(f"{arch} cannot run at size {size} and easycls found no size that works; "
+                        "choose another architecture")
+    best = min(works, key=lambda s: (abs(s - size), s))
+    if works == [native]:
+        raise SizeError(f"{arch} needs size {native}; pass --size {native} (size={native})")
+    raise SizeError(f"{arch} cannot run at size {size}; sizes that work: "
+                    f"{', '.join(map(str, works))}. Pass --size {best} (size={best}).")
 
 
 def _cached_weights(name: str) -> str | None:
@@ -93,18 +164,18 @@ def _unavailable(name: str, why: str) -> PretrainedUnavailable:
 
 
 def create_model(arch: ArchSpec, n_out: int, pretrained: bool = True, weights: str | None = None,
-                 ps: float = 0.0) -> nn.Module:
-    """A classifier with `n_out` outputs.
+                 ps: float = 0.0, size: int | None = None) -> nn.Module:
+    """A classifier with `n_out` outputs, built for input `size` where timm needs to know it.
 
     Example:
-        >>> model = create_model("resnet18", n_out=10, pretrained=False)
+        >>> model = create_model("vit_tiny_patch16_224", n_out=10, pretrained=False, size=64)
     """
     if isinstance(arch, nn.Module):
         return arch
     if not isinstance(arch, str):
         return arch(n_out)
     _check_arch(arch)
-    kwargs = dict(num_classes=n_out, drop_rate=ps)
+    kwargs = dict(num_classes=n_out, drop_rate=ps, **_size_kwargs(arch, size))
     if weights:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file {weights} does not exist")

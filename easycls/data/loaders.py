@@ -3,6 +3,25 @@
 Pixels come from the decoded-image cache (`cache.py`) or are decoded per item; either way
 each item is a uint8 CHW tensor already at its stored size, so all per-image float work
 (augmentation, normalization) runs once per batch, on the GPU when there is one.
+
+The datasets are fastai `Datasets`, so fastai's everyday API works on `learn.dls`
+(`vocab`, `c`, `test_dl`, `show_batch`, `predict`, `tta`, `export`):
+
+- items are indices `0..n-1` into one split's pixel store;
+- the input pipeline is one `LoadImage` transform: an index reads row `i` of the store; a
+  path, a PIL image or an array gets exactly the validation preprocessing of
+  `easycls.load` (`images.load_resized` / `resize_square` at the validation size), so
+  `dls.test_dl(["a.jpg", PILImage.create(...)])` and `learn.predict("a.jpg")` work;
+- the target pipeline is `IndexedCategorize` (single-label; fastai's `Categorize`, decoding
+  to a `Category`) or `IndexedMultiCategorize` (multi-hot rows; fastai's
+  `EncodedMultiCategorize`, decoding to a `MultiCategory`), which hold the `vocab`;
+- batch transforms: `IntToFloatTensor`, `BatchAugment` (training split only, and under
+  `tta`) and fastai's `Normalize` (whose decode `show_batch`/`show_results` use).
+
+Readers of whole batches (a batch gather that bypasses per-item transforms) use the raw
+arrays: `ds.pixels` (a `Pixels`: `.array`, an (N, S, S, 3) uint8 memmap, or `.refs` decoded
+on access) and `ds.targets` (int64 class indices, or float32 multi-hot rows); item `i` of a
+dataset is always `pixels[i]`, `targets[i]`.
 """
 
 from __future__ import annotations
@@ -10,18 +29,29 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
+import fastai.vision.learner  # noqa: F401  (show_batch, show_results, plot_top_losses of images)
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastai.data.core import DataLoaders, TfmdDL
-from fastai.data.transforms import DisplayedTransform, IntToFloatTensor, Normalize
+from fastai.data.core import DataLoaders, Datasets, TfmdDL, TfmdLists
+from fastai.data.transforms import (
+    Categorize,
+    DisplayedTransform,
+    EncodedMultiCategorize,
+    IntToFloatTensor,
+    Normalize,
+)
 from fastai.torch_core import TensorCategory, TensorImage, TensorMultiCategory
+from fasttransform import Pipeline
+from PIL import Image
 
-from .images import load_resized
+from .images import load_resized, resize_square
 
-__all__ = ["ImageDataset", "Pixels", "train_store_size", "make_dataloaders", "encode_labels",
-           "pixel_stats", "default_workers", "BatchAugment"]
+__all__ = ["ImageDataset", "Pixels", "LoadImage", "IndexedCategorize", "IndexedMultiCategorize",
+           "train_store_size", "make_dataloaders", "encode_labels", "pixel_stats",
+           "default_workers", "BatchAugment"]
 
 
 def train_store_size(size: int, augment: bool) -> int:
@@ -44,20 +74,120 @@ class Pixels:
         return self.array[i] if self.array is not None else load_resized(self.refs[i], self.size)
 
 
-class ImageDataset:
-    """Indexable (image, target) pairs; `split_idx` tells fastai which transforms apply."""
+_INDEX = (int, np.integer)
 
-    def __init__(self, pixels: Pixels, targets: np.ndarray, multi_label: bool, split_idx: int):
-        self.pixels, self.targets, self.multi_label, self.split_idx = pixels, targets, multi_label, split_idx
 
-    def __len__(self) -> int:
-        return len(self.pixels)
+class LoadImage(DisplayedTransform):
+    """An item -> uint8 CHW `TensorImage`: an index reads the pixel store; a path, PIL image,
+    HWC array or CHW uint8 tensor is resized as `easycls.load` does (center square, `size`)."""
 
-    def __getitem__(self, i: int):
-        # copy: cache rows are read-only memory maps
-        x = TensorImage(torch.from_numpy(np.array(self.pixels[i])).permute(2, 0, 1))
-        t = torch.as_tensor(self.targets[i])
-        return x, (TensorMultiCategory(t) if self.multi_label else TensorCategory(t))
+    # What `test_set`'s type inference accepts as an input of this pipeline.
+    input_types = (*_INDEX, str, Path, Image.Image, np.ndarray, torch.Tensor)
+
+    def __init__(self, pixels: Pixels | None, size: int):
+        super().__init__()
+        self.pixels, self.size = pixels, size
+
+    def encodes(self, o) -> TensorImage:
+        return TensorImage(torch.from_numpy(np.array(self._hwc(o))).permute(2, 0, 1))
+
+    def _hwc(self, o) -> np.ndarray:
+        if isinstance(o, _INDEX):
+            if self.pixels is None:
+                raise IndexError("this DataLoaders holds no pixels (an exported Learner): "
+                                 "give image paths, PIL images or arrays instead of indices")
+            return self.pixels[int(o)]
+        if isinstance(o, (str, Path)):
+            return load_resized(str(o), self.size)
+        if isinstance(o, torch.Tensor):  # CHW, as fastai tensors are
+            o = o.detach().cpu().permute(1, 2, 0).numpy() if o.ndim == 3 else o.cpu().numpy()
+        if isinstance(o, np.ndarray):
+            o = Image.fromarray(o.astype(np.uint8))
+        if isinstance(o, Image.Image):
+            return resize_square(o.convert("RGB"), self.size)  # as bundle.Predictor does
+        raise TypeError(f"cannot read an image from {type(o).__name__}: give a path, a PIL "
+                        "image or an HWC uint8 array")
+
+    def emptied(self) -> LoadImage:
+        return LoadImage(None, self.size)
+
+
+class IndexedCategorize(Categorize):
+    """fastai's `Categorize` over item indices: `targets[i]` is a class index into `vocab`."""
+
+    input_types = _INDEX
+
+    def __init__(self, targets: np.ndarray | None, vocab):
+        super().__init__(vocab=list(vocab), sort=False)
+        self.targets, self.c = targets, len(self.vocab)
+
+    def encodes(self, o) -> TensorCategory:
+        return TensorCategory(int(self.targets[int(o)]))
+
+    def emptied(self) -> IndexedCategorize:
+        return IndexedCategorize(None, self.vocab)
+
+
+class IndexedMultiCategorize(EncodedMultiCategorize):
+    """fastai's `EncodedMultiCategorize` over item indices: `targets[i]` is a multi-hot row."""
+
+    input_types = _INDEX
+
+    def __init__(self, targets: np.ndarray | None, vocab):
+        super().__init__(vocab=list(vocab))
+        self.targets = targets
+
+    def encodes(self, o) -> TensorMultiCategory:
+        return TensorMultiCategory(torch.as_tensor(np.asarray(self.targets[int(o)]),
+                                                   dtype=torch.float32))
+
+    def emptied(self) -> IndexedMultiCategorize:
+        return IndexedMultiCategorize(None, self.vocab)
+
+
+class ImageDataset(Datasets):
+    """One split: fastai `Datasets` of (uint8 TensorImage, target) over a pixel store.
+
+    Example:
+        >>> ds = ImageDataset(Pixels(refs, 32, array), targets, False, 1, vocab=["cat", "dog"])
+        >>> ds[0][1], ds.vocab, ds.pixels.array.shape
+    """
+
+    def __init__(self, pixels: Pixels | None = None, targets: np.ndarray | None = None,
+                 multi_label: bool = False, split_idx: int | None = None, vocab=None, *,
+                 tls=None, n_inp: int | None = None, **kwargs):
+        if tls is None:  # built from pixels; fastai's own copies (subset, new) pass `tls`
+            tls = _tls(pixels, targets, multi_label, split_idx, vocab)
+        super().__init__(tls=tls, n_inp=n_inp or 1, **kwargs)
+
+    @property
+    def pixels(self) -> Pixels | None:
+        return self.tls[0].tfms.fs[0].pixels
+
+    @property
+    def targets(self) -> np.ndarray | None:
+        return self.tls[1].tfms.fs[0].targets
+
+    @property
+    def multi_label(self) -> bool:
+        return isinstance(self.tls[1].tfms.fs[0], IndexedMultiCategorize)
+
+    def new_empty(self) -> ImageDataset:
+        """The same transforms without pixels or targets (what `learn.export()` pickles)."""
+        tls = [TfmdLists([], Pipeline([f.emptied() for f in tl.tfms.fs], split_idx=tl.split_idx),
+                         split_idx=tl.split_idx, types=tl.types, do_setup=False) for tl in self.tls]
+        return ImageDataset(tls=tls, n_inp=self.n_inp)
+
+
+def _tls(pixels: Pixels, targets: np.ndarray, multi_label: bool, split_idx: int | None,
+         vocab) -> list[TfmdLists]:
+    n = len(pixels)
+    if vocab is None:  # no class names given: the indices stand for themselves
+        vocab = [str(i) for i in range(targets.shape[1] if multi_label else int(targets.max()) + 1)]
+    y_tfm = (IndexedMultiCategorize if multi_label else IndexedCategorize)(targets, vocab)
+    # Plain int items: fastai's `L(dl.items)` (ClassificationInterpretation) wraps arrays whole.
+    return [TfmdLists(range(n), [LoadImage(pixels, pixels.size)], split_idx=split_idx),
+            TfmdLists(range(n), [y_tfm], split_idx=split_idx)]
 
 
 def encode_labels(labels: list[list[str]], vocab: list[str], multi_label: bool) -> np.ndarray:
@@ -149,6 +279,7 @@ class BatchAugment(DisplayedTransform):
 
 
 def _batch_tfms(size: int, mean, std, augment: bool, flip: bool, on_cuda: bool) -> list:
+    # BatchAugment only runs where the split is 0: training, and `learn.tta()` on any split.
     tfms: list = [IntToFloatTensor()]
     if augment:
         tfms.append(BatchAugment(size, flip=flip))
@@ -166,6 +297,6 @@ def make_dataloaders(train: ImageDataset, valid: ImageDataset, *, size: int, bs:
     train_dl = TfmdDL(train, bs=bs, shuffle=True, drop_last=len(train) > bs,
                       after_batch=_batch_tfms(size, mean, std, augment, flip, on_cuda), **common)
     valid_dl = TfmdDL(valid, bs=bs * 2, shuffle=False, drop_last=False,
-                      after_batch=_batch_tfms(size, mean, std, False, flip, on_cuda), **common)
+                      after_batch=_batch_tfms(size, mean, std, True, flip, on_cuda), **common)
     train_dl.rng.seed(seed)  # the data order follows the run's seed
     return DataLoaders(train_dl, valid_dl, device=device)
