@@ -86,17 +86,19 @@ class LoadImage(DisplayedTransform):
 
     def __init__(self, pixels: Pixels | None, size: int):
         super().__init__()
-        self.pixels, self.size = pixels, size
+        # `store`, not `pixels`: only an `ImageDataset` (item i = row i) offers `pixels` to
+        # batch readers; fastai's test sets reuse this transform over other indices.
+        self.store, self.size = pixels, size
 
     def encodes(self, o) -> TensorImage:
         return TensorImage(torch.from_numpy(np.array(self._hwc(o))).permute(2, 0, 1))
 
     def _hwc(self, o) -> np.ndarray:
         if isinstance(o, _INDEX):
-            if self.pixels is None:
+            if self.store is None:
                 raise IndexError("this DataLoaders holds no pixels (an exported Learner): "
                                  "give image paths, PIL images or arrays instead of indices")
-            return self.pixels[int(o)]
+            return self.store[int(o)]
         if isinstance(o, (str, Path)):
             return load_resized(str(o), self.size)
         if isinstance(o, torch.Tensor):  # CHW, as fastai tensors are
@@ -119,10 +121,10 @@ class IndexedCategorize(Categorize):
 
     def __init__(self, targets: np.ndarray | None, vocab):
         super().__init__(vocab=list(vocab), sort=False)
-        self.targets, self.c = targets, len(self.vocab)
+        self.store, self.c = targets, len(self.vocab)
 
     def encodes(self, o) -> TensorCategory:
-        return TensorCategory(int(self.targets[int(o)]))
+        return TensorCategory(int(self.store[int(o)]))
 
     def emptied(self) -> IndexedCategorize:
         return IndexedCategorize(None, self.vocab)
@@ -135,10 +137,10 @@ class IndexedMultiCategorize(EncodedMultiCategorize):
 
     def __init__(self, targets: np.ndarray | None, vocab):
         super().__init__(vocab=list(vocab))
-        self.targets = targets
+        self.store = targets
 
     def encodes(self, o) -> TensorMultiCategory:
-        return TensorMultiCategory(torch.as_tensor(np.asarray(self.targets[int(o)]),
+        return TensorMultiCategory(torch.as_tensor(np.asarray(self.store[int(o)]),
                                                    dtype=torch.float32))
 
     def emptied(self) -> IndexedMultiCategorize:
@@ -162,11 +164,11 @@ class ImageDataset(Datasets):
 
     @property
     def pixels(self) -> Pixels | None:
-        return self.tls[0].tfms.fs[0].pixels
+        return self.tls[0].tfms.fs[0].store
 
     @property
     def targets(self) -> np.ndarray | None:
-        return self.tls[1].tfms.fs[0].targets
+        return self.tls[1].tfms.fs[0].store
 
     @property
     def multi_label(self) -> bool:
