@@ -15,7 +15,7 @@ from fastai.torch_core import TensorCategory, TensorImage, TensorMultiCategory
 from PIL import Image
 
 from easycls.callbacks import LoaderTiming
-from easycls.data.feed import FeedDL, ItemGather, JpegGather, batch_gather
+from easycls.data.feed import ArrayGather, FeedDL, ItemGather, JpegGather, batch_gather
 from easycls.data.jpeg import decode_jpegs
 from easycls.data.loaders import ImageDataset, Pixels
 from easycls.data.prefetch import Prefetcher
@@ -140,37 +140,51 @@ def test_decode_jpegs_on_cpu_matches_pil():
         assert np.abs(x.numpy().astype(int) - ref).max() <= 2  # libjpeg builds may round differently
 
 
-class _Store:
-    """The compact store's reading interface: JPEG bytes of a list of indices."""
-
-    def __init__(self, blobs, size):
-        self.blobs, self.size, self.refs = blobs, size, [str(i) for i in range(len(blobs))]
-
-    def __len__(self):
-        return len(self.blobs)
-
-    def __getitem__(self, i):
-        return decode_jpegs([self.blobs[i]], self.size)[0].permute(1, 2, 0).numpy()
-
-    def jpeg_bytes(self, idxs):
-        return [self.blobs[i] for i in idxs]
-
-
-def test_jpeg_store_and_decoded_refs_batch_like_items(tmp_path):
+def test_jpeg_store_row_views_and_decoded_refs_batch_like_items(tmp_path):
+    from easycls.data.cache import Rows
+    from easycls.data.store import load_or_build_store
     rng = np.random.default_rng(1)
-    imgs = [color_image(i % 3, 3, rng, 16) for i in range(10)]
-    store = _Store([_jpeg(im) for im in imgs], 16)
-    ds = ImageDataset(store, np.arange(10) % 3, False, 1)
-    assert isinstance(batch_gather(ds, torch.device("cpu")), JpegGather)
     paths = []
-    for i, im in enumerate(imgs):
+    for i in range(12):
         paths.append(str(tmp_path / f"{i}.png"))
-        im.save(paths[-1])
-    refs = ImageDataset(Pixels(paths, 16), np.arange(10) % 3, False, 1)
-    assert isinstance(batch_gather(refs, torch.device("cpu"), workers=2), ItemGather)
-    for d in (ds, refs):
-        for (xa, ya), (xb, yb) in _pairs(TfmdDL(d, bs=4), FeedDL(d, bs=4, workers=2)):
-            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        color_image(i % 3, 3, rng, 20).save(paths[-1])
+    store = load_or_build_store(paths, 16, root=tmp_path / "cache", progress=False)
+    rows = [0, 2, 3, 5, 6, 7, 8, 11, 4, 1]  # kept items, as after dropping unreadable ones
+    arr = np.stack([store[i] for i in range(12)])
+    kept, nested = [paths[r] for r in rows], [9, 0, 1, 2, 3]
+    cases = {"store": Pixels(paths, 16, store), "store rows": Pixels(kept, 16, Rows(store, rows)),
+             "cache rows": Pixels(kept, 16, Rows(arr, rows)),
+             "nested rows": Pixels([kept[r] for r in nested], 16, Rows(Rows(arr, rows), nested)),
+             "decoded refs": Pixels(paths, 16)}
+    kinds = {"store": JpegGather, "store rows": JpegGather, "cache rows": ArrayGather,
+             "nested rows": ArrayGather, "decoded refs": ItemGather}
+    for name, px in cases.items():
+        ds = ImageDataset(px, np.arange(len(px)) % 3, False, 1)
+        assert isinstance(batch_gather(ds, torch.device("cpu"), workers=2), kinds[name]), name
+        for (xa, ya), (xb, yb) in _pairs(TfmdDL(ds, bs=4), FeedDL(ds, bs=4, workers=2)):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb), name
+
+
+def test_gpu_store_decoding_fills_unreadable_images_with_zeros(monkeypatch):
+    """The nvJPEG branch, run with the CPU decoder standing in for the GPU one."""
+    from easycls.data import feed
+    rng = np.random.default_rng(2)
+    good = _jpeg(color_image(1, 3, rng, 8))
+
+    class Store:
+        size = 8
+
+        def __len__(self):
+            return 3
+
+        def read(self, idxs):
+            return [good if i != 1 else b"" for i in idxs]
+
+    monkeypatch.setattr(feed, "decode_jpegs", lambda blobs, size, device: decode_jpegs(blobs, size))
+    gather = JpegGather(Store(), torch.device("cpu"))
+    x = gather._gpu(Store().read([0, 1, 2]))
+    assert x.shape == (3, 3, 8, 8) and int(x[1].sum()) == 0 and int(x[0].sum()) > 0
+    assert torch.equal(x[0], x[2])
 
 
 @pytest.mark.parametrize("cores,local,want", [(16, 8, 1), (16, 1, 15), (2, 1, 1), (64, 4, 15),

@@ -58,36 +58,68 @@ class _HostBuffers:
         return block
 
 
-class ArrayGather:
-    """Rows of a (N, S, S, 3) uint8 array (a memory map) as one (B, 3, S, S) view on `device`."""
+def _unwrap(array) -> tuple:
+    """(base, rows): a row view (`cache.Rows`, possibly nested) as its base and the base
+    rows it shows, so a batch is still one read of the base."""
+    rows = None
+    while not isinstance(array, np.ndarray) and hasattr(array, "base") and hasattr(array, "rows"):
+        r = np.asarray(array.rows, dtype=np.int64)
+        rows, array = (r if rows is None else r[rows]), array.base
+    return array, rows
 
-    def __init__(self, array: np.ndarray, device: torch.device, keep: int = 6):
-        self.array, self.device, self.buffers = array, device, _HostBuffers(keep)
 
-    def _block(self, shape) -> torch.Tensor:
-        if self.device.type == "cuda":  # torch's caching host allocator reuses pinned blocks
+class _Gather:
+    """Reads batches of dataset positions `idxs` (mapped through `rows`) onto `device`."""
+
+    def __init__(self, device: torch.device, rows: np.ndarray | None, n: int):
+        self.device, self.rows, self.n = device, rows, n
+
+    def _positions(self, idxs: np.ndarray) -> np.ndarray:
+        if len(idxs) and (idxs.min() < 0 or idxs.max() >= self.n):
+            raise IndexError(f"batch indices outside 0..{self.n - 1}")
+        return idxs if self.rows is None else self.rows[idxs]
+
+    def _host_block(self, shape) -> torch.Tensor:
+        # On CUDA, torch's caching host allocator hands out pinned blocks and reuses one
+        # only after the copies recorded on it are done: copy from this very tensor, never
+        # from a numpy view of it (the allocator would not see that copy).
+        if self.device.type == "cuda":
             return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
         return torch.from_numpy(self.buffers.get(shape))
 
-    def __call__(self, idxs: np.ndarray) -> torch.Tensor:
-        if len(idxs) and (idxs.min() < 0 or idxs.max() >= len(self.array)):
-            raise IndexError(f"batch indices outside 0..{len(self.array) - 1}")
-        block = self._block((len(idxs), *self.array.shape[1:]))
-        # mode="clip" (indices checked above): numpy buffers `out` under the default "raise"
-        np.take(self.array, idxs, axis=0, out=block.numpy(), mode="clip")
+    def _to_device(self, block: torch.Tensor) -> torch.Tensor:
+        """The (B, S, S, 3) host block as a (B, 3, S, S) channels_last view on the device."""
         return block.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
 
     def close(self) -> None:
         pass
 
 
-class ItemGather:
+class ArrayGather(_Gather):
+    """Rows of a (N, S, S, 3) uint8 array (a memory map) as one (B, 3, S, S) view on `device`."""
+
+    def __init__(self, array: np.ndarray, device: torch.device, rows: np.ndarray | None = None,
+                 keep: int = 6):
+        super().__init__(device, rows, len(rows) if rows is not None else len(array))
+        self.array, self.buffers = array, _HostBuffers(keep)
+
+    def __call__(self, idxs: np.ndarray) -> torch.Tensor:
+        pos = self._positions(idxs)
+        block = self._host_block((len(pos), *self.array.shape[1:]))
+        # mode="clip" (indices checked above): numpy buffers `out` under the default "raise"
+        np.take(self.array, pos, axis=0, out=block.numpy(), mode="clip")
+        return self._to_device(block)
+
+
+class ItemGather(_Gather):
     """Items decoded on access (`pixels[i]` -> (S, S, 3) uint8), written into one block by threads."""
 
     def __init__(self, pixels, device: torch.device, workers: int = 1):
-        self.pixels, self.device, self.workers, self._pool = pixels, device, max(1, workers), None
+        super().__init__(device, None, len(pixels))
+        self.pixels, self.workers, self._pool = pixels, max(1, workers), None
 
     def __call__(self, idxs: np.ndarray) -> torch.Tensor:
+        idxs = self._positions(idxs)
         first = np.asarray(self.pixels[int(idxs[0])])
         block = np.empty((len(idxs), *first.shape), dtype=np.uint8)
         block[0] = first
@@ -102,8 +134,7 @@ class ItemGather:
             for k in range(1, len(idxs)):
                 one(k)
         x = torch.from_numpy(block)
-        x = x.pin_memory() if self.device.type == "cuda" else x
-        return x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        return self._to_device(x.pin_memory() if self.device.type == "cuda" else x)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -111,44 +142,56 @@ class ItemGather:
             self._pool = None
 
 
-class JpegGather:
-    """A batch of the compact JPEG store, decoded in one call: on the GPU (nvJPEG) when
-    `device` is CUDA, else (or if nvJPEG fails) with libjpeg-turbo in `workers` threads.
+class JpegGather(_Gather):
+    """A batch of the compact JPEG store (`store.read(indices)` -> JPEG bytes of
+    `store.size` squares, empty for an unreadable image): decoded in one nvJPEG call on
+    the GPU when `device` is CUDA, else (or if nvJPEG fails) with `store.decode_batch`
+    in `workers` threads into one host block, like the cache path."""
 
-    `store.jpeg_bytes(indices)` returns the encoded images in the order asked for, each
-    with its short side at `store.size`.
-    """
-
-    def __init__(self, store, device: torch.device, workers: int = 1):
-        self.store, self.device, self.workers = store, device, max(1, workers)
+    def __init__(self, store, device: torch.device, rows: np.ndarray | None = None,
+                 workers: int = 1, keep: int = 6):
+        super().__init__(device, rows, len(rows) if rows is not None else len(store))
+        self.store, self.workers, self.buffers = store, max(1, workers), _HostBuffers(keep)
         self.on_gpu = device.type == "cuda"
 
     def __call__(self, idxs: np.ndarray) -> torch.Tensor:
-        blobs = self.store.jpeg_bytes([int(i) for i in idxs])
+        pos = self._positions(idxs)
         if self.on_gpu:
             try:
-                return decode_jpegs(blobs, self.store.size, self.device)
+                return self._gpu(self.store.read(pos))
             except RuntimeError as e:  # a torchvision without nvJPEG: decode on the CPU instead
                 warnings.warn(f"GPU JPEG decoding failed ({e}); decoding on the CPU", stacklevel=2)
                 self.on_gpu = False
-        x = decode_jpegs(blobs, self.store.size, "cpu", self.workers)
-        x = x.pin_memory() if self.device.type == "cuda" else x
-        return x.to(self.device, non_blocking=True)
+        block = self._host_block((len(pos), self.store.size, self.store.size, 3))
+        self.store.decode_batch(pos, out=block.numpy(), workers=self.workers)
+        return self._to_device(block)
 
-    def close(self) -> None:
-        pass
+    def _gpu(self, blobs: list[bytes]) -> torch.Tensor:
+        size, good = self.store.size, [k for k, b in enumerate(blobs) if b]
+        if len(good) == len(blobs):
+            return decode_jpegs(blobs, size, self.device)
+        out = torch.zeros((len(blobs), 3, size, size), dtype=torch.uint8, device=self.device)
+        if good:  # unreadable images are zeros, as the cache and store.decode_batch give them
+            out[good] = decode_jpegs([blobs[k] for k in good], size, self.device)
+        return out
 
 
 def batch_gather(dataset, device: torch.device, workers: int = 1):
     """The batch-level reader for `dataset`, or None when it exposes no `pixels` and
-    `targets` (then `FeedDL` loads item by item, as fastai does)."""
+    `targets` (then `FeedDL` loads item by item, as fastai does).
+
+    `dataset.pixels` may be a `Pixels` whose `array` is a uint8 array, a JPEG store, or a
+    row view of either (`cache.Rows`); or a store itself; or anything indexable by item.
+    """
     pixels, targets = getattr(dataset, "pixels", None), getattr(dataset, "targets", None)
     if pixels is None or targets is None:
         return None
-    if getattr(pixels, "array", None) is not None:
-        return ArrayGather(pixels.array, device)
-    if hasattr(pixels, "jpeg_bytes"):
-        return JpegGather(pixels, device, workers)
+    array = getattr(pixels, "array", None)
+    base, rows = _unwrap(array if array is not None else pixels)
+    if isinstance(base, np.ndarray) and base.ndim == 4:
+        return ArrayGather(base, device, rows)
+    if hasattr(base, "read") and hasattr(base, "decode_batch"):
+        return JpegGather(base, device, rows, workers)
     return ItemGather(pixels, device, workers)
 
 
