@@ -225,3 +225,24 @@ def test_loader_timing_with_a_fake_clock():
     assert s["step_seconds"] == pytest.approx(1.5)
     assert s["wait_fraction"] == pytest.approx(0.2 / 1.5)
     assert s["images_per_s"] == pytest.approx(8 / 3.4)
+
+
+def test_datasets_whose_items_are_not_the_pixel_rows_load_item_by_item():
+    ds = _cached(n=6)
+
+    class TL:
+        def __init__(self, items):
+            self.items = items
+
+    class Wrapped:  # a fastai Datasets-like object: items are what the pixels are read for
+        pixels, targets = ds.pixels, ds.targets
+
+        def __init__(self, items):
+            self.tls = [TL(items)]
+
+        def __len__(self):
+            return 6
+
+    assert batch_gather(Wrapped(list(range(6))), torch.device("cpu")) is not None
+    assert batch_gather(Wrapped([f"{i}.jpg" for i in range(6)]), torch.device("cpu")) is None
+    assert batch_gather(Wrapped([5, 4, 3, 2, 1, 0]), torch.device("cpu")) is None

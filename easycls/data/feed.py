@@ -176,6 +176,24 @@ class JpegGather(_Gather):
         return out
 
 
+def _pixels_and_targets(dataset) -> tuple:
+    """`dataset.pixels` and `.targets` when item i is exactly (pixels[i], targets[i]), else
+    (None, None). A fastai `Datasets` must hold the items 0..n-1 (a `test_dl` of paths,
+    say, holds paths: it is then loaded item by item)."""
+    try:
+        pixels, targets, n = dataset.pixels, dataset.targets, len(dataset)
+    except (AttributeError, IndexError, TypeError):
+        return None, None
+    if pixels is None or targets is None or not n == len(pixels) == len(targets):
+        return None, None
+    for tl in getattr(dataset, "tls", []):
+        items = getattr(tl, "items", None)
+        if items is None or len(items) != n or any(
+                not isinstance(items[i], (int, np.integer)) or items[i] != i for i in (0, n - 1)):
+            return None, None
+    return pixels, targets
+
+
 def batch_gather(dataset, device: torch.device, workers: int = 1):
     """The batch-level reader for `dataset`, or None when it exposes no `pixels` and
     `targets` (then `FeedDL` loads item by item, as fastai does).
@@ -183,8 +201,8 @@ def batch_gather(dataset, device: torch.device, workers: int = 1):
     `dataset.pixels` may be a `Pixels` whose `array` is a uint8 array, a JPEG store, or a
     row view of either (`cache.Rows`); or a store itself; or anything indexable by item.
     """
-    pixels, targets = getattr(dataset, "pixels", None), getattr(dataset, "targets", None)
-    if pixels is None or targets is None:
+    pixels, targets = _pixels_and_targets(dataset)
+    if pixels is None:
         return None
     array = getattr(pixels, "array", None)
     base, rows = _unwrap(array if array is not None else pixels)
