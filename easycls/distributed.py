@@ -174,7 +174,7 @@ class PrecisionError(ValueError):
 
 def resolve_precision(requested: str | None, device: torch.device) -> str:
     """"no", "fp16" or "bf16"; None picks bf16 on CUDA that supports it, else no."""
-    requested = requested or os.environ.get("ACCELERATE_MIXED_PRECISION") or None
+    requested = requested or _launcher_precision()
     if requested is None:
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
     if requested not in ("no", "fp16", "bf16"):
@@ -182,6 +182,14 @@ def resolve_precision(requested: str | None, device: torch.device) -> str:
     if requested != "no" and device.type != "cuda":
         raise PrecisionError(f"mixed precision {requested} needs a CUDA GPU; on CPU use --mixed-precision no")
     return requested
+
+
+def _launcher_precision() -> str | None:
+    # `accelerate launch` sets ACCELERATE_MIXED_PRECISION=no whenever it is not told a mode,
+    # which cannot be told apart from `--mixed_precision no`: only a mode counts, so the
+    # bf16 default holds under the launcher too (easycls's --mixed-precision no turns it off).
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    return env if env and env != "no" else None
 
 
 @dataclass

@@ -64,6 +64,16 @@ def test_single_process_session_and_precision():
         resolve_precision("fp8", torch.device("cpu"))
 
 
+def test_accelerate_launch_default_keeps_bf16_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda = torch.device("cuda")  # only the device's type is read: no GPU needed
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` sets by default
+    assert resolve_precision(None, cuda) == "bf16"
+    assert resolve_precision("no", cuda) == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # a mode given to the launcher counts
+    assert resolve_precision(None, cuda) == "fp16"
+
+
 def _launcher(*args: str) -> list[str]:
     with socket.socket() as s:  # a free port: with port 0 the second rank would not find the first
         s.bind(("127.0.0.1", 0))
