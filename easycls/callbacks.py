@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback
+from fastai.learner import AvgSmoothLoss
+from fastai.torch_core import maybe_gather
 
 __all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents", "ChannelsLastAuto", "tensorboard_callback",
-           "LoaderTiming"]
+           "LoaderTiming", "DeviceSmoothLoss"]
 
 
 class PlainTensors(Callback):
@@ -213,3 +215,52 @@ class LoaderTiming(Callback):
         return dict(steps=len(self.steps), wait_seconds=wait, step_seconds=step,
                     wait_fraction=wait / step if step else None,
                     images_per_s=self.images / (sum(self.waits) + sum(self.steps)))
+
+
+class _SmoothLossOnDevice(AvgSmoothLoss):
+    """fastai's `AvgSmoothLoss` (same formula, same gather across ranks) kept on the device."""
+
+    def accumulate(self, learn):
+        self.count += 1
+        loss = maybe_gather(learn.loss.mean().detach())
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+
+class DeviceSmoothLoss(Callback):
+    """No host sync per training step for the smoothed loss (on CUDA).
+
+    fastai's `Recorder` smooths the training loss after every batch with `AvgSmoothLoss`,
+    whose `to_detach` copies the loss to the CPU: the host then waits for the GPU to finish
+    the step before it can queue the next one (and the loader's copy). This callback gives
+    the Recorder the same smoothing computed on the device; the epoch's `train_loss` is
+    read once, at the epoch's end, and `recorder.losses` is moved to the CPU then, so
+    `plot_loss`, `history.csv` and the logs see what fastai would have recorded. fastai's
+    progress bar still reads the loss each batch: runs without a bar (--quiet, logs to a
+    file) do not. lr_find keeps fastai's version (it compares the loss every batch).
+    """
+
+    order = 49  # before the Recorder (50) resets and uses it
+
+    def __init__(self, always: bool = False):
+        self.always = always  # also off CUDA (tests)
+
+    def before_fit(self):
+        rec = getattr(self.learn, "recorder", None)
+        self.swapped = (rec is not None and (self.always or self.dls.device.type == "cuda")
+                        and type(rec.smooth_loss) is AvgSmoothLoss and not hasattr(self.learn, "lr_finder"))
+        if self.swapped:
+            self.original, rec.smooth_loss = rec.smooth_loss, _SmoothLossOnDevice(rec.smooth_loss.beta)
+
+    def after_epoch(self):
+        rec = getattr(self.learn, "recorder", None)
+        if not getattr(self, "swapped", False):
+            return
+        new = [i for i, v in enumerate(rec.losses) if isinstance(v, torch.Tensor) and v.device.type != "cpu"]
+        if new:  # one copy for the whole epoch
+            for i, v in zip(new, torch.stack([rec.losses[i] for i in new]).cpu().unbind()):
+                rec.losses[i] = v
+
+    def after_fit(self):
+        if getattr(self, "swapped", False):
+            self.learn.recorder.smooth_loss = self.original
+            self.swapped = False

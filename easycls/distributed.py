@@ -202,6 +202,7 @@ class Session:
     accelerator: Any = field(default=None, repr=False)
     local_rank: int = 0
     local_world_size: int = 1
+    _gloo: Any = field(default=None, repr=False, compare=False)
 
     @property
     def is_main(self) -> bool:
@@ -225,9 +226,19 @@ class Session:
         """Each flag true on every rank when it is true on any (a signal seen by one stops all)."""
         if self.world_size == 1 or not dist.is_initialized():
             return [bool(f) for f in flags]
-        t = torch.tensor([int(f) for f in flags], device=self.device if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.tensor([int(f) for f in flags])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._cpu_group())
         return [bool(v) for v in t.tolist()]
+
+    def _cpu_group(self):
+        # Under NCCL a flag would sit on the GPU, and reading it back waits for every queued
+        # kernel: asked each batch (the checkpointer does), that stalls the loop once per
+        # step. Flags go over a CPU (gloo) group instead, made once, by every rank together.
+        if dist.get_backend() != "nccl":
+            return None
+        if self._gloo is None:
+            self._gloo = dist.new_group(backend="gloo")
+        return self._gloo
 
     def agree(self, value: Any) -> Any:
         """Rank 0's `value` on every rank (decisions made from timings must match)."""
@@ -276,11 +287,12 @@ class Session:
                     os.environ[k] = v
 
     def train_callbacks(self, cfg: Any = None) -> list:
-        """DDP and sharding, channels_last where it pays, and on CUDA mixed precision (from `cfg`)."""
+        """DDP and sharding, channels_last where it pays, and on CUDA mixed precision (from `cfg`)
+        and the smoothed loss kept on the GPU (no host sync per step)."""
         cbs: list = [DataParallelTrainer(self.accelerator, self.rank, self.world_size,
                                          sync_bn=self.device.type == "cuda" and self.world_size > 1)]
-        from .callbacks import ChannelsLastAuto
-        cbs.append(ChannelsLastAuto(getattr(cfg, "channels_last", None)))
+        from .callbacks import ChannelsLastAuto, DeviceSmoothLoss
+        cbs += [ChannelsLastAuto(getattr(cfg, "channels_last", None)), DeviceSmoothLoss()]
         precision = resolve_precision(getattr(cfg, "mixed_precision", None), self.device)
         if self.device.type == "cuda" and precision != "no":
             from fastai.callback.fp16 import MixedPrecision

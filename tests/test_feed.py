@@ -246,3 +246,31 @@ def test_datasets_whose_items_are_not_the_pixel_rows_load_item_by_item():
     assert batch_gather(Wrapped(list(range(6))), torch.device("cpu")) is not None
     assert batch_gather(Wrapped([f"{i}.jpg" for i in range(6)]), torch.device("cpu")) is None
     assert batch_gather(Wrapped([5, 4, 3, 2, 1, 0]), torch.device("cpu")) is None
+
+
+def test_device_smooth_loss_records_what_fastai_records():
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+
+    from easycls.callbacks import DeviceSmoothLoss
+    ds = _cached(n=48, side=8)
+    from fastai.data.transforms import IntToFloatTensor
+    tfms = [IntToFloatTensor()]
+
+    def run(cbs):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+        dl = FeedDL(ds, bs=8, shuffle=True, after_batch=tfms)
+        dl.rng.seed(1)
+        learn = Learner(DataLoaders(dl, FeedDL(ds, bs=16, after_batch=tfms)), model,
+                        loss_func=torch.nn.CrossEntropyLoss(), cbs=cbs)
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(2, 1e-2)
+        return learn
+
+    plain, lazy = run([]), run([DeviceSmoothLoss(always=True)])
+    assert len(lazy.recorder.losses) == len(plain.recorder.losses) == 12
+    assert all(type(v) is torch.Tensor and v.device.type == "cpu" for v in lazy.recorder.losses)
+    assert torch.allclose(torch.stack(lazy.recorder.losses), torch.stack(plain.recorder.losses))
+    assert np.allclose(np.array(lazy.recorder.values, float), np.array(plain.recorder.values, float))
+    assert type(lazy.recorder.smooth_loss).__name__ == "AvgSmoothLoss"  # fastai's, back after fit
