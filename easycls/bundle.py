@@ -23,10 +23,10 @@ from torch import nn
 from . import __version__
 from .data.images import IMAGE_EXTENSIONS, UnreadableImage, load_resized, resize_square
 
-__all__ = ["save_bundle", "load", "Predictor", "read_meta", "expand_inputs"]
+__all__ = ["save_bundle", "load", "Predictor", "read_meta", "expand_inputs", "bare_model"]
 
 
-def _bare(model: nn.Module) -> nn.Module:
+def bare_model(model: nn.Module) -> nn.Module:
     """The model without DDP / torch.compile wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
@@ -39,7 +39,7 @@ def save_bundle(model: nn.Module, out: str | Path, *, arch: str, classes: Sequen
     """Write `model.safetensors` and `model.json` into `out`; returns `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bare = _bare(model)
+    bare = bare_model(model)
     if any(not t.is_contiguous() for t in bare.state_dict().values()):
         # channels_last weights: safetensors stores contiguous tensors only
         bare = copy.deepcopy(bare).to(memory_format=torch.contiguous_format)

@@ -11,7 +11,6 @@ schedule continues from the same `pct_train`, then skips the batches already don
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import time
@@ -27,6 +26,8 @@ from fastai.callback.core import Callback, CancelFitException
 from fastcore.foundation import L
 
 from . import __version__
+from .bundle import bare_model
+from .safeio import WriteError, atomic_write
 
 __all__ = ["CHECKPOINT", "Phase", "plan_phases", "Checkpointer", "TrainingInterrupted", "CheckpointError",
            "save_checkpoint", "load_checkpoint", "run_phases", "trim_history"]
@@ -76,23 +77,12 @@ def plan_phases(fine_tune: bool, epochs: int, lr: float, freeze_epochs: int = 1)
 # ---- atomic files ---------------------------------------------------------------------------
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write `state` to `path` via a temporary file, flushed and fsynced, then renamed over it:
-    a crash mid-write leaves the previous checkpoint intact and only `*.tmp` half-written."""
+    """Write `state` to `path` through a temporary file, fsynced, then renamed over it: a crash
+    or a full disk mid-write leaves the previous checkpoint intact (see `safeio.atomic_write`)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    old = path.stat().st_size if path.is_file() else None  # the new one needs about as much
+    with atomic_write(path, expected_size=old) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
     return path
 
 
@@ -108,8 +98,44 @@ def load_checkpoint(run_dir: str | Path, *, arch: str, classes: list[str]) -> di
     except Exception as e:
         raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e}); it is damaged. "
                               "Start the run again without --resume.") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not an easycls checkpoint")
     _check_matches(state, path, arch, classes)
+    _check_fields(state, path)
     return state
+
+
+# What a checkpoint must hold: key -> (check, expected form), checked before anything is restored.
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+_FIELDS = {
+    "format": (lambda v: v == _FORMAT, f"the number {_FORMAT}"),
+    "phase": (_count, "an integer >= 0"),
+    "epoch": (_count, "an integer >= 0"),
+    "batches_done": (_count, "an integer >= 0"),
+    "n_epoch": (lambda v: _count(v) and v >= 1, "an integer >= 1"),
+    "history_rows": (_count, "an integer >= 0"),
+    "elapsed": (lambda v: isinstance(v, (int, float)) and v >= 0, "a number of seconds >= 0"),
+    "data_rng": (lambda v: isinstance(v, list) and len(v) == 3, "a saved random state"),
+    "model": (lambda v: isinstance(v, dict) and all(torch.is_tensor(t) for t in v.values()),
+              "a dict of tensors"),
+    "opt": (lambda v: isinstance(v, dict) and {"state", "hypers"} <= set(v), "an optimizer state"),
+    "rng": (lambda v: isinstance(v, dict) and {"torch", "python", "numpy"} <= set(v),
+            "saved random states"),
+}
+
+
+def _check_fields(state: dict, path: Path) -> None:
+    for key, (ok, form) in _FIELDS.items():
+        if key not in state or not ok(state[key]):
+            got = "missing" if key not in state else f"{type(state[key]).__name__} {state[key]!r:.40}"
+            raise CheckpointError(f"{path}: {key!r} should be {form}, found {got}; the file is damaged "
+                                  "or not from easycls. Start the run again without --resume.")
+    if state["epoch"] > state["n_epoch"]:
+        raise CheckpointError(f"{path}: 'epoch' {state['epoch']} is past 'n_epoch' "
+                              f"{state['n_epoch']}; the file is damaged. Start the run again.")
 
 
 def _check_matches(state: dict, path: Path, arch: str, classes: list[str]) -> None:
@@ -183,10 +209,16 @@ def _py_state_back(s) -> tuple:
 
 # ---- the callback ---------------------------------------------------------------------------
 
-def _bare(model):
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
+def _attempt(state: dict, path: Path) -> WriteError | None:
+    """Save, or return why not: the run then stops with that one-line error, the last good
+    checkpoint still in place for `--resume`."""
+    try:
+        save_checkpoint(state, path)
+    except WriteError as e:
+        advice = (f" Then continue from the last good checkpoint: easycls fit --resume {path.parent}"
+                  if path.is_file() else "")
+        return type(e)(str(e) + advice, e.errno)
+    return None
 
 
 class Checkpointer(Callback):
@@ -203,7 +235,7 @@ class Checkpointer(Callback):
                  t_start: float | None = None, extra: Callable[[], dict] = dict):
         self.run_dir, self.session, self.meta, self.minutes = Path(run_dir), session, meta, minutes
         self.t_start = t_start if t_start is not None else time.perf_counter()
-        self.extra, self.signum, self.interrupted = extra, None, None
+        self.extra, self.signum, self.interrupted, self.failed = extra, None, None, None
         self.phase, self.offset, self.resume = 0, 0, None
 
     # position -------------------------------------------------------------------------------
@@ -212,6 +244,12 @@ class Checkpointer(Callback):
 
     def before_fit(self):
         self._last_save, self._done = time.perf_counter(), 0
+        if self.resume is not None and "smooth_loss" in self.resume:
+            # fastai's Recorder (order 50) has just reset its running loss; the uninterrupted
+            # run would carry it on, and history.csv's train_loss is that running value.
+            smooth = self.learn.recorder.smooth_loss
+            smooth.val = self.resume["smooth_loss"]["val"].clone()
+            smooth.count = int(self.resume["smooth_loss"]["count"])
 
     def before_epoch(self):
         self._skipped = False
@@ -251,10 +289,18 @@ class Checkpointer(Callback):
         state = dict(format=_FORMAT, easycls_version=__version__, **self.meta, phase=self.phase,
                      epoch=epoch, batches_done=done, n_epoch=self.n_epoch, data_rng=_py_state(data_rng),
                      history_rows=self.offset + epoch, elapsed=time.perf_counter() - self.t_start,
-                     model=_bare(self.model).state_dict(), opt=_plain(self.opt.state_dict()), rng=_rng_state(),
-                     **self.extra())
-        self.session.on_main(lambda: save_checkpoint(state, self.run_dir / CHECKPOINT))
+                     model=bare_model(self.model).state_dict(), opt=_plain(self.opt.state_dict()),
+                     rng=_rng_state(), smooth_loss=self._smooth_loss(), **self.extra())
+        failed = self.session.on_main(lambda: _attempt(state, self.run_dir / CHECKPOINT))
+        if self.session.any_rank(failed is not None)[0]:  # every rank stops, not only rank 0
+            self.failed = failed or WriteError(f"rank 0 could not write {self.run_dir / CHECKPOINT}")
+            raise CancelFitException()
         self._last_save = time.perf_counter()
+
+    def _smooth_loss(self) -> dict:
+        smooth = self.learn.recorder.smooth_loss
+        val = torch.as_tensor(smooth.val).as_subclass(torch.Tensor)  # plain: loads weights_only
+        return dict(val=val.detach().cpu().clone(), count=int(smooth.count))
 
     # signals ----------------------------------------------------------------------------------
     @contextmanager
@@ -275,7 +321,7 @@ class Checkpointer(Callback):
 
 def restore(learn, state: dict) -> None:
     """Model, optimizer and RNG states of a checkpoint (after the phase's freezing is set)."""
-    _bare(learn.model).load_state_dict(state["model"])
+    bare_model(learn.model).load_state_dict(state["model"])
     if learn.opt is None:
         learn.create_opt()
     learn.opt.load_state_dict({"state": state["opt"]["state"], "hypers": L(state["opt"]["hypers"])})
@@ -310,6 +356,8 @@ def run_phases(learn, phases: list[Phase], ckpt: Checkpointer, *, resume: dict |
             ckpt.start_phase(i, offset, here)
             cbs = [ckpt] + (list(last_phase_cbs or []) if last else [])
             learn.fit_one_cycle(n_epoch, ph.lr, cbs=cbs, start_epoch=here["epoch"] if here else 0, **ph.kwargs)
+            if ckpt.failed is not None:
+                raise ckpt.failed
             if ckpt.interrupted:
                 raise TrainingInterrupted(ckpt.interrupted, ckpt.run_dir)
             offset += ph.epochs
