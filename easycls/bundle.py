@@ -5,7 +5,6 @@ Loading reads JSON and safetensors only, so opening a bundle never runs code fro
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections import deque
@@ -17,13 +16,20 @@ import numpy as np
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import _remove_duplicate_names, load_model
+from safetensors.torch import save as st_save
 from torch import nn
 
 from . import __version__
+from .bundle_schema import CUSTOM, BundleError, check_meta, read_json_object
 from .data.images import IMAGE_EXTENSIONS, UnreadableImage, load_resized, resize_square
+from .safeio import ensure_room, write_bytes, write_text
 
-__all__ = ["save_bundle", "load", "Predictor", "read_meta", "expand_inputs", "bare_model"]
+__all__ = ["save_bundle", "load", "Predictor", "read_meta", "expand_inputs", "bare_model",
+           "BundleError", "WEIGHTS", "META"]
+
+WEIGHTS, META = "model.safetensors", "model.json"
 
 
 def bare_model(model: nn.Module) -> nn.Module:
@@ -36,30 +42,48 @@ def bare_model(model: nn.Module) -> nn.Module:
 def save_bundle(model: nn.Module, out: str | Path, *, arch: str, classes: Sequence[str], size: int,
                 mean: Sequence[float], std: Sequence[float], multi_label: bool = False,
                 thresholds: dict | None = None, extra: dict | None = None) -> Path:
-    """Write `model.safetensors` and `model.json` into `out`; returns `out`."""
+    """Write `model.safetensors` and `model.json` into `out`; returns `out`.
+
+    Both files are written atomically (`safeio`), after checking that the disk has room for
+    both: a full disk leaves the previous bundle (or none), never half of one.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bare = bare_model(model)
-    if any(not t.is_contiguous() for t in bare.state_dict().values()):
-        # channels_last weights: safetensors stores contiguous tensors only
-        bare = copy.deepcopy(bare).to(memory_format=torch.contiguous_format)
-    save_model(bare, str(out / "model.safetensors"))
     meta = dict(arch=arch, classes=list(classes), multi_label=multi_label, thresholds=thresholds,
-                input_size=size, mean=list(mean), std=list(std), easycls_version=__version__,
-                **(extra or {}))
-    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+                input_size=size, mean=[float(m) for m in mean], std=[float(s) for s in std],
+                easycls_version=__version__, **(extra or {}))
+    weights, text = _weights_bytes(bare_model(model)), json.dumps(meta, indent=2) + "\n"
+    ensure_room(out, len(weights) + len(text), "the model bundle")
+    write_bytes(out / WEIGHTS, weights)
+    write_text(out / META, text)
     return out
 
 
+def _weights_bytes(model: nn.Module) -> bytes:
+    """The model's safetensors file as bytes, shared tensors stored once (as `save_model` does)."""
+    state = model.state_dict()
+    for dropped in _remove_duplicate_names(state).values():
+        for name in dropped:
+            del state[name]
+    # contiguous: safetensors stores no strides (channels_last weights are copied)
+    return st_save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+
+
 def read_meta(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "model.json"
+    """The checked `model.json` of a run directory (see `bundle_schema.check_meta`)."""
+    path = Path(run_dir) / META
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no model.json: give the run directory that `easycls fit` wrote")
-    return json.loads(path.read_text())
+        raise FileNotFoundError(f"{run_dir} holds no {META}: give the run directory that "
+                                "`easycls fit` wrote")
+    return check_meta(read_json_object(path), path)
 
 
-def load(run_dir: str | Path, model: nn.Module | None = None, device: str | torch.device | None = None) -> Predictor:
-    """Load a bundle written by `fit` (JSON + safetensors, no pickle).
+def load(run_dir: str | Path, model: nn.Module | None = None,
+         device: str | torch.device | None = None) -> Predictor:
+    """Load a bundle written by `fit` (JSON + safetensors, no pickle, no network).
+
+    Every value of `model.json` and the shapes in `model.safetensors` are checked before the
+    model is built; anything wrong raises `BundleError` naming the file and the key.
 
     Args:
         run_dir: the run directory (holds model.json and model.safetensors).
@@ -71,13 +95,47 @@ def load(run_dir: str | Path, model: nn.Module | None = None, device: str | torc
         >>> label, prob = p.predict("seven.png")
     """
     meta = read_meta(run_dir)
+    weights = Path(run_dir) / WEIGHTS
+    shapes = _file_shapes(weights)
     if model is None:
-        if meta["arch"].startswith("custom:"):
-            raise ValueError(f"{run_dir} holds a custom model ({meta['arch']}); pass an instance: load(dir, model=...)")
+        if meta["arch"].startswith(CUSTOM):
+            raise BundleError(f"{run_dir} holds a custom model ({meta['arch']}); pass an "
+                              "instance: load(dir, model=...)")
+        # A plain registry name (checked above) with pretrained=False: built offline.
         model = timm.create_model(meta["arch"], pretrained=False, num_classes=len(meta["classes"]))
-    load_model(model, str(Path(run_dir) / "model.safetensors"))
+    _check_shapes(model, shapes, weights, meta)
+    load_model(model, str(weights))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return Predictor(model.to(device).eval(), meta, device)
+
+
+def _file_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor names and shapes from a safetensors header (no tensor is read)."""
+    if not path.is_file():
+        raise BundleError(f"{path.parent} holds no {WEIGHTS}: the run did not finish, or the "
+                          "file was removed")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error type for a bad header
+        raise BundleError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def _check_shapes(model: nn.Module, shapes: dict, path: Path, meta: dict) -> None:
+    wanted = {k: list(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(wanted) - set(shapes))
+    extra = sorted(set(shapes) - set(wanted))
+    wrong = [k for k in wanted if k in shapes and shapes[k] != wanted[k]]
+    if not (missing or extra or wrong):
+        return
+    what = (f"{meta['arch']} with {len(meta['classes'])} classes "
+            f"(as {path.with_name(META).name} says)")
+    if wrong:
+        k = wrong[0]
+        raise BundleError(f"{path}: tensor {k!r} has shape {shapes[k]}, but {what} needs "
+                          f"{wanted[k]} ({len(wrong)} tensor(s) differ)")
+    raise BundleError(f"{path} does not hold the weights of {what}: missing {missing[:3]}, "
+                      f"unexpected {extra[:3]}")
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:

@@ -134,7 +134,10 @@ def predict_cmd(
         _fail(e)
     if not refs:
         _fail(ValueError(f"no images found in {', '.join(map(str, inputs))}"))
-    predictor = load(run_dir)
+    try:
+        predictor = load(run_dir)
+    except (ValueError, FileNotFoundError) as e:  # BundleError: a damaged or crafted model.json
+        _fail(e)
     if submission or order:
         out = csv or Path("submission.csv")
         try:

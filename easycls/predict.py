@@ -9,12 +9,14 @@ and rows are made batch by batch, so memory does not grow with the probabilities
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 from .bundle import Predictor
 from .data.images import split_zip_ref
 from .data.tables import TableError, read_id_csv
+from .safeio import printable, write_text
 
 __all__ = ["predict_files", "write_predictions", "write_submission", "submission_columns",
            "SUBMISSION_FORMATS"]
@@ -27,8 +29,17 @@ SUBMISSION_FORMATS = {
 
 
 def _name(ref: str) -> str:
+    """The file name as written out: zip members without the archive, odd bytes as \\xNN."""
     z = split_zip_ref(ref)
-    return z[1] if z else ref
+    return printable(z[1] if z else ref)
+
+
+def _csv_text(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def _decisions(predictor: Predictor, refs: Sequence[str], bs: int, threshold: float | None
@@ -61,13 +72,10 @@ def write_predictions(predictor: Predictor, refs: Sequence[str], out_csv: str | 
     rows, bad = predict_files(predictor, refs, bs, threshold)
     out_csv = Path(out_csv)
     fields = ["file", "labels", "probabilities"] if predictor.multi_label else ["file", "label", "probability"]
-    with out_csv.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text(out_csv, _csv_text(fields, [[r[k] for k in fields] for r in rows]))
     if bad:
-        out_csv.with_suffix(".skipped.txt").write_text(
-            "".join(f"{refs[i]}\t{reason}\n" for i, reason in sorted(bad.items())))
+        write_text(out_csv.with_suffix(".skipped.txt"),
+                   "".join(f"{refs[i]}\t{reason}\n" for i, reason in sorted(bad.items())))
     return rows, bad
 
 
@@ -142,17 +150,14 @@ def write_submission(predictor: Predictor, refs: Sequence[str], out_csv: str | P
     used = sorted(set(index))
     found, bad = _decisions(predictor, [refs[i] for i in used], bs, threshold)
     decided = {used[k]: d for k, d in found.items()}
-    with Path(out_csv).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([id_col, label_col])
-        for x, i in zip(ids, index):
-            label = decided[i][0] if i in decided else ""
-            writer.writerow([x, " ".join(label) if isinstance(label, list) else label])
+    labels = [decided[i][0] if i in decided else "" for i in index]
+    write_text(out_csv, _csv_text([id_col, label_col], [
+        [x, " ".join(lab) if isinstance(lab, list) else lab] for x, lab in zip(ids, labels)]))
     first: dict[int, int] = {}
     for row, i in enumerate(index):
         first.setdefault(i, row)
     reasons = {ids[first[used[k]]]: why for k, why in bad.items()}
     if reasons:
-        Path(out_csv).with_suffix(".skipped.txt").write_text(
-            "".join(f"{x}\t{why}\n" for x, why in reasons.items()))
+        write_text(Path(out_csv).with_suffix(".skipped.txt"),
+                   "".join(f"{x}\t{why}\n" for x, why in reasons.items()))
     return len(ids), reasons

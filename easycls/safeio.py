@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WriteError", "DiskFullError", "atomic_write", "write_bytes", "write_text", "write_json",
+__all__ = ["WriteError", "DiskFullError", "atomic_write", "write_bytes", "write_text", "write_json", "ensure_room",
            "printable", "printable_text"]
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -154,6 +154,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, expected_size: in
             raise _error(path, cause, tracked.written if tracked else 0, expected_size) from e
         raise
     _fsync_dir(path.parent)
+
+
+def ensure_room(folder: str | os.PathLike, nbytes: int, what: str) -> None:
+    """DiskFullError before writing `what` when the disk of `folder` has less than `nbytes` free
+    (so several files that belong together are written all or none)."""
+    free = _free(Path(folder))
+    if free is not None and free < nbytes:
+        raise DiskFullError(f"disk full: {what} needs {_mb(nbytes)} in {folder}, only {_mb(free)} "
+                            "free; nothing was written. Free some space (or choose another --out) "
+                            "and run again", errno.ENOSPC)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

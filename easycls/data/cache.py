@@ -92,7 +92,8 @@ def cache_key(refs: Sequence[str], size: int) -> str:
     """
     h = hashlib.sha256(f"{FORMAT_VERSION}\n{size}\n{len(refs)}\n".encode())
     for ref in refs:
-        h.update(f"{ref}\t{_fingerprint(ref)}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 hashes as its own bytes
+        h.update(f"{ref}\t{_fingerprint(ref)}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 

@@ -1,0 +1,123 @@
+"""What a `model.json` may hold, checked before any tensor or model is built.
+
+A run directory can come from anywhere (a colleague, a download, an attacker). Loading it
+reads JSON and safetensors only, and every value is checked first: a wrong type, an
+out-of-range number, lengths that disagree with the classes, or an architecture that is not
+a plain name in timm's local registry (a hub reference such as ``hf-hub:...`` would reach the
+network) raise `BundleError` naming the file, the key and the form expected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+
+__all__ = ["BundleError", "check_meta", "read_json_object", "CUSTOM", "MIN_SIZE", "MAX_SIZE"]
+
+MIN_SIZE, MAX_SIZE = 8, 4096
+CUSTOM = "custom:"
+# A timm name, optionally with a pretrained tag ("resnet18.a1_in1k"); no "/", no ":".
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?")
+
+
+class BundleError(ValueError):
+    """A run directory's file that cannot be used; the message names the file and the key."""
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object in `path`, or BundleError saying why not."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path} is not valid JSON ({e}); write it again with `easycls fit` "
+                          "or restore it from a copy") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} must hold a JSON object, found a {type(data).__name__}")
+    return data
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(n: int, ok: Callable[[float], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and len(v) == n and all(_number(x) and ok(x) for x in v)
+
+
+def _classes(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) >= 1 and all(isinstance(c, str) and c for c in v)
+            and len(set(v)) == len(v))
+
+
+def _arch(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    if v.startswith(CUSTOM):
+        return len(v) > len(CUSTOM)
+    return bool(_PLAIN_NAME.fullmatch(v)) and timm.is_model(v)
+
+
+_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "arch": (_arch, "a timm model name known to this installation (as `easycls archs` lists "
+                    "them; never a hub reference such as 'hf-hub:...' or 'timm/...'), "
+                    "or 'custom:<Class>'"),
+    "classes": (_classes, "a list of unique, non-empty strings"),
+    "multi_label": (lambda v: isinstance(v, bool), "true or false"),
+    "input_size": (lambda v: isinstance(v, int) and not isinstance(v, bool)
+                   and MIN_SIZE <= v <= MAX_SIZE, f"an integer from {MIN_SIZE} to {MAX_SIZE}"),
+    "mean": (_numbers(3, lambda x: True), "a list of 3 finite numbers (R, G, B)"),
+    "std": (_numbers(3, lambda x: x > 0), "a list of 3 finite numbers > 0 (R, G, B)"),
+}
+
+
+def _shown(v: Any) -> str:
+    text = json.dumps(v)
+    return f"{type(v).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _fail(path: Path, key: str, form: str, found: str) -> BundleError:
+    return BundleError(f"{path}: {key!r} must be {form}, found {found}")
+
+
+def check_meta(meta: Any, path: Path) -> dict:
+    """`meta` (the parsed `model.json` at `path`) if every value has its expected form.
+
+    Example:
+        >>> check_meta({"arch": "hf-hub:x/y", ...}, Path("run/model.json"))  # doctest: +SKIP
+        BundleError: run/model.json: 'arch' must be a timm model name known to ...
+    """
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path} must hold a JSON object, found a {type(meta).__name__}")
+    for key, (ok, form) in _KEYS.items():
+        if key not in meta:
+            raise _fail(path, key, form, "nothing (the key is missing)")
+        if not ok(meta[key]):
+            raise _fail(path, key, form, _shown(meta[key]))
+    _check_thresholds(meta, path)
+    return meta
+
+
+def _check_thresholds(meta: dict, path: Path) -> None:
+    th, n = meta.get("thresholds"), len(meta["classes"])
+    if th is None:
+        return
+    if not isinstance(th, dict):
+        raise _fail(path, "thresholds", "null or an object", _shown(th))
+    unit = _numbers(1, lambda x: 0 <= x <= 1)
+    checks = {
+        "per_class": (_numbers(n, lambda x: 0 <= x <= 1),
+                      f"a list of {n} numbers from 0 to 1, one per class"),
+        "global": (lambda v: unit([v]), "a number from 0 to 1"),
+        "at_least_one": (lambda v: isinstance(v, bool), "true or false"),
+    }
+    for key, (ok, form) in checks.items():
+        if key in th and not ok(th[key]):
+            raise _fail(path, f"thresholds.{key}", form, _shown(th[key]))
