@@ -144,7 +144,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            out += sorted(str(f) for f in p.rglob("*")
+                          if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
         elif p.is_file():
             out.append(str(p))
         else:
@@ -266,7 +267,7 @@ class Predictor:
         return rows
 
     def predict(self, image, threshold: float | None = None):
-        """One image (path or PIL) -> (label, probability), or (labels, probabilities) if multi-label."""
+        """One image (path or PIL) -> (label, probability); multi-label: (labels, probabilities)."""
         return self.decide(self.probabilities([image]), threshold)[0]
 
     def predict_many(self, images: Sequence, bs: int = 64, threshold: float | None = None) -> list:

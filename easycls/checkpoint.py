@@ -29,8 +29,8 @@ from . import __version__
 from .bundle import bare_model
 from .safeio import WriteError, atomic_write
 
-__all__ = ["CHECKPOINT", "Phase", "plan_phases", "Checkpointer", "TrainingInterrupted", "CheckpointError",
-           "save_checkpoint", "load_checkpoint", "run_phases", "trim_history"]
+__all__ = ["CHECKPOINT", "Phase", "plan_phases", "Checkpointer", "TrainingInterrupted",
+           "CheckpointError", "save_checkpoint", "load_checkpoint", "run_phases", "trim_history"]
 
 CHECKPOINT = "checkpoint.pth"
 _FORMAT = 1
@@ -45,8 +45,9 @@ class TrainingInterrupted(RuntimeError):
 
     def __init__(self, signum: int, run_dir: Path):
         self.signum, self.run_dir = signum, run_dir
-        super().__init__(f"training stopped by {signal.Signals(signum).name}; the checkpoint is in "
-                         f"{Path(run_dir) / CHECKPOINT}. Continue with: easycls fit --resume {run_dir}")
+        super().__init__(f"training stopped by {signal.Signals(signum).name}; the checkpoint is "
+                         f"in {Path(run_dir) / CHECKPOINT}. Continue with: "
+                         f"easycls fit --resume {run_dir}")
 
 
 @dataclass
@@ -71,7 +72,8 @@ def plan_phases(fine_tune: bool, epochs: int, lr: float, freeze_epochs: int = 1)
     if not fine_tune:
         return [Phase("train", epochs, lr)]
     return [Phase("frozen", freeze_epochs, slice(lr), dict(pct_start=0.99), freeze=True),
-            Phase("unfrozen", epochs, slice(lr / 2 / 100, lr / 2), dict(pct_start=0.3, div=5.0), freeze=False)]
+            Phase("unfrozen", epochs, slice(lr / 2 / 100, lr / 2), dict(pct_start=0.3, div=5.0),
+                  freeze=False)]
 
 
 # ---- atomic files ---------------------------------------------------------------------------
@@ -87,11 +89,12 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 
 
 def load_checkpoint(run_dir: str | Path, *, arch: str, classes: list[str]) -> dict:
-    """The checkpoint of `run_dir`, refused unless it matches this easycls version, arch and classes."""
+    """The checkpoint of `run_dir`, refused unless it matches this easycls version, arch and
+    classes, and every field has its expected form."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
-        raise CheckpointError(f"{run_dir} holds no {CHECKPOINT}: nothing to resume (a run writes one at "
-                              "the end of its first epoch)")
+        raise CheckpointError(f"{run_dir} holds no {CHECKPOINT}: nothing to resume (a run writes "
+                              "one at the end of its first epoch)")
     try:
         # Our own file, but still no pickled code: tensors, numbers, strings and containers only.
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -130,9 +133,11 @@ _FIELDS = {
 def _check_fields(state: dict, path: Path) -> None:
     for key, (ok, form) in _FIELDS.items():
         if key not in state or not ok(state[key]):
-            got = "missing" if key not in state else f"{type(state[key]).__name__} {state[key]!r:.40}"
-            raise CheckpointError(f"{path}: {key!r} should be {form}, found {got}; the file is damaged "
-                                  "or not from easycls. Start the run again without --resume.")
+            got = ("missing" if key not in state
+                   else f"{type(state[key]).__name__} {state[key]!r:.40}")
+            raise CheckpointError(f"{path}: {key!r} should be {form}, found {got}; the file is "
+                                  "damaged or not from easycls. Start the run again without "
+                                  "--resume.")
     if state["epoch"] > state["n_epoch"]:
         raise CheckpointError(f"{path}: 'epoch' {state['epoch']} is past 'n_epoch' "
                               f"{state['n_epoch']}; the file is damaged. Start the run again.")
@@ -144,14 +149,16 @@ def _check_matches(state: dict, path: Path, arch: str, classes: list[str]) -> No
     wanted = {"easycls version": __version__, "arch": arch, "class list": list(classes)}
     for what in found:
         if found[what] != wanted[what]:
-            raise CheckpointError(f"{path} was written with {what} {_shown(found[what])}, but this run has "
-                                  f"{_shown(wanted[what])}; it cannot be resumed here. Start a new run "
-                                  "(another --out) or use the matching easycls version and data.")
+            raise CheckpointError(f"{path} was written with {what} {_shown(found[what])}, but "
+                                  f"this run has {_shown(wanted[what])}; it cannot be resumed "
+                                  "here. Start a new run (another --out) or use the matching "
+                                  "easycls version and data.")
 
 
 def _shown(value) -> str:
     if isinstance(value, list):
-        return f"{len(value)} classes ({', '.join(map(str, value[:5]))}{', ...' if len(value) > 5 else ''})"
+        more = ", ..." if len(value) > 5 else ""
+        return f"{len(value)} classes ({', '.join(map(str, value[:5]))}{more})"
     return repr(value)
 
 
@@ -180,7 +187,8 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_py_state_back(state["python"]))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -215,8 +223,8 @@ def _attempt(state: dict, path: Path) -> WriteError | None:
     try:
         save_checkpoint(state, path)
     except WriteError as e:
-        advice = (f" Then continue from the last good checkpoint: easycls fit --resume {path.parent}"
-                  if path.is_file() else "")
+        advice = (" Then continue from the last good checkpoint: "
+                  f"easycls fit --resume {path.parent}" if path.is_file() else "")
         return type(e)(str(e) + advice, e.errno)
     return None
 
@@ -265,7 +273,8 @@ class Checkpointer(Callback):
         if r is not None and r["epoch"] == self.epoch:
             # Same data order as the interrupted pass, minus the batches already trained on.
             dl.dl.rng.setstate(_py_state_back(r["data_rng"]))
-            self._epoch_rng, dl.skip, self._done = dl.dl.rng.getstate(), r["batches_done"], r["batches_done"]
+            self._epoch_rng = dl.dl.rng.getstate()
+            dl.skip = self._done = r["batches_done"]
             self.learn.pct_train = (self.epoch + self._done / max(1, len(dl))) / self.n_epoch
             self.resume = None
 
@@ -287,13 +296,15 @@ class Checkpointer(Callback):
 
     def _save(self, epoch: int, done: int, data_rng) -> None:
         state = dict(format=_FORMAT, easycls_version=__version__, **self.meta, phase=self.phase,
-                     epoch=epoch, batches_done=done, n_epoch=self.n_epoch, data_rng=_py_state(data_rng),
+                     epoch=epoch, batches_done=done, n_epoch=self.n_epoch,
+                     data_rng=_py_state(data_rng),
                      history_rows=self.offset + epoch, elapsed=time.perf_counter() - self.t_start,
                      model=bare_model(self.model).state_dict(), opt=_plain(self.opt.state_dict()),
                      rng=_rng_state(), smooth_loss=self._smooth_loss(), **self.extra())
         failed = self.session.on_main(lambda: _attempt(state, self.run_dir / CHECKPOINT))
         if self.session.any_rank(failed is not None)[0]:  # every rank stops, not only rank 0
-            self.failed = failed or WriteError(f"rank 0 could not write {self.run_dir / CHECKPOINT}")
+            self.failed = failed or WriteError(f"rank 0 could not write "
+                                               f"{self.run_dir / CHECKPOINT}")
             raise CancelFitException()
         self._last_save = time.perf_counter()
 
@@ -355,7 +366,8 @@ def run_phases(learn, phases: list[Phase], ckpt: Checkpointer, *, resume: dict |
                     continue
             ckpt.start_phase(i, offset, here)
             cbs = [ckpt] + (list(last_phase_cbs or []) if last else [])
-            learn.fit_one_cycle(n_epoch, ph.lr, cbs=cbs, start_epoch=here["epoch"] if here else 0, **ph.kwargs)
+            learn.fit_one_cycle(n_epoch, ph.lr, cbs=cbs, start_epoch=here["epoch"] if here else 0,
+                                **ph.kwargs)
             if ckpt.failed is not None:
                 raise ckpt.failed
             if ckpt.interrupted:

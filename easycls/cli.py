@@ -106,11 +106,14 @@ def fit_cmd(
         raise typer.BadParameter("give a SOURCE to train on, or --resume DIR to continue a run")
     from .checkpoint import CheckpointError, TrainingInterrupted
     from .distributed import PrecisionError
+    from .safeio import WriteError
     try:
         fit(source, **settings)
     except (DataError, TableError, ArchError, PretrainedUnavailable, FileNotFoundError, CheckpointError,
             ImportError, PrecisionError) as e:
         _fail(e)
+    except WriteError as e:  # a full disk: the last good checkpoint stays for --resume
+        _fail(e, 1)
     except TrainingInterrupted as e:  # a checkpoint was written; exit like the signal did, without a traceback
         _fail(e, 128 + e.signum)
 

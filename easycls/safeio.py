@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WriteError", "DiskFullError", "atomic_write", "write_bytes", "write_text", "write_json", "ensure_room",
-           "printable", "printable_text"]
+__all__ = ["WriteError", "DiskFullError", "atomic_write", "write_bytes", "write_text",
+           "write_json", "ensure_room", "printable", "printable_text"]
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
@@ -60,8 +60,8 @@ def _error(path: Path, e: OSError, written: int, expected: int | None) -> WriteE
         need = max(written, expected or 0)
         free = _free(path.parent)
         room = f"; {_mb(free)} free there" if free is not None else ""
-        return DiskFullError(f"disk full: could not write {path} (needs at least {_mb(need)}{room}); "
-                             "the previous version of the file is unchanged. Free some space (or "
+        return DiskFullError(f"disk full: could not write {path} (needs at least {_mb(need)}"
+                             f"{room}); the previous version of the file is unchanged. Free some space (or "
                              "choose another --out) and run again", e.errno)
     return WriteError(f"could not write {path}: {e.strerror or e}; the previous version of the "
                       "file is unchanged", e.errno)
@@ -174,7 +174,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` as UTF-8 to `path` atomically; names that are not UTF-8 go in `printable` form."""
+    """Write `text` as UTF-8 to `path` atomically; undecodable name bytes as `printable` shows."""
     return write_bytes(path, printable_text(text).encode("utf-8"))
 
 
