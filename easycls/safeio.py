@@ -61,8 +61,8 @@ def _error(path: Path, e: OSError, written: int, expected: int | None) -> WriteE
         free = _free(path.parent)
         room = f"; {_mb(free)} free there" if free is not None else ""
         return DiskFullError(f"disk full: could not write {path} (needs at least {_mb(need)}"
-                             f"{room}); the previous version of the file is unchanged. Free some space (or "
-                             "choose another --out) and run again", e.errno)
+                             f"{room}); the previous version of the file is unchanged. Free "
+                             "some space (or choose another --out) and run again", e.errno)
     return WriteError(f"could not write {path}: {e.strerror or e}; the previous version of the "
                       "file is unchanged", e.errno)
 
