@@ -1,0 +1,184 @@
+"""A run directory belongs to one run: an exclusive lock held for the life of the run.
+
+The lock is ``DIR/.easycls.lock``, an ``flock`` held on an open file that also records who holds
+it (pid, host, start time, command). The kernel drops an ``flock`` when its process dies, however
+it dies, so a lock left behind by a killed run is stale and simply taken over. Where ``flock`` is
+not available, the record decides: a lock whose process is gone from this host is stale; one held
+from another host is respected (the message says which file to remove if that run is gone).
+
+`claim` also refuses a directory that holds another run's files, unless the run is resumed or
+``overwrite`` is given (then those files are removed first, so nothing of the old run mixes in).
+
+Example:
+    >>> with claim("runs/pets", resume=False, overwrite=False):   # doctest: +SKIP
+    ...     train()
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the pid/host record alone decides
+    fcntl = None
+
+__all__ = ["LOCK_NAME", "RUN_FILES", "RunLockError", "RunLock", "claim", "run_files"]
+
+LOCK_NAME = ".easycls.lock"
+# Files a run writes into its directory (plots, reports and predictions included).
+RUN_FILES = ("config.json", "checkpoint.pth", "history.csv", "metrics.json", "model.json",
+             "model.safetensors", "skipped.txt", "loss.png", "confusion_matrix.png",
+             "f1_threshold.png", "per_class.csv", "test_predictions.csv")
+_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+class RunLockError(RuntimeError):
+    """The run directory is in use by another run, or holds another run's files."""
+
+
+def _record() -> dict:
+    return dict(pid=os.getpid(), host=socket.gethostname(),
+                started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300])
+
+
+def _describe(owner: dict) -> str:
+    return (f"pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('started')} "
+            f"({owner.get('command')})")
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _stale(owner: dict) -> bool:
+    """A record whose process is gone (decidable only on this host)."""
+    return owner.get("host") == socket.gethostname() and not _alive(owner.get("pid"))
+
+
+def _read(fd: int) -> dict:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _try_flock(fd: int) -> bool | None:
+    """True: locked; False: another process holds it; None: this filesystem cannot flock."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in _UNSUPPORTED:
+            return None
+        raise
+    return True
+
+
+class RunLock:
+    """The lock of one run directory; `acquire` raises `RunLockError` naming the holder."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self.fd: int | None = None
+        self.stale: dict = {}  # the record of a dead run whose lock was taken over
+
+    def acquire(self) -> RunLock:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        while self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                self.fd = self._take(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        return self
+
+    def _take(self, fd: int) -> int | None:
+        got, owner = _try_flock(fd), _read(fd)
+        if got is False or (got is None and owner and not _stale(owner)):
+            raise RunLockError(f"{self.run_dir} is in use by another easycls run: "
+                               f"{_describe(owner)}. Wait for it to finish, or choose another "
+                               f"--out (if that run is gone, remove {self.path})")
+        if not self._still_linked(fd):  # the holder removed it while we waited: take the new one
+            os.close(fd)
+            return None
+        self.stale = owner
+        data = json.dumps(_record()).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        return fd
+
+    def _still_linked(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def release(self) -> None:
+        """Remove the lock file and let go of it (also done by the kernel if the process dies)."""
+        if self.fd is None:
+            return
+        try:
+            if self._still_linked(self.fd):
+                self.path.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def run_files(run_dir: str | os.PathLike) -> list[str]:
+    """The files of a run that `run_dir` holds (see RUN_FILES)."""
+    return [f for f in RUN_FILES if (Path(run_dir) / f).exists()]
+
+
+@contextmanager
+def claim(run_dir: str | os.PathLike, *, resume: bool = False,
+          overwrite: bool = False) -> Iterator[RunLock]:
+    """Hold `run_dir`'s lock while inside; refuse another run's files unless resumed or overwritten.
+
+    Raises:
+        RunLockError: another run holds the directory, or it holds another run's files.
+    """
+    with RunLock(run_dir) as lock:
+        found = run_files(run_dir)
+        if found and not resume:
+            if not overwrite:
+                raise RunLockError(
+                    f"{run_dir} holds the files of another run ({', '.join(found[:4])}"
+                    f"{', ...' if len(found) > 4 else ''}): continue it with --resume {run_dir}, "
+                    "replace it with --overwrite, or choose another --out")
+            for name in found:
+                (Path(run_dir) / name).unlink()
+        yield lock
