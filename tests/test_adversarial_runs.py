@@ -55,9 +55,9 @@ def test_second_run_on_a_held_directory_is_refused_naming_the_holder(holder):
 
 
 def test_lock_is_released_when_the_run_fails(tmp_path):
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(RuntimeError, match="boom"):
         with claim(tmp_path / "run"):
-            1 / 0
+            raise RuntimeError("boom")
     assert not (tmp_path / "run" / LOCK_NAME).exists()
     with claim(tmp_path / "run"):  # and can be taken again
         pass
