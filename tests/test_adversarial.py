@@ -171,3 +171,62 @@ def test_undecodable_file_name_is_trained_on_and_written_escaped(tmp_path, bundl
     assert result.exit_code == 0, result.output
     text = out.read_bytes().decode("utf-8")  # valid UTF-8 throughout
     assert "bad\\xff.png" in text and len(text.splitlines()) == 10
+
+
+# ---- CSVs and zips a user (or an attacker) may hand over --------------------------------------
+
+
+def _png_bytes(ci: int) -> bytes:
+    import io
+    buf = io.BytesIO()
+    color_image(ci, 2, np.random.default_rng(ci)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("newline, sep, bom", [("\r\n", ";", True), ("\n", ";", False),
+                                               ("\r\n", ",", True), ("\r\n", "\t", False)])
+def test_csv_with_bom_crlf_and_semicolons(tmp_path, newline, sep, bom):
+    from easycls.data.sources import from_path
+    images = write_class_folders(tmp_path / "images", classes=("cat", "dog"), per_class=2)
+    rows = ["file" + sep + "label"] + [f"{c}/{c}_{i}.png{sep}{c}" for c in ("cat", "dog")
+                                        for i in range(2)]
+    data = newline.join(rows) + newline
+    (tmp_path / "labels.csv").write_bytes((b"\xef\xbb\xbf" if bom else b"") + data.encode())
+    table = from_path(tmp_path / "labels.csv", images)
+    assert table.classes == ["cat", "dog"] and len(table.refs) == 4
+    assert all(os.path.isfile(r) for r in table.refs)
+
+
+def test_zip_members_outside_the_archive_root_are_never_used(tmp_path):
+    import zipfile
+
+    from easycls.data.sources import from_path
+    with zipfile.ZipFile(tmp_path / "pets.zip", "w") as z:
+        for ci, c in enumerate(("cat", "dog")):
+            for i in range(2):
+                z.writestr(f"{c}/{i}.png", _png_bytes(ci))
+        z.writestr("../evil.png", _png_bytes(0))
+        z.writestr("cat/../../evil2.png", _png_bytes(0))
+    table = from_path(tmp_path / "pets.zip")
+    assert table.classes == ["cat", "dog"] and len(table.refs) == 4
+    assert not any("evil" in r for r in table.refs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pets.zip"]  # nothing extracted
+
+
+def test_zip_bomb_member_is_skipped_without_inflating_it(tmp_path, monkeypatch):
+    import zipfile
+
+    from easycls.data import images
+    with zipfile.ZipFile(tmp_path / "pets.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("cat/0.png", _png_bytes(0))
+        z.writestr("cat/bomb.png", b"\0" * (40 << 20))  # 40 MB of zeros: about 40 kB zipped
+    real_read = zipfile.ZipFile.read
+
+    def read(self, name, *a, **k):
+        assert "bomb" not in str(name), "the bomb was inflated"
+        return real_read(self, name, *a, **k)
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", read)
+    refs = [images.zip_ref(tmp_path / "pets.zip", m) for m in ("cat/0.png", "cat/bomb.png")]
+    bad = images.check_images(refs)
+    assert list(bad) == [1] and bad[1].startswith("too large: 41943040 bytes uncompressed")

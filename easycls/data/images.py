@@ -47,6 +47,11 @@ _BACKGROUND = (255, 255, 255)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _CHUNK = 64  # items per thread task: amortizes scheduling, keeps progress smooth
+# Zip members are read whole into memory: refuse the ones no image file comes near. Image
+# formats are compressed already (JPEG, PNG, WebP barely shrink in a zip); only flat raw
+# bitmaps compress a hundredfold, and they are small.
+_MAX_MEMBER = 1 << 30
+_BOMB_SIZE, _BOMB_RATIO = 32 << 20, 100
 
 
 class UnreadableImage(Exception):
@@ -146,7 +151,9 @@ def _read_source(ref: str) -> str | io.BytesIO:
             if os.path.getsize(ref) == 0:
                 raise UnreadableImage(ref, "zero-byte file")
             return ref
-        data = _zip_handle(parts[0]).read(parts[1])
+        zf = _zip_handle(parts[0])
+        _refuse_zip_bomb(ref, zf.getinfo(parts[1]))
+        data = zf.read(parts[1])
     except (FileNotFoundError, NotADirectoryError, KeyError):
         raise UnreadableImage(ref, "missing") from None
     except PermissionError:
@@ -157,6 +164,14 @@ def _read_source(ref: str) -> str | io.BytesIO:
     if not data:
         raise UnreadableImage(ref, "zero-byte file")
     return io.BytesIO(data)
+
+
+def _refuse_zip_bomb(ref: str, info: zipfile.ZipInfo) -> None:
+    """A member that would inflate to far more than any image file, before it is read."""
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > _MAX_MEMBER or (info.file_size > _BOMB_SIZE and ratio > _BOMB_RATIO):
+        raise UnreadableImage(ref, f"too large: {info.file_size} bytes uncompressed from "
+                                   f"{info.compress_size} in the zip (a zip bomb?)")
 
 
 # ---------------------------------------------------------------- decoding
