@@ -230,3 +230,13 @@ def test_zip_bomb_member_is_skipped_without_inflating_it(tmp_path, monkeypatch):
     refs = [images.zip_ref(tmp_path / "pets.zip", m) for m in ("cat/0.png", "cat/bomb.png")]
     bad = images.check_images(refs)
     assert list(bad) == [1] and bad[1].startswith("too large: 41943040 bytes uncompressed")
+
+
+def test_decompression_bomb_is_skipped(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from easycls.data import images
+    path = tmp_path / "bomb.png"
+    color_image(0, 2, np.random.default_rng(0), size=64).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit
+    assert images.check_images([str(path)])[0].startswith("too large: ")
