@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -285,6 +285,27 @@ class Session:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+    @contextmanager
+    def claim(self, run_dir: Any, *, resume: bool = False, overwrite: bool = False
+              ) -> Iterator[None]:
+        """Hold the run directory's lock for the life of the run (`runlock.claim`).
+
+        Rank 0 alone writes, so it alone holds the lock; when it cannot, every rank raises
+        the same `RunLockError`, so no process of the launch goes on alone.
+        """
+        from .runlock import RunLockError, claim
+        with ExitStack() as stack:
+            refused = None
+            if self.is_main:
+                try:
+                    stack.enter_context(claim(run_dir, resume=resume, overwrite=overwrite))
+                except RunLockError as e:
+                    refused = str(e)
+            refused = self.agree(refused)
+            if refused is not None:
+                raise RunLockError(refused)
+            yield
 
     def train_callbacks(self, cfg: Any = None) -> list:
         """DDP and sharding, channels_last where it pays, and on CUDA mixed precision (from `cfg`)

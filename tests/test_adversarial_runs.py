@@ -106,3 +106,16 @@ def test_another_runs_files_are_refused_unless_resumed_or_overwritten(tmp_path):
         assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "notes.txt"]
     with claim(tmp_path / "new"):  # a new or empty folder is fine
         pass
+
+
+def test_session_claim_fails_every_rank_together(holder):
+    from easycls.distributed import Session
+    run, proc = holder
+    with pytest.raises(RunLockError, match=f"pid {proc.pid}"):
+        with Session().claim(run):
+            pass
+    proc.kill()
+    proc.wait()
+    with Session().claim(run):
+        assert (run / LOCK_NAME).exists()
+    assert not (run / LOCK_NAME).exists()
