@@ -6,7 +6,13 @@ Example:
     >>> load(learn.run_dir).predict("some_digit.png")
 """
 
+import warnings
 from importlib import import_module
+
+# fastai decorates a few functions with `torch.jit.script` at import time, which newer torch
+# deprecates with a FutureWarning on every command. Only that message is silenced.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning, module=r"torch\.jit\._script")
 
 __version__ = "0.1.0"
 

@@ -24,6 +24,7 @@ from torch import nn
 from . import __version__
 from .bundle_schema import CUSTOM, BundleError, check_meta, read_json_object
 from .data.images import IMAGE_EXTENSIONS, UnreadableImage, load_resized, resize_square
+from .models import build_custom, size_kwargs
 from .safeio import ensure_room, write_bytes, write_text
 
 __all__ = ["save_bundle", "load", "Predictor", "read_meta", "expand_inputs", "bare_model",
@@ -97,13 +98,16 @@ def load(run_dir: str | Path, model: nn.Module | None = None,
     meta = read_meta(run_dir)
     weights = Path(run_dir) / WEIGHTS
     shapes = _file_shapes(weights)
-    if model is None:
-        if meta["arch"].startswith(CUSTOM):
-            raise BundleError(f"{run_dir} holds a custom model ({meta['arch']}); pass an "
-                              "instance: load(dir, model=...)")
-        # A plain registry name (checked above) with pretrained=False: built offline.
-        model = timm.create_model(meta["arch"], pretrained=False, num_classes=len(meta["classes"]))
-    _check_shapes(model, shapes, weights, meta)
+    rebuilt = model is None
+    if rebuilt:
+        model = _model_of(meta)
+    try:
+        _check_shapes(model, shapes, weights, meta)
+    except BundleError as e:
+        if rebuilt and meta["arch"].startswith(CUSTOM):  # its name builds other layers
+            raise BundleError(f"{e}; the custom model's name does not rebuild it: pass an "
+                              "instance: easycls.load(dir, model=...)") from None
+        raise
     load_model(model, str(weights))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return Predictor(model.to(device).eval(), meta, device)
@@ -136,6 +140,19 @@ def _check_shapes(model: nn.Module, shapes: dict, path: Path, meta: dict) -> Non
                           f"{wanted[k]} ({len(wrong)} tensor(s) differ)")
     raise BundleError(f"{path} does not hold the weights of {what}: missing {missing[:3]}, "
                       f"unexpected {extra[:3]}")
+
+
+def _model_of(meta: dict) -> nn.Module:
+    n = len(meta["classes"])
+    if meta["arch"].startswith(CUSTOM):  # "custom:<module>:<qualname>", if importable
+        try:
+            return build_custom(meta["arch"], n)
+        except ValueError as e:
+            raise BundleError(str(e)) from None
+    # A plain registry name (checked above) with pretrained=False: built offline, at the
+    # size it was trained at where the model is made for one size (ViT, Swin, ...).
+    return timm.create_model(meta["arch"], pretrained=False, num_classes=n,
+                             **size_kwargs(meta["arch"], meta.get("input_size")))
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:

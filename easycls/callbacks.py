@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import AvgSmoothLoss
 from fastai.torch_core import maybe_gather
+from fastcore.basics import noop
 
 __all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents", "ChannelsLastAuto", "tensorboard_callback",
-           "LoaderTiming", "DeviceSmoothLoss"]
+           "LoaderTiming", "DeviceSmoothLoss", "PlainProgress", "wants_plain_progress"]
 
 
 class PlainTensors(Callback):
@@ -264,3 +266,61 @@ class DeviceSmoothLoss(Callback):
         if getattr(self, "swapped", False):
             self.learn.recorder.smooth_loss = self.original
             self.swapped = False
+
+
+def wants_plain_progress(stream=None) -> bool:
+    """True when `stream` (default stdout) is not a terminal: CI, SLURM, nohup, a file.
+    There carriage-return progress bars become kilobytes of rewritten lines."""
+    stream = stream if stream is not None else sys.stdout
+    return not (hasattr(stream, "isatty") and stream.isatty())
+
+
+class PlainProgress(Callback):
+    """Progress as plain lines, for logs: one line per epoch, and one every `every` seconds
+    inside long epochs. Use it instead of fastai's `ProgressCallback` when the output is
+    not a terminal (`wants_plain_progress`).
+
+    Example:
+        >>> learn.remove_cb(ProgressCallback); learn.add_cb(PlainProgress())
+        epoch 1/5: train_loss 0.5123, valid_loss 0.4012, accuracy 0.9120 (00:12)
+    """
+
+    order = 60  # where fastai's ProgressCallback sits: after the Recorder (50)
+
+    def __init__(self, every: float = 120.0, stream=None, clock=time.monotonic):
+        self.every, self.stream, self.clock = every, stream, clock
+        self.active = False
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.stream if self.stream is not None else sys.stdout, flush=True)
+
+    def before_fit(self):
+        # get_preds/validate/lr_find run with fastai's no_logging(): nothing to show then.
+        self.active = self.learn.logger is not noop and not hasattr(self.learn, "lr_finder")
+        if self.active:
+            self.old_logger, self.learn.logger = self.learn.logger, self._epoch_line
+
+    def before_train(self):
+        self._last = self.clock()
+
+    def after_batch(self):
+        if not (self.active and self.training) or self.clock() - self._last < self.every:
+            return
+        self._last = self.clock()
+        loss = getattr(self.learn, "smooth_loss", None)
+        shown = f", train_loss {float(loss):.4f}" if loss is not None else ""
+        self._say(f"epoch {self.epoch + 1}/{self.n_epoch}: batch {self.iter + 1}/{self.n_iter}{shown}")
+
+    def _epoch_line(self, log) -> None:
+        names = self.recorder.metric_names
+        if list(log) == list(names):  # the header: the line per epoch names its numbers
+            return
+        values = dict(zip(names, log))
+        parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
+                 if k not in ("epoch", "time") and v is not None]
+        self._say(f"epoch {int(values.get('epoch', self.epoch)) + 1}/{self.n_epoch}: "
+                  f"{', '.join(parts)} ({values.get('time', '')})")
+
+    def after_fit(self):
+        if self.active:
+            self.learn.logger, self.active = self.old_logger, False

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
+import fastai.callback.hook  # noqa: F401  (adds Learner.summary)
 import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle, fine_tune, lr_find)
 import timm
 import torch
@@ -30,19 +31,13 @@ from fastai.metrics import (
 from fastai.torch_core import params
 from torch import nn
 
+from .models import ArchError, SizeError, check_size, custom_arch_name, default_size, size_kwargs
+
 __all__ = ["create_model", "single_label_learner", "multi_label_learner", "model_splitter",
            "model_normalization", "ArchError", "PretrainedUnavailable", "SizeError", "arch_name",
-           "default_size", "check_size"]
+           "default_size", "check_size", "MultiLabelLoss", "set_thresholds"]
 
 ArchSpec = str | nn.Module | Callable[[int], nn.Module]
-
-
-class ArchError(ValueError):
-    """Unknown architecture name."""
-
-
-class SizeError(ArchError):
-    """An architecture that cannot run at the image size asked for."""
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -52,8 +47,7 @@ class PretrainedUnavailable(RuntimeError):
 def arch_name(arch: ArchSpec) -> str:
     if isinstance(arch, str):
         return arch
-    target = arch if isinstance(arch, nn.Module) else getattr(arch, "__name__", type(arch).__name__)
-    return "custom:" + (type(target).__name__ if isinstance(target, nn.Module) else str(target))
+    return custom_arch_name(arch)  # "custom:<module>:<qualname>", so `easycls.load` can import it
 
 
 def _check_arch(name: str) -> None:
@@ -62,72 +56,6 @@ def _check_arch(name: str) -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
     hint = f" Closest timm names: {', '.join(close)}." if close else ""
     raise ArchError(f"unknown architecture {name!r}.{hint} List them with `easycls archs PATTERN`.")
-
-
-def _pretrained_cfg(name: str):
-    try:
-        return timm.models.get_pretrained_cfg(name)
-    except Exception:  # names timm does not know, or without a registered config
-        return None
-
-
-def default_size(arch: ArchSpec) -> int:
-    """The input size the model was made for (timm's `pretrained_cfg`); 224 when unknown.
-
-    Example:
-        >>> default_size("mobilevit_xxs")
-        256
-    """
-    cfg = _pretrained_cfg(arch) if isinstance(arch, str) else None
-    size = getattr(cfg, "input_size", None)
-    return int(size[-1]) if size else 224
-
-
-def _size_kwargs(name: str, size: int | None) -> dict:
-    """`img_size` for models built for one input size (ViT, DeiT, Swin, LeViT, CoAtNet, ...)."""
-    cfg = _pretrained_cfg(name)
-    if size is None or not getattr(cfg, "fixed_input_size", False):
-        return {}
-    return {} if tuple(cfg.input_size[-2:]) == (size, size) else {"img_size": size}
-
-
-def _runs_at(name: str, size: int, device: str = "meta") -> bool:
-    """Whether `name` builds and runs a forward pass at `size` (on the meta device: no memory,
-    no compute; a failure there is confirmed on the CPU, since a few ops lack meta kernels)."""
-    try:
-        with torch.device(device), torch.no_grad():
-            model = timm.create_model(name, pretrained=False, num_classes=2,
-                                      **_size_kwargs(name, size))
-            model.eval()(torch.zeros(1, 3, size, size))
-    except Exception:  # shape asserts, tensor-size mismatches, unexpected `img_size`
-        return device == "meta" and size <= 1024 and _runs_at(name, size, "cpu")
-    return True
-
-
-def check_size(arch: ArchSpec, size: int) -> None:
-    """Raise `SizeError`, naming sizes that work, when a timm `arch` cannot train at `size`.
-
-    Cheap (a forward pass on the meta device), so `fit` calls it before reading any data.
-
-    Example:
-        >>> check_size("levit_128s", 50)
-        Traceback (most recent call last):
-        SizeError: levit_128s cannot run at size 50; sizes that work: 48, 64. Pass --size 64 ...
-    """
-    if not isinstance(arch, str) or not timm.is_model(arch) or _runs_at(arch, size):
-        return
-    native = default_size(arch)
-    near = {m * (size // m + k) for m in (16, 32) for k in (0, 1)} - {size, native}
-    works = sorted([s for s in near if s >= 16 and _runs_at(arch, s)]
-                   + ([native] if _runs_at(arch, native) else []))
-    if not works:
-        raise SizeError(f"{arch} cannot run at size {size} and easycls found no size that works; "
-                        "choose another architecture")
-    best = min(works, key=lambda s: (abs(s - size), s))
-    if works == [native]:
-        raise SizeError(f"{arch} needs size {native}; pass --size {native} (size={native})")
-    raise SizeError(f"{arch} cannot run at size {size}; sizes that work: "
-                    f"{', '.join(map(str, works))}. Pass --size {best} (size={best}).")
 
 
 def _cached_weights(name: str) -> str | None:
@@ -175,7 +103,7 @@ def create_model(arch: ArchSpec, n_out: int, pretrained: bool = True, weights: s
     if not isinstance(arch, str):
         return arch(n_out)
     _check_arch(arch)
-    kwargs = dict(num_classes=n_out, drop_rate=ps, **_size_kwargs(arch, size))
+    kwargs = dict(num_classes=n_out, drop_rate=ps, **size_kwargs(arch, size))
     if weights:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file {weights} does not exist")
@@ -234,6 +162,33 @@ def single_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = 
     return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights))
 
 
+class MultiLabelLoss(BCEWithLogitsLossFlat):
+    """fastai's `BCEWithLogitsLossFlat` whose `decodes` (used by `learn.predict`,
+    `show_results`, `get_preds(with_decoded=True)`) applies easycls's tuned per-class
+    thresholds, and `at_least_one`, exactly as `easycls.load(...).predict` does."""
+
+    def __init__(self, *args, thresholds=None, at_least_one: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.thresholds, self.at_least_one = thresholds, at_least_one
+
+    def decodes(self, x: torch.Tensor) -> torch.Tensor:
+        th = self.thresh if self.thresholds is None else torch.as_tensor(
+            self.thresholds, dtype=x.dtype, device=x.device)
+        on = x >= th
+        if self.at_least_one:  # rows with no label take their most probable one
+            none = ~on.any(-1)
+            on[none, x[none].argmax(-1)] = True
+        return on
+
+
+def set_thresholds(learn: Learner, tuned: dict | None) -> None:
+    """Make a multi-label Learner decode with the thresholds tuned by `fit` (model.json's)."""
+    if tuned and isinstance(learn.loss_func, MultiLabelLoss):
+        per_class = tuned.get("per_class")
+        learn.loss_func.thresholds = per_class if per_class else tuned.get("global", 0.5)
+        learn.loss_func.at_least_one = bool(tuned.get("at_least_one"))
+
+
 def multi_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = True,
                         weights: str | None = None, ps: float = 0.0, pos_weight: torch.Tensor | None = None,
                         wd: float | None = None, cbs=None, path: str | Path = ".") -> Learner:
@@ -247,7 +202,7 @@ def multi_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = T
                PrecisionMulti(average="micro"), RecallMulti(average="micro")]
     for m, name in zip(metrics, ("f1_samples", "f1_micro", "precision_micro", "recall_micro")):
         m._name = name
-    loss = BCEWithLogitsLossFlat(pos_weight=pos_weight)
+    loss = MultiLabelLoss(pos_weight=pos_weight)
     return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights))
 
 
