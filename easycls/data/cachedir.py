@@ -31,6 +31,7 @@ __all__ = [
     "cache_root",
     "clear",
     "entries",
+    "format_entries",
     "free_bytes",
     "guarded_build",
     "make_room",
@@ -70,6 +71,8 @@ def free_bytes(path: Path) -> int:
 
 
 def _gb(n: float) -> str:
+    if n < 1e5:
+        return f"{n / 1e3:.1f} kB"
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
@@ -171,6 +174,27 @@ def _remove(entry: Entry) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def _age(seconds: float) -> str:
+    for unit, span in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= span:
+            return f"{seconds / span:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def format_entries(found: list[Entry], now: float | None = None) -> str:
+    """The table ``easycls cache list`` prints: key, kind, images, size, bytes, age, source."""
+    now = time.time() if now is None else now
+    head = f"{'key':<12} {'kind':<8} {'images':>9} {'px':>5} {'size':>10} {'last used':>12}  source"
+    lines = [head]
+    for e in found:
+        lines.append(f"{e.key[:12]:<12} {e.kind:<8} {e.n:>9} {e.size:>5} {_gb(e.bytes):>10} "
+                     f"{_age(now - e.last_used) + ' ago':>12}  {e.source}")
+    total = sum(e.bytes for e in found)
+    lines.append(f"{len(found)} entries, {_gb(total)} of the {_gb(cache_cap())} cap "
+                 f"(EASYCLS_CACHE_MAX_GB), in {found[0].root if found else cache_root()}")
+    return "\n".join(lines)
 
 
 def clear(root: Path | None = None, older_than: float | None = None,
