@@ -27,13 +27,15 @@ from common import machine_conditions  # noqa: E402
 from store_speed import photos  # noqa: E402
 
 
-def bundle(out: Path, arch: str, size: int) -> Path:
+def bundle(out: Path, arch: str, size: int, n_classes: int = 10) -> Path:
+    """A run directory holding an untrained timm model (speed does not depend on weights)."""
     import timm
 
     from easycls.bundle import save_bundle
-    model = timm.create_model(arch, pretrained=False, num_classes=10)
-    return save_bundle(model, out, arch=arch, classes=[str(i) for i in range(10)], size=size,
-                       mean=[0.5] * 3, std=[0.25] * 3)
+    model = timm.create_model(arch, pretrained=False, num_classes=n_classes)
+    classes = [f"c{i:04d}" for i in range(n_classes)]
+    return save_bundle(model, out, arch=arch, classes=classes, size=size, mean=[0.5] * 3,
+                       std=[0.25] * 3)
 
 
 def run(src: str, run_dir: Path, folder: Path, out: Path) -> dict:
