@@ -10,36 +10,15 @@ the schedule always completes and validation and the run directory still get wri
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
 
 from fastai.callback.core import Callback, CancelFitException
 
-__all__ = ["TimeBudget", "parse_duration", "UNBOUNDED_EPOCHS"]
+__all__ = ["TimeBudget", "UNBOUNDED_EPOCHS"]
 
 # Loop bound handed to `fit_one_cycle` under a budget; `TimeBudget` stops it far sooner.
 UNBOUNDED_EPOCHS = 100_000
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str | float | int) -> float:
-    """Seconds in "90s", "30m", "2h", "1h30m" or a bare number of seconds.
-
-    Example:
-        >>> parse_duration("1h30m")
-        5400.0
-    """
-    if isinstance(text, (int, float)):
-        return float(text)
-    s = str(text).strip().lower().replace(" ", "")
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", s) if re.fullmatch(r"(\d+(\.\d+)?[smhd]?)+", s) else []
-    seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
-    if seconds <= 0:
-        raise ValueError(f"cannot read the duration {text!r}: write e.g. 90s, 30m, 2h or 1h30m")
-    return float(seconds)
-
 
 class TimeBudget(Callback):
     """Fit as many one-cycle epochs as end within `seconds` of wall time since `t_start`.

@@ -1,73 +1,218 @@
-"""One dataclass holds every resolved training setting; it is saved as `config.json`."""
+"""One dataclass declares every training option; a resolved one is saved as `config.json`.
+
+Each field carries its type, default, help text and valid range (`dataclasses.field`
+metadata). The `easycls fit` command line and `fit(**settings)` are both built from
+this list, so adding an option is one edit here plus the code that uses it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "RECIPE_DEFAULTS"]
+from .rundir import write_file
+
+__all__ = ["TrainConfig", "ConfigError", "RECIPE_DEFAULTS", "RESUMABLE", "OPTIONS", "option_help",
+           "check", "base_type", "parse_duration"]
+
+
+class ConfigError(ValueError):
+    """A setting with an unknown name, a wrong type or a value out of its range."""
+
+
+def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+         above: float | None = None, choices: tuple | None = None, flag: str | None = None,
+         kind: str | None = None, factory: Any = None) -> Any:
+    """A field with its CLI/validation facts: `lo`/`hi` inclusive bounds, `above` an
+    exclusive lower bound, `flag` the CLI spelling of a boolean, `kind` path|file|dir|duration."""
+    meta = dict(help=help, lo=lo, hi=hi, above=above, choices=choices, flag=flag, kind=kind)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a run, enough to repeat it (`config.json` in the run directory)."""
 
-    source: str = ""                 # folder, zip, CSV or recipe name, as given
-    arch: str = "resnet18"           # timm model name ("custom:<Class>" for a user nn.Module)
-    epochs: int = 5                  # planned epochs (after the frozen epoch when fine-tuning)
-    lr: float | None = None          # None: chosen by fastai's lr_find
-    bs: int = 64                     # batch size per process
-    size: int = 224                  # training image size (square, pixels)
-    pretrained: bool = True          # fine-tune from ImageNet weights (fastai fine_tune)
-    weights: str | None = None       # local timm-compatible weights file instead of the hub
-    valid_pct: float = 0.2           # random validation share when the data has no split
-    seed: int = 42                   # seeds the split, the model init and the data order
-    out: str | None = None           # run directory; default runs/<source>-<arch>-<time>
-    images: str | None = None        # image folder for a CSV source
-    path: str | None = None          # where a recipe's data lies (overrides the search)
-    multi_label: bool | None = None  # None: detected from the labels
-    label_delimiter: str = " "       # separates labels in a multi-label CSV cell
-    wd: float | None = None          # weight decay (L2); None keeps fastai's default (0.01)
-    l1: float = 0.0                  # L1 penalty on the weights (added to the loss)
-    ps: float = 0.0                  # dropout before the classifier head
-    label_smoothing: float = 0.0     # cross-entropy label smoothing (single-label only)
-    freeze_epochs: int = 1           # frozen-body epochs when fine-tuning
-    augment: bool = True             # flips, small rotations, zoom and lighting on training batches
-    cache: bool | None = None        # decoded-image cache; None: on when it fits the disk budget
-    workers: int | None = None       # DataLoader workers; None: from the available cores
-    mixed_precision: str | None = None  # "no" | "fp16" | "bf16"; None: bf16 on capable CUDA, else no
-    channels_last: bool | None = None   # None: on for CUDA, and on CPU for depthwise-conv models
-    compile: bool = False            # torch.compile the model
-    time_budget: float | None = None # seconds of training wall time; epochs are planned to fit
-    checkpoint_minutes: float | None = None  # also checkpoint inside long epochs
-    scale_lr: bool = False           # multiply lr by the number of processes
-    class_weights: str | None = None # "auto": BCE pos_weight from label frequencies (multi-label)
-    threshold_average: str = "samples"  # F1 average the multi-label thresholds maximize
-    quiet: bool = False              # no progress bar or tables
-    tensorboard: bool = False        # also log to TensorBoard (needs tensorboard installed)
-    log_json: str | None = None      # write JSON-lines events to this file
-    extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific settings
+    source: str = _opt("", "Folder, .zip, CSV of labels, or a dataset name.")
+    arch: str = _opt("resnet18", "Any timm model name (see `easycls archs`); "
+                     "'custom:<Class>' records a user nn.Module.")
+    epochs: int = _opt(5, "Training epochs (after the frozen epoch when fine-tuning).",
+                       lo=1, hi=100_000)
+    lr: float | None = _opt(None, "Learning rate (default: fastai's lr_find).", above=0.0, hi=10.0)
+    bs: int = _opt(64, "Batch size per process.", lo=1, hi=65_536)
+    size: int = _opt(224, "Image size in pixels (square).", lo=8, hi=4096)
+    pretrained: bool = _opt(True, "Fine-tune ImageNet weights, or train from scratch.",
+                            flag="--pretrained/--no-pretrained")
+    weights: str | None = _opt(None, "Local timm-compatible weights file.", kind="file")
+    valid_pct: float = _opt(0.2, "Validation share when the data has no split.", lo=0.01, hi=0.9)
+    seed: int = _opt(42, "Random seed (split, model init, data order).", lo=0, hi=2**32 - 1)
+    out: str | None = _opt(None, "Run directory (default runs/<source>-<arch>-<time>).",
+                           kind="path")
+    images: str | None = _opt(None, "Image folder for a CSV source.", kind="path")
+    path: str | None = _opt(None, "Where a named dataset lies.", kind="path")
+    multi_label: bool | None = _opt(None, "Force multi-label or single-label (default: detected).",
+                                    flag="--multi-label/--single-label")
+    label_delimiter: str = _opt(" ", "Separates the labels in a multi-label CSV cell.")
+    wd: float | None = _opt(None, "Weight decay (L2; default fastai's 0.01).", lo=0.0, hi=10.0)
+    l1: float = _opt(0.0, "L1 penalty on the weights.", lo=0.0, hi=10.0)
+    ps: float = _opt(0.0, "Dropout before the head.", lo=0.0, hi=0.99)
+    label_smoothing: float = _opt(0.0, "Label smoothing (single-label).", lo=0.0, hi=0.5)
+    freeze_epochs: int = _opt(1, "Frozen-body epochs when fine-tuning.", lo=0, hi=1000)
+    augment: bool = _opt(True, "Training augmentation (flips, rotation, zoom, lighting).",
+                         flag="--augment/--no-augment")
+    cache: bool | None = _opt(None, "Decoded-image cache (default: on when it fits).",
+                              flag="--cache/--no-cache")
+    workers: int | None = _opt(None, "DataLoader worker processes (default: from the cores).",
+                               lo=0, hi=256)
+    mixed_precision: str | None = _opt(None, "no, fp16 or bf16 (default: bf16 on a capable GPU, "
+                                       "else no).", choices=("no", "fp16", "bf16"))
+    channels_last: bool | None = _opt(None, "Channels-last memory format (default: on for CUDA "
+                                      "and for depthwise-conv models on CPU).",
+                                      flag="--channels-last/--no-channels-last")
+    compile: bool = _opt(False, "torch.compile the model.", flag="--compile")
+    time_budget: float | None = _opt(None, "Wall-time budget (90s, 30m, 2h): epochs are planned "
+                                     "to fit.", above=0.0, hi=365 * 86400, kind="duration")
+    checkpoint_minutes: float | None = _opt(None, "Also checkpoint every M minutes inside epochs.",
+                                            lo=0.1, hi=10_000)
+    scale_lr: bool = _opt(False, "Multiply the lr by the number of processes.", flag="--scale-lr")
+    class_weights: str | None = _opt(None, "auto: BCE pos_weight from label frequencies "
+                                     "(multi-label).", choices=("auto",))
+    threshold_average: str = _opt("samples", "F1 average the multi-label thresholds maximize.",
+                                  choices=("samples", "micro", "macro"))
+    quiet: bool = _opt(False, "No progress bar or tables.", flag="--quiet,-q")
+    tensorboard: bool = _opt(False, "Also log to TensorBoard (RUN_DIR/tensorboard; needs "
+                             "`pip install tensorboard`).", flag="--tensorboard")
+    log_json: str | None = _opt(None, "Write JSON-lines events to this file.", kind="path")
+    extra: dict[str, Any] = _opt(None, "Recipe-specific settings (set by the recipe).",
+                                 factory=dict)
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        write_file(path, self.to_text())
+
+    def to_text(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
         data = json.loads(Path(path).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
 
     def updated(self, **changes: Any) -> TrainConfig:
-        """A copy with `changes`; unknown names fail with the list of valid ones."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise TypeError(f"unknown setting(s) {unknown}; valid settings: {sorted(known)}")
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes`, each checked against its field (name, type, range).
 
+        Raises:
+            ConfigError: naming the setting, what was wrong and the valid values.
+        """
+        return dataclasses.replace(self, **{k: check(k, v) for k, v in changes.items()})
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = typing.get_type_hints(TrainConfig)
+
+# The settings a user passes (`extra` is filled by recipes, not by hand).
+OPTIONS = tuple(name for name in _FIELDS if name != "extra")
 
 # Defaults a recipe may set; anything the user passes wins over them.
 RECIPE_DEFAULTS = ("arch", "epochs", "bs", "size", "pretrained", "lr", "valid_pct", "multi_label")
+
+# What `resume` may change: how long and how it runs, not what it trains.
+RESUMABLE = ("epochs", "time_budget", "checkpoint_minutes", "quiet", "workers", "log_json")
+
+
+def option_help(name: str) -> str:
+    """The help text of an option, with its valid range."""
+    meta = _FIELDS[name].metadata
+    valid = _valid(name)
+    return f"{meta['help']} [{valid}]" if valid else meta["help"]
+
+
+def base_type(name: str) -> type:
+    """The type of option `name` without its None."""
+    args = [a for a in typing.get_args(_TYPES[name]) if a is not type(None)]
+    return args[0] if args else _TYPES[name]
+
+
+def _valid(name: str) -> str:
+    """The valid values of `name` in words ("" when any value of its type goes)."""
+    meta = _FIELDS[name].metadata
+    if meta["choices"]:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    lo = f">= {meta['lo']:g}" if meta["lo"] is not None else None
+    lo = f"> {meta['above']:g}" if meta["above"] is not None else lo
+    hi = f"<= {meta['hi']}" if meta["hi"] is not None else None
+    return " and ".join(x for x in (lo, hi) if x)
+
+
+def _fail(name: str, value: Any, what: str) -> ConfigError:
+    help = _FIELDS[name].metadata["help"] if name in _FIELDS else ""
+    return ConfigError(f"{name}={value!r}: {what}" + (f" ({help})" if help else ""))
+
+
+def check(name: str, value: Any) -> Any:
+    """`value` as setting `name` takes it; None (not given) passes as is."""
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown setting {name!r}; valid settings: {', '.join(_FIELDS)}")
+    if value is None or name == "extra":
+        return value
+    value = _typed(name, value)
+    meta = _FIELDS[name].metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise _fail(name, value, f"must be {_valid(name)}")
+    bad_lo = meta["lo"] is not None and value < meta["lo"]
+    bad_above = meta["above"] is not None and value <= meta["above"]
+    if bad_lo or bad_above or (meta["hi"] is not None and value > meta["hi"]):
+        raise _fail(name, value, f"must be {_valid(name)}")
+    return value
+
+
+def _typed(name: str, value: Any) -> Any:
+    kind, want = _FIELDS[name].metadata["kind"], base_type(name)
+    if kind == "duration" and isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise _fail(name, value, str(e)) from None
+    if kind and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str)}.get(want, True)
+    if not ok:
+        raise _fail(name, value, f"must be {'a' if want is not int else 'an'} {want.__name__}, "
+                    f"not {type(value).__name__}")
+    if want is float:
+        if not math.isfinite(value):
+            raise _fail(name, value, "must be a finite number")
+        return float(value)
+    return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in "90s", "30m", "2h", "1h30m" or a bare number of seconds.
+
+    Example:
+        >>> parse_duration("1h30m")
+        5400.0
+    """
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip().lower().replace(" ", "")
+    whole = re.fullmatch(r"(\d+(\.\d+)?[smhd]?)+", s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", s) if whole else []
+    seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"cannot read the duration {text!r}: write e.g. 90s, 30m, 2h or 1h30m")
+    return float(seconds)
