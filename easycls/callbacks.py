@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 import time
@@ -13,6 +14,8 @@ from fastai.callback.core import Callback
 from fastai.learner import AvgSmoothLoss
 from fastai.torch_core import maybe_gather
 from fastcore.basics import noop
+
+from .rundir import append_text
 
 __all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents", "ChannelsLastAuto", "tensorboard_callback",
            "LoaderTiming", "DeviceSmoothLoss", "PlainProgress", "wants_plain_progress"]
@@ -62,11 +65,12 @@ class HistoryCSV(Callback):
         row = dict(epoch=self.count, **dict(zip(names, values)),
                    seconds=round(time.perf_counter() - self._t0, 3))
         new = not self.path.exists() or self.path.stat().st_size == 0
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\r\n")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        append_text(self.path, buf.getvalue())
         self.count += 1
 
 
@@ -99,8 +103,7 @@ class JsonEvents(Callback):
         self.path, self.count, self.started, self.trained = Path(path), 0, False, False
 
     def _emit(self, **event):
-        with self.path.open("a") as f:
-            f.write(json.dumps(dict(time=time.time(), **event)) + "\n")
+        append_text(self.path, json.dumps(dict(time=time.time(), **event)) + "\n")
 
     def before_fit(self):
         self.started = False

@@ -28,6 +28,7 @@ from fastcore.foundation import L
 from . import __version__
 from .bundle import bare_model
 from .safeio import WriteError, atomic_write
+from .rundir import write_file
 
 __all__ = ["CHECKPOINT", "Phase", "plan_phases", "Checkpointer", "TrainingInterrupted",
            "CheckpointError", "save_checkpoint", "load_checkpoint", "run_phases", "trim_history"]
@@ -168,7 +169,7 @@ def trim_history(path: str | Path, rows: int) -> None:
     path = Path(path)
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)
-        path.write_text("".join(lines[: rows + 1]) if rows else "")
+        write_file(path, "".join(lines[: rows + 1]) if rows else "")
 
 
 # ---- RNG ------------------------------------------------------------------------------------

@@ -9,11 +9,13 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from .rundir import write_figure
+
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["plot_history", "format_metrics", "plot_confusion", "top_confused_classes", "plot_image_grid",
-           "plot_f1_curves", "plot_frequency_f1", "format_table", "plot_f1_threshold", "write_per_class"]
+           "plot_f1_curves", "plot_frequency_f1", "format_table", "plot_f1_threshold"]
 
 
 def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
@@ -37,10 +39,7 @@ def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
         ax2.legend(loc="center right")
     ax.legend(loc="upper right")
     ax.set_title("training history")
-    fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)
 
 
 def format_metrics(metrics: dict) -> str:
@@ -56,7 +55,7 @@ _FULL_LABELS = 30  # up to this many classes a confusion matrix shows every name
 
 def _save(fig, out_png: str | Path) -> Path:
     fig.tight_layout()
-    fig.savefig(out_png)
+    write_figure(fig, out_png)
     plt.close(fig)
     return Path(out_png)
 
@@ -175,14 +174,13 @@ def plot_frequency_f1(support: Sequence[int], f1: Sequence[float], classes: Sequ
     return _save(fig, out_png)
 
 
-def format_table(rows: Sequence[dict], columns: Sequence[str], max_rows: int | None = None) -> str:
+def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     """A plain fixed-width text table of `rows` (floats to 4 decimals)."""
-    shown = list(rows)[:max_rows] if max_rows else list(rows)
 
     def cell(v) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    cells = [[cell(r.get(c, "")) for c in columns] for r in shown]
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
@@ -195,13 +193,3 @@ def plot_f1_threshold(probs, targets, tuned: dict, out_png: str | Path) -> Path:
     average = tuned.get("average", "samples")
     curve = th.f1_curve(probs, targets, average=average, n_points=400)
     return plot_f1_curves({average: curve}, out_png, marks={"0.5": 0.5, f"best global {tuned['global']:.3f}": tuned["global"]})
-
-
-def write_per_class(rows: list[dict], classes: list[str], out_csv: str | Path) -> Path:
-    """One row per class: label, precision, recall, f1, support, threshold."""
-    with Path(out_csv).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["label", *rows[0].keys()] if rows else ["label"])
-        writer.writeheader()
-        for label, row in zip(classes, rows):
-            writer.writerow({"label": label, **row})
-    return Path(out_csv)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,9 @@ from . import thresholds as th
 from .bundle import load, read_meta
 from .config import TrainConfig
 from .data.images import check_images
+from .data.prepare import load_items
 from .data.sources import DataError
-from .train import load_items
+from .rundir import write_json
 
 __all__ = ["retune_thresholds"]
 
@@ -45,5 +45,5 @@ def retune_thresholds(run_dir: str | Path, source: str, images: str | None = Non
     tuned = th.tune_thresholds(probs, _targets(table.labels, meta["classes"], source), average=average)
     tuned["tuned_on"] = {"source": str(source), "images": len(table.refs), "skipped": len(table.skipped)}
     meta["thresholds"] = tuned
-    (Path(run_dir) / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(Path(run_dir) / "model.json", meta)
     return tuned
