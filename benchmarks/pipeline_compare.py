@@ -31,8 +31,9 @@ def _pass(dl) -> float:
 
 
 def easycls_dl(data: Path, size: int, bs: int):
-    from easycls.bench import easycls_loaders
-    return easycls_loaders(str(data), size, bs).train
+    from easycls.data.prepare import build_dataloaders
+    from easycls.train import resolve_config
+    return build_dataloaders(resolve_config(str(data), size=size, bs=bs, pretrained=False)).train
 
 
 def fastai_dl(data: Path, size: int, bs: int):

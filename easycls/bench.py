@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.prepare import build_dataloaders
+from .train import resolve_config
+
 __all__ = ["bench", "train_step_rate", "pipeline_rate", "fit_rate", "synthetic_folder",
-           "easycls_loaders", "format_table", "plot_results"]
+           "format_table", "plot_results"]
 
 
 def _device(device: str | None) -> torch.device:
@@ -97,19 +100,6 @@ def synthetic_folder(root: str | os.PathLike, n: int = 256, n_classes: int = 4, 
         Image.fromarray(px).save(folder / f"class{c}" / f"{i:05d}.jpg", quality=90)
     (folder / "DONE").write_text(str(n))
     return folder
-
-
-def easycls_loaders(source: str, size: int = 64, bs: int = 64, seed: int = 42, **settings):
-    """The DataLoaders `fit` would build for `source` (cache, workers, augmentation)."""
-    from .data.loaders import default_workers, make_dataloaders, pixel_stats
-    from .train import _Data, load_items, resolve_config
-    cfg = resolve_config(str(source), size=size, bs=bs, seed=seed, quiet=True, pretrained=False, **settings)
-    data = _Data(load_items(cfg), cfg)
-    train_ds, valid_ds = data.datasets()
-    mean, std = pixel_stats(train_ds.pixels, seed=seed)
-    workers = cfg.workers if cfg.workers is not None else default_workers(cached=data.use_cache)
-    return make_dataloaders(train_ds, valid_ds, size=size, bs=bs, mean=mean, std=std,
-                            augment=cfg.augment, workers=workers, device=_device(None), seed=seed)
 
 
 def pipeline_rate(dl, passes: int = 1) -> float:
@@ -187,7 +177,8 @@ def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs:
                         cores=_cores(), loadavg=[round(x, 2) for x in os.getloadavg()])
     say(f"bench: {arch} {size}px bs {bs} on {result['device']}, source {source}")
     result["train_step"] = train_step_rate(arch, size, bs, steps, device=device, compile=compile)
-    train_dl = easycls_loaders(source, size, bs).train
+    cfg = resolve_config(str(source), size=size, bs=bs, quiet=True, pretrained=False)
+    train_dl = build_dataloaders(cfg, device=dev).train
     result["pipeline"] = pipeline_rate(train_dl)
     n_train = len(train_dl.dataset)
     runs = [fit_rate(source, n_train, p, arch, size, bs, epochs, lr, workdir=out / "runs") for p in processes]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from . import __version__
+from . import __version__, config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train a good image classifier in one command (fastai + timm + Accelerate).")
@@ -40,82 +41,56 @@ def _fail(e: Exception, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _duration(value: str | None) -> float | None:
-    if value is None:
-        return None
-    from .budget import parse_duration
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+def _option_type(name: str) -> Any:
+    """The annotated CLI type of a TrainConfig option (its metadata says how to spell it)."""
+    meta = config.TrainConfig.__dataclass_fields__[name].metadata
+    if name == "source":
+        return Annotated[str | None, typer.Argument(metavar="SOURCE", help=config.option_help(name)
+                                                    + " Not needed with --resume.")]
+    base = config.base_type(name)
+    decls = meta["flag"].split(",") if meta["flag"] else []
+    if meta["kind"] in ("path", "file"):
+        base = Path
+    if meta["kind"] == "duration":
+        base = str
+    extra = dict(exists=True, dir_okay=False) if meta["kind"] == "file" else {}
+    return Annotated[base | None, typer.Option(*decls, help=config.option_help(name), **extra)]
 
 
-@app.command("fit")
-def fit_cmd(
-    source: Annotated[str | None, typer.Argument(help="Folder, .zip, CSV of labels, or a dataset name (see `easycls datasets`); "
-                                                "not needed with --resume.")] = None,
-    arch: Annotated[str | None, typer.Option(help="Any timm model name (see `easycls archs`).")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.")] = None,
-    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate (default: fastai's lr_find).")] = None,
-    bs: Annotated[int | None, typer.Option(min=1, help="Batch size per process.")] = None,
-    size: Annotated[int | None, typer.Option(min=8, help="Image size in pixels (square).")] = None,
-    pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained",
-                                                       help="Fine-tune ImageNet weights, or train from scratch.")] = None,
-    weights: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
-                                                    help="Local timm-compatible weights file.")] = None,
-    valid_pct: Annotated[float | None, typer.Option(min=0.01, max=0.9, help="Validation share when the data has no split.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<source>-<arch>-<time>).")] = None,
-    images: Annotated[Path | None, typer.Option(help="Image folder for a CSV source.")] = None,
-    path: Annotated[Path | None, typer.Option(help="Where a named dataset lies.")] = None,
-    multi_label: Annotated[bool | None, typer.Option("--multi-label/--single-label",
-                                                        help="Force multi-label or single-label (default: detected).")] = None,
-    wd: Annotated[float | None, typer.Option(min=0.0, help="Weight decay (L2).")] = None,
-    l1: Annotated[float | None, typer.Option(min=0.0, help="L1 penalty on the weights.")] = None,
-    ps: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Dropout before the head.")] = None,
-    label_smoothing: Annotated[float | None, typer.Option(min=0.0, max=0.5, help="Label smoothing.")] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Training augmentation.")] = None,
-    cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Decoded-image cache (default: on when it fits).")] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="DataLoader worker processes.")] = None,
-    log_json: Annotated[Path | None, typer.Option(help="Write JSON-lines events to this file.")] = None,
-    tensorboard: Annotated[bool | None, typer.Option("--tensorboard", help="Also log to TensorBoard (RUN_DIR/tensorboard; needs `pip install tensorboard`).")] = None,
-    resume: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
-                                                help="Continue the run in this directory from its checkpoint.pth.")] = None,
-    time_budget: Annotated[str | None, typer.Option(help="Wall-time budget (90s, 30m, 2h): epochs are planned to fit.")] = None,
-    checkpoint_minutes: Annotated[float | None, typer.Option(min=0.1, help="Also checkpoint every M minutes inside epochs.")] = None,
-    mixed_precision: Annotated[str | None, typer.Option(help="no, fp16 or bf16 (default: bf16 on a capable GPU, else no).")] = None,
-    scale_lr: Annotated[bool | None, typer.Option("--scale-lr", help="Multiply the lr by the number of processes.")] = None,
-    compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the model.")] = None,
-    quiet: Quiet = False,
-) -> None:
+def _fit_signature() -> inspect.Signature:
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(n, kind, default=None, annotation=_option_type(n))
+              for n in config.OPTIONS]
+    resume = Annotated[Path | None, typer.Option(
+        exists=True, file_okay=False, help="Continue the run in this directory from its "
+        f"checkpoint.pth; only {', '.join(config.RESUMABLE)} may change.")]
+    return inspect.Signature(params + [inspect.Parameter("resume", kind, default=None,
+                                                         annotation=resume)])
+
+
+def fit_cmd(source: str | None = None, resume: Path | None = None, **settings: Any) -> None:
     """Train a classifier on SOURCE and write a run directory."""
+    from .checkpoint import CheckpointError, TrainingInterrupted
     from .data.sources import DataError
     from .data.tables import TableError
-    from .learners import ArchError, PretrainedUnavailable
-    from .train import fit
-    settings = dict(arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, pretrained=pretrained,
-                    weights=str(weights) if weights else None, valid_pct=valid_pct, seed=seed,
-                    out=str(out) if out else None, images=str(images) if images else None,
-                    path=str(path) if path else None, multi_label=multi_label, wd=wd, l1=l1, ps=ps,
-                    label_smoothing=label_smoothing, augment=augment, cache=cache, workers=workers,
-                    log_json=str(log_json) if log_json else None, quiet=quiet or None, tensorboard=tensorboard,
-                    time_budget=_duration(time_budget), checkpoint_minutes=checkpoint_minutes,
-                    mixed_precision=mixed_precision, scale_lr=scale_lr, compile=compile,
-                    resume=str(resume) if resume else None)
-    if source is None and resume is None:
-        raise typer.BadParameter("give a SOURCE to train on, or --resume DIR to continue a run")
-    from .checkpoint import CheckpointError, TrainingInterrupted
     from .distributed import PrecisionError
+    from .learners import ArchError, PretrainedUnavailable
     from .safeio import WriteError
+    from .train import fit
     try:
-        fit(source, **settings)
-    except (DataError, TableError, ArchError, PretrainedUnavailable, FileNotFoundError, CheckpointError,
-            ImportError, PrecisionError) as e:
+        fit(source, resume=resume, **settings)
+    except (config.ConfigError, DataError, TableError, ArchError, PretrainedUnavailable,
+            FileNotFoundError, CheckpointError, ImportError, PrecisionError) as e:
         _fail(e)
     except WriteError as e:  # a full disk: the last good checkpoint stays for --resume
         _fail(e, 1)
-    except TrainingInterrupted as e:  # a checkpoint was written; exit like the signal did, without a traceback
+    except TrainingInterrupted as e:  # a checkpoint was written; exit like the signal did
         _fail(e, 128 + e.signum)
+
+
+# The options of `easycls fit` are TrainConfig's fields: declared once, in config.py.
+fit_cmd.__signature__ = _fit_signature()
+app.command("fit")(fit_cmd)
 
 
 @app.command("predict")

@@ -14,8 +14,6 @@ Everything lands in one folder (default `RUN_DIR/eval-<source>/`):
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,9 +27,11 @@ from . import thresholds as th
 from .bundle import Predictor, load
 from .config import TrainConfig
 from .data.images import UnreadableImage, load_resized, open_image, parallel_map, split_zip_ref
+from .data.loaders import encode_labels
+from .data.prepare import load_items, random_split
 from .data.recipes import is_recipe
 from .data.sources import DataError, ItemTable
-from .metrics import single_label_metrics
+from .metrics import confusion_matrix, single_label_metrics
 from .report import (
     format_table,
     plot_confusion,
@@ -39,8 +39,9 @@ from .report import (
     plot_frequency_f1,
     plot_image_grid,
 )
+from .rundir import write_csv, write_file, write_json, write_per_class, write_skipped
 
-__all__ = ["evaluate", "Evaluation", "confusion_matrix", "most_confused", "SPLITS"]
+__all__ = ["evaluate", "Evaluation", "most_confused", "SPLITS"]
 
 SPLITS = ("auto", "valid", "all", "test")
 _PRINT_ROWS = 40  # longer per-class tables print their weakest rows only
@@ -87,8 +88,7 @@ def _select(table: ItemTable, cfg: TrainConfig, same_source: bool, split: str) -
     is_valid = table.is_valid
     if is_valid is None and same_source:
         # The run's own random split, so training images are not scored as if unseen.
-        from .train import _random_split
-        is_valid = _random_split(len(table.refs), cfg.valid_pct, cfg.seed)
+        is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed)
     if is_valid is None:
         if split == "valid":
             raise DataError(f"{cfg.source} has no validation split; pass split='all' "
@@ -99,7 +99,6 @@ def _select(table: ItemTable, cfg: TrainConfig, same_source: bool, split: str) -
 
 
 def _items(run_dir: Path, source: str | None, split: str, images: str | None) -> tuple[str, list, list]:
-    from .train import load_items  # fit imports training machinery; only needed here
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cfg = _run_config(run_dir)
@@ -156,7 +155,6 @@ def _probabilities(predictor: Predictor, refs: list[str], bs: int, chunk: int = 
 
 def _score(predictor: Predictor, refs: list[str], labels: list[list[str]], bs: int, name: str):
     """(refs, targets, probabilities, skipped) of the usable images: known labels, readable."""
-    from .data.loaders import encode_labels
     refs, labels, skipped = _known(refs, labels, predictor.classes, predictor.multi_label)
     probs, bad = _probabilities(predictor, refs, bs)
     skipped += [(refs[i], why) for i, why in sorted(bad.items())]
@@ -169,13 +167,6 @@ def _score(predictor: Predictor, refs: list[str], labels: list[list[str]], bs: i
 
 
 # ---------------------------------------------------------------- single-label
-
-
-def confusion_matrix(targets: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts, rows = true class, columns = predicted class."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(targets), np.asarray(preds)), 1)
-    return cm
 
 
 def _single_per_class(cm: np.ndarray, classes: list[str]) -> list[dict]:
@@ -206,17 +197,21 @@ def _single(ev: Evaluation, n_losses: int) -> None:
     ev.metrics = single_label_metrics(torch.as_tensor(ev.probs), t)
     ev.metrics["f1_macro"] = float(np.mean([r["f1"] for r in ev.per_class if r["support"] > 0]))
     out = ev.out_dir
-    np.savetxt(out / "confusion_matrix.csv", ev.confusion, fmt="%d", delimiter=",",
-               header=",".join(ev.classes), comments="")
-    _write_csv(out / "most_confused.csv", ev.confused, ["true", "predicted", "count", "share"])
+    write_file(out / "confusion_matrix.csv", _counts_csv(ev.confusion, ev.classes))
+    write_csv(out / "most_confused.csv", ev.confused, ["true", "predicted", "count", "share"])
     plot_confusion(ev.confusion, ev.classes, out / "confusion_matrix.png")
     losses = -np.log(np.clip(ev.probs[np.arange(len(ev.targets)), ev.targets], 1e-12, None))
-    _write_csv(out / "predictions.csv", [
+    write_csv(out / "predictions.csv", [
         dict(file=_name(r), target=ev.classes[y], predicted=ev.classes[p], probability=round(float(ev.probs[k, p]), 6),
              loss=round(float(loss), 6))
         for k, (r, y, p, loss) in enumerate(zip(ev.refs, ev.targets, ev.preds, losses))],
         ["file", "target", "predicted", "probability", "loss"])
     _top_losses(ev, losses, n_losses)
+
+
+def _counts_csv(cm: np.ndarray, classes: list[str]) -> str:
+    rows = [",".join(classes)] + [",".join(str(int(v)) for v in row) for row in cm]
+    return "\n".join(rows) + "\n"
 
 
 def _top_losses(ev: Evaluation, losses: np.ndarray, n: int) -> None:
@@ -258,7 +253,7 @@ def _multi(ev: Evaluation, predictor: Predictor) -> None:
     plot_frequency_f1([r["support"] for r in ev.per_class], [r["f1"] for r in ev.per_class], ev.classes,
                       ev.out_dir / "frequency_vs_f1.png")
     names = np.asarray(ev.classes, dtype=object)
-    _write_csv(ev.out_dir / "predictions.csv", [
+    write_csv(ev.out_dir / "predictions.csv", [
         dict(file=_name(r), targets=" ".join(names[t]), predicted=" ".join(names[p]))
         for r, t, p in zip(ev.refs, y, ev.preds)], ["file", "targets", "predicted"])
 
@@ -271,19 +266,11 @@ def _name(ref: str) -> str:
     return z[1] if z else ref
 
 
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _write(ev: Evaluation) -> None:
-    cols = list(ev.per_class[0]) if ev.per_class else ["class"]
-    _write_csv(ev.out_dir / "per_class.csv", ev.per_class, cols)
-    (ev.out_dir / "metrics.json").write_text(json.dumps(ev.metrics, indent=2) + "\n")
+    write_per_class(ev.out_dir / "per_class.csv", ev.per_class)
+    write_json(ev.out_dir / "metrics.json", ev.metrics)
     if ev.skipped:
-        (ev.out_dir / "skipped.txt").write_text("".join(f"{r}\t{why}\n" for r, why in ev.skipped))
+        write_skipped(ev.out_dir / "skipped.txt", ev.skipped)
 
 
 def summary(ev: Evaluation) -> str:

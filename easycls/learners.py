@@ -34,8 +34,8 @@ from torch import nn
 from .models import ArchError, SizeError, check_size, custom_arch_name, default_size, size_kwargs
 
 __all__ = ["create_model", "single_label_learner", "multi_label_learner", "model_splitter",
-           "model_normalization", "ArchError", "PretrainedUnavailable", "SizeError", "arch_name",
-           "default_size", "check_size", "MultiLabelLoss", "set_thresholds"]
+           "model_normalization", "check_arch", "ArchError", "PretrainedUnavailable", "SizeError",
+           "arch_name", "default_size", "check_size", "MultiLabelLoss", "set_thresholds"]
 
 ArchSpec = str | nn.Module | Callable[[int], nn.Module]
 
@@ -50,7 +50,7 @@ def arch_name(arch: ArchSpec) -> str:
     return custom_arch_name(arch)  # "custom:<module>:<qualname>", so `easycls.load` can import it
 
 
-def _check_arch(name: str) -> None:
+def check_arch(name: str) -> None:
     if timm.is_model(name):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
@@ -102,7 +102,7 @@ def create_model(arch: ArchSpec, n_out: int, pretrained: bool = True, weights: s
         return arch
     if not isinstance(arch, str):
         return arch(n_out)
-    _check_arch(arch)
+    check_arch(arch)
     kwargs = dict(num_classes=n_out, drop_rate=ps, **size_kwargs(arch, size))
     if weights:
         if not Path(weights).is_file():

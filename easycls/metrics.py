@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from . import thresholds as th
 
-__all__ = ["single_label_metrics", "multi_label_metrics"]
+__all__ = ["single_label_metrics", "multi_label_metrics", "confusion_matrix"]
 
 
 def single_label_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -43,3 +43,10 @@ def multi_label_metrics(probs: torch.Tensor, targets: torch.Tensor, average: str
     loss = F.binary_cross_entropy(probs.float().clamp(1e-7, 1 - 1e-7), targets.float())
     return {**_scores(p, t, tuned["per_class"]), "at_0.5": _scores(p, t, 0.5),
             "valid_loss": float(loss), "n_valid": int(len(t)), "thresholds": tuned}
+
+
+def confusion_matrix(targets: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(targets), np.asarray(preds)), 1)
+    return cm

@@ -6,7 +6,6 @@ The module is `train`, not `fit`: a submodule named `fit` would replace the func
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from fastai.torch_core import set_seed
 
 from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget
-from .bundle import save_bundle
+from .bundle import load, save_bundle
 from .callbacks import HistoryCSV, JsonEvents, L1Penalty, PlainTensors, tensorboard_callback
 from .checkpoint import (
     Checkpointer,
@@ -30,68 +29,57 @@ from .checkpoint import (
     run_phases,
     trim_history,
 )
-from .config import RECIPE_DEFAULTS, TrainConfig
-from .data import cache as dcache
-from .data.images import check_images
-from .data.loaders import (
-    ImageDataset,
-    Pixels,
-    default_workers,
-    encode_labels,
-    make_dataloaders,
-    pixel_stats,
-    train_store_size,
-)
+from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig, check
+from .data.prepare import PreparedData, build_dataloaders, load_items
 from .data.recipes import get_recipe, is_recipe
-from .data.sources import DataError, ItemTable, from_path
+from .data.sources import ItemTable
+from .distributed import resolve_precision
 from .learners import (
     arch_name,
+    check_arch,
     create_model,
     model_normalization,
     multi_label_learner,
     single_label_learner,
 )
-from .metrics import multi_label_metrics, single_label_metrics
-from .report import format_metrics, plot_history
+from .metrics import confusion_matrix, multi_label_metrics, single_label_metrics
+from .predict import write_predictions
+from .report import format_metrics, plot_confusion, plot_f1_threshold, plot_history
+from .rundir import RunRecord, write_json, write_per_class, write_skipped
+from .thresholds import per_class_report
 
-__all__ = ["fit", "resolve_config", "load_items", "save"]
+__all__ = ["fit", "resolve_config", "save"]
 
 
-def resolve_config(source: str, **settings: Any) -> TrainConfig:
-    """TrainConfig from recipe defaults, then everything the user passed (None = not passed)."""
-    given = {k: v for k, v in settings.items() if v is not None}
+def resolve_config(source: str | None, **settings: Any) -> TrainConfig:
+    """TrainConfig from recipe defaults, then everything the user passed (None = not passed).
+
+    Raises:
+        ConfigError: an unknown setting, or a value of the wrong type or out of range.
+    """
+    if source is None or source == "":
+        raise ConfigError("give a source to train on (a folder, zip, CSV or dataset name), "
+                          "or continue a run with --resume DIR (resume=DIR)")
+    given = _given(settings)
     base = TrainConfig(source=str(source))
     if is_recipe(str(source)):
         recipe = get_recipe(str(source))
-        base = base.updated(**{k: v for k, v in recipe.defaults.items() if k in RECIPE_DEFAULTS})
+        defaults = {k: v for k, v in recipe.defaults.items() if k in RECIPE_DEFAULTS}
+        base = base.updated(**defaults)
         base.extra = {**recipe.extra, **base.extra}
-    if "arch" in given and not isinstance(given["arch"], str):
-        given["arch"] = arch_name(given["arch"])
     return base.updated(**given)
 
 
-def load_items(cfg: TrainConfig) -> ItemTable:
-    """The item table of a recipe name or a folder / zip / CSV path."""
-    if is_recipe(cfg.source):
-        return get_recipe(cfg.source).load(cfg)
-    if not Path(cfg.source).exists():
-        get_recipe(cfg.source)  # raises with the closest recipe names
-    return from_path(cfg.source, cfg.images, cfg.label_delimiter)
-
-
-def _random_split(n: int, valid_pct: float, seed: int) -> list[bool]:
-    rng = np.random.default_rng(seed)
-    is_valid = np.zeros(n, dtype=bool)
-    is_valid[rng.permutation(n)[: max(1, int(round(n * valid_pct)))]] = True
-    return is_valid.tolist()
-
-
-def _pixels(refs: list[str], size: int, use_cache: bool, progress: bool) -> tuple[Pixels, dict[int, str]]:
-    """Decoded pixels for `refs` plus the unreadable ones ({index: reason})."""
-    if use_cache:
-        built = dcache.load_or_build(refs, size, progress=progress)
-        return Pixels(refs, size, built.array), dict(built.failures)
-    return Pixels(refs, size), check_images(refs, progress=progress)
+def _given(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings actually passed; an nn.Module or factory `arch` becomes its name."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    arch = given.get("arch")
+    if arch is not None and not isinstance(arch, str):
+        if not (isinstance(arch, torch.nn.Module) or callable(arch)):
+            raise ConfigError(f"arch={arch!r}: must be a timm model name, an nn.Module or a "
+                              "callable n_classes -> nn.Module")
+        given["arch"] = arch_name(arch)
+    return given
 
 
 def _default_out(cfg: TrainConfig, table: ItemTable) -> Path:
@@ -99,84 +87,35 @@ def _default_out(cfg: TrainConfig, table: ItemTable) -> Path:
     return Path("runs") / f"{table.name}-{cfg.arch.replace('/', '_').replace(':', '_')}-{stamp}"
 
 
-class _Data:
-    """Everything derived from the item table: vocab, targets, pixels per split."""
-
-    def __init__(self, table: ItemTable, cfg: TrainConfig, progress: bool = False):
-        self.progress = progress  # decode/cache progress: rank 0 only, and not when quiet
-        if table.is_valid is None:
-            table.is_valid = _random_split(len(table.refs), cfg.valid_pct, cfg.seed)
-        table.check()
-        self.table, self.cfg = table, cfg
-        self.multi_label = table.multi_label if cfg.multi_label is None else cfg.multi_label
-        if not self.multi_label and table.multi_label:  # never drop labels silently
-            n = sum(len(labs) != 1 for labs in table.labels)
-            raise DataError(f"multi_label=False, but {n} images of {cfg.source} have several (or no) labels; "
-                            "drop --single-label to train a multi-label model")
-        self.use_cache = cfg.cache if cfg.cache is not None else dcache.fits_budget(len(table.refs), train_store_size(cfg.size, cfg.augment))
-        self._decode()
-        self.vocab = table.classes
-
-    def _split_refs(self, valid: bool) -> list[int]:
-        return [i for i, v in enumerate(self.table.is_valid) if v == valid]
-
-    def _decode(self) -> None:
-        cfg, bad = self.cfg, {}
-        store = train_store_size(cfg.size, cfg.augment)
-        tr, va = self._split_refs(False), self._split_refs(True)
-        self.train_px, f_tr = _pixels([self.table.refs[i] for i in tr], store, self.use_cache, self.progress)
-        self.valid_px, f_va = _pixels([self.table.refs[i] for i in va], cfg.size, self.use_cache, self.progress)
-        bad.update({tr[j]: r for j, r in f_tr.items()})
-        bad.update({va[j]: r for j, r in f_va.items()})
-        # Keep only readable items; cached arrays keep their rows, so index through them.
-        self.train_rows = [j for j in range(len(tr)) if j not in f_tr]
-        self.valid_rows = [j for j in range(len(va)) if j not in f_va]
-        self.table.drop(bad)
-        self.table.check()
-
-    def datasets(self) -> tuple[ImageDataset, ImageDataset]:
-        labels = self.table.labels
-        tr_lab = [labels[i] for i in self._split_refs(False)]
-        va_lab = [labels[i] for i in self._split_refs(True)]
-        y_tr = encode_labels(tr_lab, self.vocab, self.multi_label)
-        y_va = encode_labels(va_lab, self.vocab, self.multi_label)
-        return (ImageDataset(_rows(self.train_px, self.train_rows), y_tr, self.multi_label, 0),
-                ImageDataset(_rows(self.valid_px, self.valid_rows), y_va, self.multi_label, 1))
-
-
-def _rows(px: Pixels, rows: list[int]) -> Pixels:
-    if len(rows) == len(px):
-        return px
-    return Pixels([px.refs[r] for r in rows], px.size, None if px.array is None else px.array[rows])
-
-
-def _build_learner(data: _Data, cfg: TrainConfig, arch, sess, run_dir: Path, history_start: int = 0) -> Learner:
+def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Path,
+                   history_start: int = 0) -> tuple[Learner, tuple[list[float], list[float]]]:
+    """The Learner and the (mean, std) its inputs are normalized with."""
     model = create_model(arch, len(data.vocab), cfg.pretrained, cfg.weights, cfg.ps)
-    train_ds, valid_ds = data.datasets()
     norm = model_normalization(model) if (cfg.pretrained or cfg.weights) else None
-    mean, std = norm or pixel_stats(train_ds.pixels, seed=cfg.seed)
-    workers = cfg.workers if cfg.workers is not None else default_workers(cached=data.use_cache)
-    dls = make_dataloaders(train_ds, valid_ds, size=cfg.size, bs=cfg.bs, mean=mean, std=std,
-                           augment=cfg.augment, flip=cfg.extra.get("flip", True),
-                           workers=workers,
-                           device=sess.device, seed=cfg.seed)
+    norm = norm or data.pixel_stats()
+    dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm)
     cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
-    cbs += sess.main_only([HistoryCSV(run_dir / "history.csv", start=history_start)]
-                          + ([JsonEvents(cfg.log_json)] if cfg.log_json else [])
-                          + ([tensorboard_callback(run_dir / "tensorboard")] if cfg.tensorboard else []))
+    cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start))
     kw = dict(pretrained=cfg.pretrained, weights=cfg.weights, wd=cfg.wd, cbs=cbs, path=run_dir)
     if data.multi_label:
-        pos_weight = _pos_weight(train_ds.targets) if cfg.class_weights == "auto" else None
+        targets = data.datasets[0].targets
+        pos_weight = _pos_weight(targets) if cfg.class_weights == "auto" else None
         learn = multi_label_learner(dls, model, len(data.vocab), pos_weight=pos_weight, **kw)
     else:
-        learn = single_label_learner(dls, model, len(data.vocab), label_smoothing=cfg.label_smoothing, **kw)
-    learn.normalization = (list(mean), list(std))
+        learn = single_label_learner(dls, model, len(data.vocab),
+                                     label_smoothing=cfg.label_smoothing, **kw)
     if cfg.compile:
         learn.model = torch.compile(learn.model)
     if cfg.quiet or not sess.is_main:
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *a, **k: None
-    return learn
+    return learn, (list(norm[0]), list(norm[1]))
+
+
+def _writer_callbacks(cfg: TrainConfig, run_dir: Path, history_start: int) -> list:
+    cbs = [HistoryCSV(run_dir / "history.csv", start=history_start)]
+    cbs += [JsonEvents(cfg.log_json)] if cfg.log_json else []
+    return cbs + ([tensorboard_callback(run_dir / "tensorboard")] if cfg.tensorboard else [])
 
 
 def _pos_weight(targets: np.ndarray) -> torch.Tensor:
@@ -194,154 +133,175 @@ def _pick_lr(learn: Learner, cfg: TrainConfig, say, sess) -> float:
     return lr
 
 
-def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float, state: dict | None) -> dict:
+def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
+           state: dict | None) -> dict:
     """fine_tune or fit_one_cycle, checkpointed and resumable; under a time budget the last
     phase's epochs are planned by `TimeBudget`. Returns the budget facts for metrics.json."""
     lr = cfg.lr * (sess.world_size if cfg.scale_lr else 1)
     phases = plan_phases(bool(cfg.pretrained or cfg.weights), cfg.epochs, lr, cfg.freeze_epochs)
     budget = None
     if cfg.time_budget:
-        guess = state["n_epoch"] if state and state["phase"] == len(phases) - 1 else cfg.epochs
+        last = state and state["phase"] == len(phases) - 1
+        guess = state["n_epoch"] if last else cfg.epochs
         budget = TimeBudget(cfg.time_budget, t_start, guess, agree=sess.agree)
     ckpt = Checkpointer(Path(cfg.out), sess, meta, cfg.checkpoint_minutes, t_start)
     run_phases(learn, phases, ckpt, resume=state, last_phase_cbs=[budget] if budget else None,
                last_phase_epochs=UNBOUNDED_EPOCHS if budget else None)
-    return dict(time_budget_seconds=cfg.time_budget, planned_epochs=budget.planned) if budget else {}
+    if not budget:
+        return {}
+    return dict(time_budget_seconds=cfg.time_budget, planned_epochs=budget.planned)
 
 
-def _resumed_config(resume: str | Path, overrides: dict) -> TrainConfig:
-    """The config.json of the run to continue; only output settings may change."""
+def _resumed_config(resume: str | Path, source: str | None, settings: dict) -> TrainConfig:
+    """The config.json of the run to continue, with the settings that may change on resume.
+
+    Raises:
+        ConfigError: naming the settings given with a different value that cannot change.
+    """
     path = Path(resume) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{resume} holds no config.json: give the run directory of the run to continue")
-    keep = {k: v for k, v in overrides.items() if k in ("quiet", "workers", "log_json") and v is not None}
-    return TrainConfig.from_json(path).updated(out=str(resume), **keep)
+        raise CheckpointError(f"{resume} holds no config.json: give the run directory of the "
+                              "run to continue")
+    stored = TrainConfig.from_json(path)
+    given = _given({**settings, "source": source})
+    if "out" in given and Path(given["out"]).resolve() == Path(resume).resolve():
+        del given["out"]
+    fixed = [k for k, v in given.items()
+             if k not in RESUMABLE and check(k, v) != getattr(stored, k)]
+    if fixed:
+        shown = ", ".join(f"{k} (run: {getattr(stored, k)!r}, given: {given[k]!r})" for k in fixed)
+        raise ConfigError(f"resume={str(resume)!r} continues the run as its config.json says; "
+                          f"these settings cannot change on resume: {shown}. Settings that can: "
+                          f"{', '.join(RESUMABLE)}")
+    return stored.updated(out=str(resume), **{k: v for k, v in given.items() if k in RESUMABLE})
 
 
-def _final_metrics(learn: Learner, data: _Data, cfg: TrainConfig) -> dict:
+def _final_metrics(learn: Learner, data: PreparedData, cfg: TrainConfig) -> tuple[dict, tuple]:
+    """metrics.json's validation metrics, and the (probs, targets) they came from."""
     probs, targets = learn.get_preds(ds_idx=1)
-    learn.valid_preds = (probs, targets)  # for the plots and tables written with the run
     if data.multi_label:
-        return multi_label_metrics(probs, targets, cfg.threshold_average)
-    return single_label_metrics(probs, targets)
+        return multi_label_metrics(probs, targets, cfg.threshold_average), (probs, targets)
+    return single_label_metrics(probs, targets), (probs, targets)
 
 
-def fit(source: str | None = None, arch: Any = None, epochs: int | None = None, lr: float | None = None,
-        bs: int | None = None, size: int | None = None, pretrained: bool | None = None,
-        weights: str | None = None, valid_pct: float | None = None, seed: int | None = None,
-        out: str | None = None, resume: str | None = None, **overrides: Any) -> Learner:
+def _check_early(cfg: TrainConfig, arch_obj: Any, sess) -> None:
+    """Refuse what would fail later, before any data is scanned."""
+    resolve_precision(cfg.mixed_precision, sess.device)
+    if isinstance(arch_obj, str):
+        check_arch(arch_obj)
+
+
+def fit(source: str | None = None, *, resume: str | None = None, **settings: Any) -> Learner:
     """Train an image classifier and write its run directory.
 
     Args:
         source: a folder (class folders or train/valid split folders), a .zip, a CSV of
             labels (with `images=`), or a dataset name (`easycls datasets` lists them).
-        arch: a timm model name, an `nn.Module`, or a callable `n_classes -> nn.Module`.
-        epochs, lr, bs, size: training length, learning rate (None: lr_find), batch size
-            per process, image size. A recipe's defaults fill what is not given.
-        pretrained: fine-tune ImageNet weights (True) or train from scratch (False).
-        weights: a local timm-compatible weights file.
-        valid_pct, seed: random validation share (when the data has no split) and seed.
-        out: run directory (default `runs/<source>-<arch>-<time>`).
-        resume: a run directory to continue from its `checkpoint.pth`, with its `config.json`.
-        **overrides: any other `TrainConfig` field (wd, l1, ps, label_smoothing, ...).
+        resume: a run directory to continue from its `checkpoint.pth`, with its
+            `config.json`; only `config.RESUMABLE` settings may then change.
+        **settings: any `TrainConfig` option (arch, epochs, lr, bs, size, pretrained, ...);
+            `arch` may also be an `nn.Module` or a callable `n_classes -> nn.Module`.
+            A recipe's defaults fill what is not given.
 
     Returns:
-        The trained fastai Learner, with `learn.run_dir` and `learn.final_metrics`.
+        The trained fastai Learner; `learn.easycls` is the run's record (run_dir, config,
+        vocab, normalization, metrics).
+
+    Raises:
+        ConfigError: an unknown setting or a bad value, naming it and its valid range.
 
     Example:
         >>> learn = fit("digits")
-        >>> learn.final_metrics["accuracy"]
+        >>> learn.easycls.metrics["accuracy"]
     """
     if resume is not None:
-        cfg = _resumed_config(resume, overrides)
+        cfg = _resumed_config(resume, source, settings)
     else:
-        cfg = resolve_config(source, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, pretrained=pretrained,
-                             weights=weights, valid_pct=valid_pct, seed=seed, out=out, **overrides)
+        cfg = resolve_config(source, **settings)
+    arch = settings.get("arch")
     arch_obj = arch if arch is not None and not isinstance(arch, str) else cfg.arch
     sess = distributed.session()
+    _check_early(cfg, arch_obj, sess)
     say = print if (sess.is_main and not cfg.quiet) else (lambda *a, **k: None)
     set_seed(cfg.seed)
     t_start = time.perf_counter()
-    data = _Data(load_items(cfg), cfg, progress=sess.is_main and not cfg.quiet)
+    data = PreparedData(load_items(cfg), cfg, progress=sess.is_main and not cfg.quiet)
     run_dir = Path(cfg.out) if cfg.out else _default_out(cfg, data.table)
     cfg = cfg.updated(out=str(run_dir))
     sess.on_main(lambda: run_dir.mkdir(parents=True, exist_ok=True))
     say(_summary(data, cfg, sess))
-    state = load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab) if resume is not None else None
+    resumed = resume is not None
+    state = load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab) if resumed else None
     if state is not None:  # the budget and train_seconds count the time before the stop too
         t_start -= state["elapsed"]
         sess.on_main(lambda: trim_history(run_dir / "history.csv", state["history_rows"]))
-    learn = _build_learner(data, cfg, arch_obj, sess, run_dir, state["history_rows"] if state else 0)
+    history_start = state["history_rows"] if state else 0
+    learn, norm = _build_learner(data, cfg, arch_obj, sess, run_dir, history_start)
     cfg = cfg.updated(lr=_pick_lr(learn, cfg, say, sess))
-    sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: --resume reads it
+    sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: resume reads it
     t_train = time.perf_counter() - (state["elapsed"] if state else 0.0)
     meta = dict(arch=cfg.arch, classes=data.vocab)
     budget_facts = _train(learn, cfg, sess, meta, t_start, state)
     train_seconds = time.perf_counter() - t_train
-    metrics = {**_final_metrics(learn, data, cfg), "train_seconds": round(train_seconds, 3),
-               "total_seconds": round(time.perf_counter() - t_start, 3), **budget_facts}
-    learn.run_dir, learn.final_metrics, learn.vocab_ = run_dir, metrics, data.vocab
-    learn.bundle_meta = dict(arch=cfg.arch, classes=data.vocab, size=cfg.size, mean=learn.normalization[0],
-                             std=learn.normalization[1], multi_label=data.multi_label,
-                             thresholds=metrics.get("thresholds"))
-    sess.on_main(lambda: _write_run(learn, data, cfg, metrics))
+    metrics, preds = _final_metrics(learn, data, cfg)
+    metrics.update(train_seconds=round(train_seconds, 3),
+                   total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts)
+    learn.easycls = RunRecord(run_dir, cfg, data.vocab, norm, data.multi_label, metrics, preds)
+    sess.on_main(lambda: _write_run(learn, data))
     say(f"done: {format_metrics(metrics)}\nrun directory: {run_dir}")
     return learn
 
 
-def _summary(data: _Data, cfg: TrainConfig, sess) -> str:
+def _summary(data: PreparedData, cfg: TrainConfig, sess) -> str:
     n_valid = sum(data.table.is_valid)
     kind = "multi-label" if data.multi_label else "single-label"
     skipped = f", {len(data.table.skipped)} unreadable skipped" if data.table.skipped else ""
+    pixels = "cached" if data.use_cache else "decoded"
     return (f"{cfg.source}: {len(data.table.refs) - n_valid} train / {n_valid} valid images, "
             f"{len(data.vocab)} classes ({kind}){skipped}; {cfg.arch} at {cfg.size}px, "
-            f"{sess.batch_sizes(cfg.bs)}, {'cached' if data.use_cache else 'decoded'} pixels")
+            f"{sess.batch_sizes(cfg.bs)}, {pixels} pixels")
 
 
 def save(learn: Learner, out: str | Path) -> Path:
     """Save a Learner returned by `fit` as a safe bundle (model.safetensors + model.json)."""
-    return save_bundle(learn.model, out, **learn.bundle_meta)
+    return save_bundle(learn.model, out, **learn.easycls.bundle_meta)
 
 
-def _write_run(learn: Learner, data: _Data, cfg: TrainConfig, metrics: dict) -> None:
-    run_dir = learn.run_dir
+def _write_run(learn: Learner, data: PreparedData) -> None:
+    rec = learn.easycls
+    run_dir = rec.run_dir
     save(learn, run_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    cfg.to_json(run_dir / "config.json")
+    write_json(run_dir / "metrics.json", rec.metrics)
+    rec.config.to_json(run_dir / "config.json")
     plot_history(run_dir / "history.csv", run_dir / "loss.png")
-    if data.multi_label:
-        _write_threshold_report(run_dir, learn.valid_preds, metrics["thresholds"], data.vocab)
+    if rec.multi_label:
+        _write_threshold_report(rec)
     else:
-        _write_confusion(run_dir, learn.valid_preds, data.vocab)
+        _write_confusion(rec)
     if data.table.skipped:
-        lines = [f"{ref}\t{reason}" for ref, reason in data.table.skipped]
-        (run_dir / "skipped.txt").write_text("\n".join(lines) + "\n")
+        write_skipped(run_dir / "skipped.txt", data.table.skipped)
     if data.table.test_refs:
         _predict_test(run_dir, data.table.test_refs)
+    cfg = rec.config
     recipe = get_recipe(cfg.source) if is_recipe(cfg.source) else None
     if recipe is not None and recipe.after_fit is not None:  # test scores, Kaggle submissions
-        from .bundle import load
         recipe.after_fit(run_dir, load(run_dir), data.table)
 
 
-def _write_threshold_report(run_dir: Path, preds, tuned: dict, classes: list[str]) -> None:
-    from . import thresholds as th
-    from .report import plot_f1_threshold, write_per_class
-    probs, targets = preds[0].numpy(), preds[1].numpy() > 0.5
-    plot_f1_threshold(probs, targets, tuned, run_dir / "f1_threshold.png")
-    write_per_class(th.per_class_report(probs, targets, tuned["per_class"]), classes, run_dir / "per_class.csv")
+def _write_threshold_report(rec: RunRecord) -> None:
+    probs, targets = rec.valid_preds[0].numpy(), rec.valid_preds[1].numpy() > 0.5
+    tuned = rec.metrics["thresholds"]
+    plot_f1_threshold(probs, targets, tuned, rec.run_dir / "f1_threshold.png")
+    rows = per_class_report(probs, targets, tuned["per_class"])
+    write_per_class(rec.run_dir / "per_class.csv",
+                    [{**row, "class": name} for row, name in zip(rows, rec.vocab)])
 
 
-def _write_confusion(run_dir: Path, preds, classes: list[str]) -> None:
-    from .evaluate import confusion_matrix
-    from .report import plot_confusion
-    probs, targets = preds
-    cm = confusion_matrix(targets.numpy(), probs.argmax(1).numpy(), len(classes))
-    plot_confusion(cm, classes, run_dir / "confusion_matrix.png")
+def _write_confusion(rec: RunRecord) -> None:
+    probs, targets = rec.valid_preds
+    cm = confusion_matrix(targets.numpy(), probs.argmax(1).numpy(), len(rec.vocab))
+    plot_confusion(cm, rec.vocab, rec.run_dir / "confusion_matrix.png")
 
 
 def _predict_test(run_dir: Path, refs: list[str]) -> None:
-    from .bundle import load
-    from .predict import write_predictions
-    predictor = load(run_dir)
-    write_predictions(predictor, refs, run_dir / "test_predictions.csv")
+    write_predictions(load(run_dir), refs, run_dir / "test_predictions.csv")

@@ -19,7 +19,7 @@ from .images import IMAGE_EXTENSIONS, is_image_name, zip_ref
 from .tables import read_label_csv
 
 __all__ = ["ItemTable", "DataError", "Tree", "from_path", "from_folder", "from_zip", "from_csv", "from_tree",
-           "from_listing", "list_folder", "list_zip", "resolve_files", "resolve_in_tree", "closest", "SPLIT_NAMES"]
+           "from_listing", "list_folder", "resolve_files", "resolve_in_tree", "closest", "SPLIT_NAMES"]
 
 SPLIT_NAMES = {"train": ("train", "training"), "valid": ("valid", "val", "validation"),
                "test": ("test", "testing")}
@@ -113,12 +113,6 @@ def list_folder(root: Path) -> list[str]:
         rel = Path(dirpath).relative_to(root)
         out += [(rel / f).as_posix() for f in filenames if is_image_name((rel / f).as_posix())]
     return sorted(out)
-
-
-def list_zip(path: Path) -> list[str]:
-    """Image members of a zip as sorted POSIX paths (litter, hidden and `__MACOSX/` skipped)."""
-    return sorted(n for n in _zip_names(str(path), os.stat(path).st_mtime_ns)
-                  if not n.endswith("/") and is_image_name(n) and not _hidden(n))
 
 
 @lru_cache(maxsize=8)
@@ -427,15 +421,13 @@ def _escapes(name: str) -> bool:
 
 
 def from_path(source: str | Path, images: str | Path | None = None, label_delimiter: str = " ") -> ItemTable:
-    """Dispatch on what `source` is: a CSV, a zip or a folder."""
+    """Dispatch on what `source` is: a CSV, a zip or a folder (generic layouts only;
+    `prepare.read_path` first checks for a known download's layout)."""
     p = Path(source)
     if not p.exists():
         raise DataError(f"{source!r} is neither an existing file or folder nor a dataset name")
     suffix = p.suffix.lower()
     if p.is_dir() or suffix == ".zip":
-        from .recipes import detect, read_recipe_layout  # recipes build on this module
-        if (found := detect(p)) is not None:  # a known download given by path: read its real layout
-            return read_recipe_layout(found[0], found[1], _Opts(label_delimiter=label_delimiter))
         return from_folder(p) if p.is_dir() else from_zip(p)
     if suffix in (".csv", ".tsv", ".txt"):
         return from_csv(p, images, label_delimiter)
@@ -443,17 +435,6 @@ def from_path(source: str | Path, images: str | Path | None = None, label_delimi
                     "give a folder, a .zip or a .csv of labels")
 
 
-@dataclass
-class _Opts:
-    """The settings a recipe layout reads, for plain paths (no TrainConfig here)."""
-
-    label_delimiter: str = " "
-    path: str | None = None
-
-
 def closest(name: str, options: list[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, options, n=n, cutoff=0.4)
 
-
-def class_counts(table: ItemTable) -> Counter:
-    return Counter(lab for labs in table.labels for lab in labs)

@@ -1,0 +1,162 @@
+"""The one data path: source -> item table -> split -> decoded pixels -> DataLoaders.
+
+`fit`, `evaluate`, `retune` and `bench` all come through here, so a dataset is read,
+split and loaded the same way everywhere. Recipe detection happens here too: a plain
+path that holds a known download is read with that recipe's layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.data.core import DataLoaders
+
+from ..config import TrainConfig
+from . import cache as dcache
+from .images import check_images
+from .loaders import (
+    ImageDataset,
+    Pixels,
+    default_workers,
+    encode_labels,
+    make_dataloaders,
+    pixel_stats,
+    train_store_size,
+)
+from .recipes import detect, get_recipe, is_recipe, read_recipe_layout
+from .sources import DataError, ItemTable, from_path
+
+__all__ = ["load_items", "read_path", "random_split", "PreparedData", "build_dataloaders"]
+
+
+@dataclass
+class _PathSettings:
+    """The settings a recipe layout reads, for plain paths (no TrainConfig there)."""
+
+    label_delimiter: str = " "
+    path: str | None = None
+
+
+def read_path(source: str | Path, images: str | Path | None = None,
+              label_delimiter: str = " ") -> ItemTable:
+    """The item table of a folder, zip or CSV; a known download is read with its recipe."""
+    p = Path(source)
+    if p.exists() and (p.is_dir() or p.suffix.lower() == ".zip"):
+        if (found := detect(p)) is not None:
+            return read_recipe_layout(found[0], found[1], _PathSettings(label_delimiter))
+    return from_path(source, images, label_delimiter)
+
+
+def load_items(cfg: TrainConfig) -> ItemTable:
+    """The item table of a recipe name or a folder / zip / CSV path."""
+    if is_recipe(cfg.source):
+        return get_recipe(cfg.source).load(cfg)
+    if not Path(cfg.source).exists():
+        get_recipe(cfg.source)  # raises with the closest recipe names
+    return read_path(cfg.source, cfg.images, cfg.label_delimiter)
+
+
+def random_split(n: int, valid_pct: float, seed: int) -> list[bool]:
+    """is_valid flags: a seeded random `valid_pct` share (at least one item)."""
+    rng = np.random.default_rng(seed)
+    is_valid = np.zeros(n, dtype=bool)
+    is_valid[rng.permutation(n)[: max(1, int(round(n * valid_pct)))]] = True
+    return is_valid.tolist()
+
+
+def _pixels(refs: list[str], size: int, use_cache: bool,
+            progress: bool) -> tuple[Pixels, dict[int, str]]:
+    """Decoded pixels for `refs` plus the unreadable ones ({index: reason})."""
+    if use_cache:
+        built = dcache.load_or_build(refs, size, progress=progress)
+        return Pixels(refs, size, built.array), dict(built.failures)
+    return Pixels(refs, size), check_images(refs, progress=progress)
+
+
+def _rows(px: Pixels, rows: list[int]) -> Pixels:
+    if len(rows) == len(px):
+        return px
+    array = None if px.array is None else px.array[rows]
+    return Pixels([px.refs[r] for r in rows], px.size, array)
+
+
+class PreparedData:
+    """An item table made ready to train: split, checked, decoded; vocab and datasets."""
+
+    def __init__(self, table: ItemTable, cfg: TrainConfig, progress: bool = False):
+        self.progress = progress  # decode/cache progress: rank 0 only, and not when quiet
+        if table.is_valid is None:
+            table.is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed)
+        table.check()
+        self.table, self.cfg = table, cfg
+        self.multi_label = table.multi_label if cfg.multi_label is None else cfg.multi_label
+        if not self.multi_label and table.multi_label:  # never drop labels silently
+            n = sum(len(labs) != 1 for labs in table.labels)
+            raise DataError(f"multi_label=False, but {n} images of {cfg.source} have several "
+                            "(or no) labels; drop --single-label to train a multi-label model")
+        self.store_size = train_store_size(cfg.size, cfg.augment)
+        self.use_cache = cfg.cache if cfg.cache is not None else dcache.fits_budget(
+            len(table.refs), self.store_size)
+        self._decode()
+        self.vocab = table.classes
+
+    def _split_refs(self, valid: bool) -> list[int]:
+        return [i for i, v in enumerate(self.table.is_valid) if v == valid]
+
+    def _decode(self) -> None:
+        refs, bad = self.table.refs, {}
+        tr, va = self._split_refs(False), self._split_refs(True)
+        self.train_px, f_tr = _pixels([refs[i] for i in tr], self.store_size, self.use_cache,
+                                      self.progress)
+        self.valid_px, f_va = _pixels([refs[i] for i in va], self.cfg.size, self.use_cache,
+                                      self.progress)
+        bad.update({tr[j]: r for j, r in f_tr.items()})
+        bad.update({va[j]: r for j, r in f_va.items()})
+        # Keep only readable items; cached arrays keep their rows, so index through them.
+        self.train_rows = [j for j in range(len(tr)) if j not in f_tr]
+        self.valid_rows = [j for j in range(len(va)) if j not in f_va]
+        self.table.drop(bad)
+        self.table.check()
+
+    @cached_property
+    def datasets(self) -> tuple[ImageDataset, ImageDataset]:
+        """(train, valid) datasets of pixels and encoded targets."""
+        labels = self.table.labels
+        tr_lab = [labels[i] for i in self._split_refs(False)]
+        va_lab = [labels[i] for i in self._split_refs(True)]
+        y_tr = encode_labels(tr_lab, self.vocab, self.multi_label)
+        y_va = encode_labels(va_lab, self.vocab, self.multi_label)
+        return (ImageDataset(_rows(self.train_px, self.train_rows), y_tr, self.multi_label, 0),
+                ImageDataset(_rows(self.valid_px, self.valid_rows), y_va, self.multi_label, 1))
+
+    def pixel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of (a sample of) the training pixels."""
+        return pixel_stats(self.datasets[0].pixels, seed=self.cfg.seed)
+
+
+def build_dataloaders(cfg: TrainConfig, data: PreparedData | None = None, *,
+                      device: torch.device | None = None,
+                      normalization: tuple[list[float], list[float]] | None = None) -> DataLoaders:
+    """The DataLoaders `fit` trains on: cache or decode, workers, augmentation, normalization.
+
+    Args:
+        cfg: the resolved settings (size, bs, augment, workers, seed, recipe `flip`).
+        data: prepared data; default: load and prepare `cfg.source`.
+        device: where batches go (default CUDA when available).
+        normalization: (mean, std); default: statistics of the training pixels.
+
+    Example:
+        >>> dls = build_dataloaders(TrainConfig(source="digits", size=32, bs=16))
+    """
+    data = data if data is not None else PreparedData(load_items(cfg), cfg)
+    train_ds, valid_ds = data.datasets
+    mean, std = normalization or data.pixel_stats()
+    workers = cfg.workers if cfg.workers is not None else default_workers(cached=data.use_cache)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return make_dataloaders(train_ds, valid_ds, size=cfg.size, bs=cfg.bs, mean=mean, std=std,
+                            augment=cfg.augment, flip=cfg.extra.get("flip", True),
+                            workers=workers, device=device, seed=cfg.seed)
