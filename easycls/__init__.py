@@ -3,7 +3,7 @@
 Example:
     >>> from easycls import fit, load
     >>> learn = fit("digits")
-    >>> load(learn.run_dir).predict("some_digit.png")
+    >>> load(learn.easycls.run_dir).predict("some_digit.png")
 """
 
 import warnings

@@ -47,9 +47,9 @@ def train(args) -> None:
         args.data = str(_common.animals15_zip(tmp))
     learn = fit("animals15", path=args.data, **settings)
     if session().is_main:  # one report, written by the process that wrote the run
-        evaluate(learn.run_dir, quiet=args.smoke)
-        print(f"animals15: {learn.final_metrics.get('accuracy', 0):.4f} validation accuracy; "
-              f"report in {learn.run_dir}")
+        evaluate(learn.easycls.run_dir, quiet=args.smoke)
+        print(f"animals15: {learn.easycls.metrics.get('accuracy', 0):.4f} validation accuracy; "
+              f"report in {learn.easycls.run_dir}")
 
 
 if __name__ == "__main__":

@@ -42,14 +42,14 @@ def main() -> None:
         args.data = str(_common.comp5329(tmp))
         settings.update(_common.SMOKE_FIT, out=str(tmp / "run"))
     learn = fit("comp5329", path=args.data, **settings)
-    print("thresholds:", learn.final_metrics["thresholds"]["chosen"],
-          [round(t, 3) for t in learn.final_metrics["thresholds"]["per_class"]])
-    report = evaluate(learn.run_dir, quiet=args.smoke)
+    print("thresholds:", learn.easycls.metrics["thresholds"]["chosen"],
+          [round(t, 3) for t in learn.easycls.metrics["thresholds"]["per_class"]])
+    report = evaluate(learn.easycls.run_dir, quiet=args.smoke)
     print(f"F1 (samples) at the tuned thresholds: {report.metrics['f1_samples']:.4f}; "
           f"at 0.5: {report.metrics['at_0.5']['f1_samples']:.4f}")
     data = Path(args.data)
-    out = learn.run_dir / "my_submission.csv"
-    n, unreadable = write_submission(load(learn.run_dir), expand_inputs([data / "data"]), out,
+    out = learn.easycls.run_dir / "my_submission.csv"
+    n, unreadable = write_submission(load(learn.easycls.run_dir), expand_inputs([data / "data"]), out,
                                      fmt="multilabel", order=data / "test.csv")
     with out.open() as f:
         head = [next(csv.reader(f)) for _ in range(min(n, 3) + 1)]

@@ -55,7 +55,7 @@ def compare(source: str, path: str | None, settings: dict, out: Path) -> list[di
     rows = []
     for name, arch in MODELS.items():
         learn = fit(source, path=path, arch=arch, out=str(out / name), **settings)
-        m = learn.final_metrics
+        m = learn.easycls.metrics
         rows.append(dict(model=name, params=sum(p.numel() for p in learn.model.parameters()),
                          accuracy=round(m["accuracy"], 4), top5_accuracy=round(m.get("top5_accuracy", float("nan")), 4),
                          train_seconds=round(m["train_seconds"], 1)))

@@ -42,7 +42,7 @@ def main(data: str, out: str, records: str) -> None:
     Path(records).mkdir(parents=True, exist_ok=True)
     Path(records, f"rank{rank}.json").write_text(json.dumps(dict(
         rank=rank, world=int(os.environ.get("WORLD_SIZE", 1)), seen=seen, weights=h.hexdigest(),
-        metrics=learn.final_metrics, valid_refs=list(learn.dls.valid.dataset.pixels.refs),
+        metrics=learn.easycls.metrics, valid_refs=list(learn.dls.valid.dataset.pixels.refs),
         valid_targets=[int(t) for t in learn.dls.valid.dataset.targets])))
 
 

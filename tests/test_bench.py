@@ -19,9 +19,10 @@ from easycls.cli import app
 
 def test_train_step_and_pipeline_rates(tmp_path):
     assert train_step_rate("resnet18", size=16, bs=4, steps=2, warmup=1) > 0
-    from easycls.bench import easycls_loaders
+    from easycls.config import TrainConfig
+    from easycls.data.prepare import build_dataloaders
     src = synthetic_folder(tmp_path, n=24, n_classes=3, side=32)
-    dl = easycls_loaders(str(src), size=16, bs=4).train
+    dl = build_dataloaders(TrainConfig(source=str(src), size=16, bs=4, pretrained=False)).train
     assert pipeline_rate(dl) > 0
     xb, yb = dl.one_batch()
     assert xb.shape == (4, 3, 16, 16) and yb.shape == (4,)

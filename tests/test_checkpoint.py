@@ -100,7 +100,8 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, mo
     # column matches to the digit, except the wall-clock seconds.
     ref_rows = _history(tmp_path / "ref")
     assert _without_seconds(rows) == _without_seconds(ref_rows)
-    assert resumed.final_metrics["valid_loss"] == pytest.approx(ref.final_metrics["valid_loss"], abs=1e-6)
+    assert resumed.easycls.metrics["valid_loss"] == pytest.approx(
+        ref.easycls.metrics["valid_loss"], abs=1e-6)
     assert json.loads((run / "config.json").read_text())["epochs"] == 3
 
 
@@ -180,7 +181,7 @@ def test_fine_tune_resumes_in_its_second_phase(tmp_path, monkeypatch):
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # 1 frozen + 2 unfrozen epochs
     assert _without_seconds(rows) == _without_seconds(ref_rows)
     assert json.loads((run / "metrics.json").read_text())["valid_loss"] == pytest.approx(
-        ref.final_metrics["valid_loss"], abs=1e-6)
+        ref.easycls.metrics["valid_loss"], abs=1e-6)
 
 
 def test_checkpoint_minutes_saves_inside_epochs(tmp_path, monkeypatch):

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from easycls import fit, load
 from easycls.cli import app
-from easycls.evaluate import confusion_matrix, evaluate, most_confused
+from easycls.evaluate import evaluate, most_confused
+from easycls.metrics import confusion_matrix
 from easycls.predict import submission_columns, write_submission
 from easycls.report import plot_confusion, top_confused_classes
 

@@ -94,7 +94,7 @@ def test_csv_source(class_folders, tmp_path):
     files = sorted(p.relative_to(class_folders).as_posix() for p in class_folders.rglob("*.png"))
     csv_path.write_text("filename,label\n" + "".join(f"{f},{f.split('/')[0]}\n" for f in files))
     learn = easycls.fit(str(csv_path), images=str(class_folders), out=str(tmp_path / "run"), **TINY)
-    assert learn.bundle_meta["classes"] == ["cat", "dog", "fox"]
+    assert learn.easycls.bundle_meta["classes"] == ["cat", "dog", "fox"]
     assert len(learn.dls.train.dataset) + len(learn.dls.valid.dataset) == len(files)
 
 
@@ -102,15 +102,15 @@ def test_zip_source(class_folders, tmp_path):
     import shutil
     archive = shutil.make_archive(str(tmp_path / "pets"), "zip", class_folders.parent, "pets")
     learn = easycls.fit(archive, out=str(tmp_path / "run"), **TINY)
-    assert learn.bundle_meta["classes"] == ["cat", "dog", "fox"]
+    assert learn.easycls.bundle_meta["classes"] == ["cat", "dog", "fox"]
     assert "!/" in learn.dls.train.dataset.pixels.refs[0]
 
 
 def test_random_split_is_seeded(class_folders):
-    from easycls.train import _random_split
-    assert _random_split(50, 0.2, 1) == _random_split(50, 0.2, 1)
-    assert _random_split(50, 0.2, 1) != _random_split(50, 0.2, 2)
-    assert sum(_random_split(50, 0.2, 1)) == 10
+    from easycls.data.prepare import random_split
+    assert random_split(50, 0.2, 1) == random_split(50, 0.2, 1)
+    assert random_split(50, 0.2, 1) != random_split(50, 0.2, 2)
+    assert sum(random_split(50, 0.2, 1)) == 10
 
 
 def test_recipe_defaults_yield_to_user_settings():
@@ -158,7 +158,7 @@ def test_custom_module_arch(class_folders, tmp_path):
                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, n_out))
     learn = easycls.fit(str(class_folders), **{**TINY, "arch": small_cnn}, out=str(tmp_path / "r"))
     # recorded by import path (custom:<module>:<qualname>); a local function cannot be imported
-    arch = learn.bundle_meta["arch"]
+    arch = learn.easycls.bundle_meta["arch"]
     assert arch.startswith("custom:test_fit:") and arch.endswith("small_cnn")
     p = easycls.load(tmp_path / "r", model=small_cnn(3), device="cpu")
     assert p.predict(str(next((class_folders / "fox").iterdir())))[0] in {"cat", "dog", "fox"}
@@ -167,7 +167,7 @@ def test_custom_module_arch(class_folders, tmp_path):
 @pytest.mark.slow
 def test_digits_demo_reaches_095(tmp_path):
     learn = easycls.fit("digits", out=str(tmp_path / "digits"), quiet=True)
-    assert learn.final_metrics["accuracy"] >= 0.95
+    assert learn.easycls.metrics["accuracy"] >= 0.95
     # `easycls predict` on the held-out images labels them right at the same rate.
     from easycls.data.builtin import materialize
     valid = materialize("digits") / "valid"
@@ -175,7 +175,7 @@ def test_digits_demo_reaches_095(tmp_path):
     subprocess.run(["easycls", "predict", str(tmp_path / "digits"), str(valid), "--csv", str(out_csv)], check=True)
     rows = list(csv.DictReader(out_csv.open()))
     hits = [r["label"] == r["file"].split("/")[-2] for r in rows]
-    assert len(rows) == 360 and abs(sum(hits) / len(hits) - learn.final_metrics["accuracy"]) < 1e-6
+    assert len(rows) == 360 and abs(sum(hits) / len(hits) - learn.easycls.metrics["accuracy"]) < 1e-6
 
 
 def test_channels_last_on_cpu_for_depthwise_models_and_bundle_still_loads(class_folders, tmp_path):

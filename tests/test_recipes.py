@@ -70,7 +70,7 @@ def _check_run(name: str, out: Path, learn) -> None:
         assert [r["ImageID"] for r in rows] == [f"{15 + k}.jpg" for k in range(4)]  # test.csv order
         # each row holds the saved model's own decision for that test image
         from easycls.config import TrainConfig
-        from easycls.train import load_items
+        from easycls.data.prepare import load_items
         refs = load_items(TrainConfig.from_json(out / "config.json")).test_refs
         decided = easycls.load(out, device="cpu").predict_many(refs)
         assert [r["Labels"] for r in rows] == [" ".join(labels) for labels, _ in decided]
@@ -189,10 +189,10 @@ def test_dataset_table_and_cli(downloads, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["animals15", "tiny-imagenet", "comp5329"])
 def test_plain_path_holding_a_recipe_layout_uses_it(name, downloads):
     """`fit("archive.zip")` on a known download reads its real splits, not `Training Data/` as a class."""
-    from easycls.data.sources import from_path
+    from easycls.data.prepare import read_path
     expected = get_recipe(name).load(TrainConfig(source=name, path=str(downloads[name][0])))
     for given in downloads[name]:
-        table = from_path(given)
+        table = read_path(given)
         assert table.classes == expected.classes and table.is_valid == expected.is_valid
         assert len(table.test_refs) == len(expected.test_refs)
 
