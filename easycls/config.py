@@ -82,7 +82,7 @@ class TrainConfig:
     time_budget: float | None = _opt(None, "Wall-time budget (90s, 30m, 2h): epochs are planned "
                                      "to fit.", above=0.0, hi=365 * 86400, kind="duration")
     checkpoint_minutes: float | None = _opt(None, "Also checkpoint every M minutes inside epochs.",
-                                            lo=0.1, hi=10_000)
+                                            above=0.0, hi=10_000)
     scale_lr: bool = _opt(False, "Multiply the lr by the number of processes.", flag="--scale-lr")
     class_weights: str | None = _opt(None, "auto: BCE pos_weight from label frequencies "
                                      "(multi-label).", choices=("auto",))
