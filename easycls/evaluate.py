@@ -25,12 +25,10 @@ from PIL import Image
 
 from . import thresholds as th
 from .bundle import Predictor, load
-from .config import TrainConfig
 from .data.images import UnreadableImage, load_resized, open_image, parallel_map, split_zip_ref
 from .data.loaders import encode_labels
-from .data.prepare import load_items, random_split
-from .data.recipes import is_recipe
-from .data.sources import DataError, ItemTable
+from .data.prepare import SPLITS, run_items
+from .data.sources import DataError
 from .metrics import confusion_matrix, single_label_metrics
 from .report import (
     format_table,
@@ -43,7 +41,6 @@ from .rundir import write_csv, write_file, write_json, write_per_class, write_sk
 
 __all__ = ["evaluate", "Evaluation", "most_confused", "SPLITS"]
 
-SPLITS = ("auto", "valid", "all", "test")
 _PRINT_ROWS = 40  # longer per-class tables print their weakest rows only
 
 
@@ -68,52 +65,8 @@ class Evaluation:
 # ---------------------------------------------------------------- choosing the images
 
 
-def _run_config(run_dir: Path) -> TrainConfig:
-    path = run_dir / "config.json"
-    return TrainConfig.from_json(path) if path.is_file() else TrainConfig()
-
-
 def _slug(source: str) -> str:
     return re.sub(r"[^\w.-]+", "_", Path(source.rstrip("/")).name or source).strip("_") or "data"
-
-
-def _select(table: ItemTable, cfg: TrainConfig, same_source: bool, split: str) -> tuple[list, list]:
-    """(refs, labels) of the split to evaluate; `auto` is the validation split when there is one."""
-    if split == "test":
-        if not table.test_labels:
-            raise DataError(f"{cfg.source} has no labelled test images; use split='valid' or 'all'")
-        return table.test_refs, table.test_labels
-    if split == "all":
-        return table.refs, table.labels
-    is_valid = table.is_valid
-    if is_valid is None and same_source:
-        # The run's own random split, so training images are not scored as if unseen.
-        is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed)
-    if is_valid is None:
-        if split == "valid":
-            raise DataError(f"{cfg.source} has no validation split; pass split='all' "
-                            "(--split all) to evaluate every image")
-        return table.refs, table.labels
-    keep = [i for i, v in enumerate(is_valid) if v]
-    return [table.refs[i] for i in keep], [table.labels[i] for i in keep]
-
-
-def _items(run_dir: Path, source: str | None, split: str, images: str | None) -> tuple[str, list, list]:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    cfg = _run_config(run_dir)
-    same = source is None or str(source) == cfg.source
-    if not same:
-        cfg = cfg.updated(source=str(source), images=images, path=None)
-    elif images:
-        cfg = cfg.updated(images=images)
-    if not cfg.source:
-        raise ValueError(f"{run_dir} has no config.json naming its data: pass the data to evaluate")
-    if same and not is_recipe(cfg.source) and not Path(cfg.source).exists():
-        raise DataError(f"the run's data {cfg.source!r} (config.json) is not found from {Path.cwd()}: "
-                        f"pass it, e.g. `easycls evaluate {run_dir} PATH/TO/DATA`")
-    refs, labels = _select(load_items(cfg), cfg, same, split)
-    return cfg.source, refs, labels
 
 
 def _known(refs: list[str], labels: list[list[str]], classes: list[str], multi_label: bool):
@@ -324,7 +277,7 @@ def evaluate(run_dir: str | Path, source: str | Path | None = None, out: str | P
     """
     run_dir = Path(run_dir)
     predictor = load(run_dir, model=model, device=device)
-    name, refs, labels = _items(run_dir, None if source is None else str(source), split,
+    name, refs, labels = run_items(run_dir, None if source is None else str(source), split,
                                 None if images is None else str(images))
     refs, targets, probs, skipped = _score(predictor, refs, labels, bs, name)
     suffix = f"-{split}" if split in ("all", "test") else ""

@@ -207,8 +207,8 @@ def _validation_refs(run_dir: str | Path, limit: int) -> list[str]:
     """Up to `limit` readable validation image files of the run, spread over the split."""
     from .data.images import check_images
     try:
-        from .evaluate import _items
-        _, refs, _ = _items(Path(run_dir), None, "auto", None)
+        from .data.prepare import run_items
+        _, refs, _ = run_items(run_dir)
     except Exception:  # noqa: BLE001 - data moved, renamed or gone: generated images will do
         return []
     refs = [r for r in refs if split_zip_ref(r) is None]  # predict.py reads files, not zips

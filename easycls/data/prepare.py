@@ -30,7 +30,10 @@ from .loaders import (
 from .recipes import detect, get_recipe, is_recipe, read_recipe_layout
 from .sources import DataError, ItemTable, from_path
 
-__all__ = ["load_items", "read_path", "random_split", "PreparedData", "build_dataloaders"]
+__all__ = ["load_items", "read_path", "random_split", "run_items", "SPLITS", "PreparedData",
+           "build_dataloaders"]
+
+SPLITS = ("auto", "valid", "all", "test")
 
 
 @dataclass
@@ -66,6 +69,57 @@ def random_split(n: int, valid_pct: float, seed: int) -> list[bool]:
     is_valid = np.zeros(n, dtype=bool)
     is_valid[rng.permutation(n)[: max(1, int(round(n * valid_pct)))]] = True
     return is_valid.tolist()
+
+
+def _run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.json"
+    return TrainConfig.from_json(path) if path.is_file() else TrainConfig()
+
+
+def _select(table: ItemTable, cfg: TrainConfig, same_source: bool,
+            split: str) -> tuple[list, list]:
+    """(refs, labels) of a split; `auto` is the validation split when there is one."""
+    if split == "test":
+        if not table.test_labels:
+            raise DataError(f"{cfg.source} has no labelled test images; "
+                            "use split='valid' or 'all'")
+        return table.test_refs, table.test_labels
+    if split == "all":
+        return table.refs, table.labels
+    is_valid = table.is_valid
+    if is_valid is None and same_source:
+        # The run's own random split, so training images are not scored as if unseen.
+        is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed)
+    if is_valid is None:
+        if split == "valid":
+            raise DataError(f"{cfg.source} has no validation split; pass split='all' "
+                            "(--split all) to evaluate every image")
+        return table.refs, table.labels
+    keep = [i for i, v in enumerate(is_valid) if v]
+    return [table.refs[i] for i in keep], [table.labels[i] for i in keep]
+
+
+def run_items(run_dir: str | Path, source: str | None = None, split: str = "auto",
+              images: str | None = None) -> tuple[str, list[str], list[list[str]]]:
+    """(source, refs, labels) of a run's split: `auto` is its validation split (the same
+    random split `fit` made for the run's own data), else the data's own split or all."""
+    run_dir = Path(run_dir)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    cfg = _run_config(run_dir)
+    same = source is None or str(source) == cfg.source
+    if not same:
+        cfg = cfg.updated(source=str(source), images=images, path=None)
+    elif images:
+        cfg = cfg.updated(images=images)
+    if not cfg.source:
+        raise ValueError(f"{run_dir} has no config.json naming its data: "
+                         "pass the data to evaluate")
+    if same and not is_recipe(cfg.source) and not Path(cfg.source).exists():
+        raise DataError(f"the run's data {cfg.source!r} (config.json) is not found from "
+                        f"{Path.cwd()}: pass it, e.g. `easycls evaluate {run_dir} PATH/TO/DATA`")
+    refs, labels = _select(load_items(cfg), cfg, same, split)
+    return cfg.source, refs, labels
 
 
 def _pixels(refs: list[str], size: int, use_cache: bool,
