@@ -89,8 +89,9 @@ def jpeg_folder(root: Path, n: int, side: int) -> Path:
 
 def loaders(source: Path, size: int, bs: int):
     """The DataLoaders `fit` builds for `source` (pretrained=False: data-derived statistics)."""
-    from easycls.bench import easycls_loaders
-    return easycls_loaders(str(source), size, bs)
+    from easycls.data.prepare import build_dataloaders
+    from easycls.train import resolve_config
+    return build_dataloaders(resolve_config(str(source), size=size, bs=bs, pretrained=False))
 
 
 def loader_rate(dl, passes: int = 2) -> dict:
@@ -196,7 +197,7 @@ def probe(a) -> None:
                run_files_missing=[f for f in RUN_FILES if not (Path(a.run) / f).exists()],
                predict_device=next(predictor.model.parameters()).device.type,
                predicted=label, probability=float(prob),
-               accuracy=learn.final_metrics.get("accuracy"),
+               accuracy=learn.easycls.metrics.get("accuracy"),
                env_mixed_precision=os.environ.get("ACCELERATE_MIXED_PRECISION"))
     Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
 

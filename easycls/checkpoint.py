@@ -27,8 +27,8 @@ from fastcore.foundation import L
 
 from . import __version__
 from .bundle import bare_model
-from .safeio import WriteError, atomic_write
 from .rundir import write_file
+from .safeio import WriteError, atomic_write
 
 __all__ = ["CHECKPOINT", "Phase", "plan_phases", "Checkpointer", "TrainingInterrupted",
            "CheckpointError", "save_checkpoint", "load_checkpoint", "run_phases", "trim_history"]
