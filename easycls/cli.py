@@ -233,6 +233,46 @@ def bench_cmd(
           out=out, compile=compile, say=typer.echo)
 
 
+@app.command("export")
+def export_cmd(
+    run_dir: RunDir,
+    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/onnx).")] = None,
+) -> None:
+    """Write model.onnx and a torch-free predict.py, checked against PyTorch."""
+    from .export import ExportError, export
+    try:
+        r = export(run_dir, out, format=format)
+    except (ExportError, ImportError, ValueError) as e:
+        _fail(e)
+    typer.echo(f"wrote {r.model} and {r.script}; max |ONNX - PyTorch| = {r.max_diff:.2g} "
+               f"on {r.checked} {r.checked_on} images")
+
+
+@app.command("serve")
+def serve_cmd(
+    run_dir: RunDir,
+    host: Annotated[str, typer.Option(
+        help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    token: Annotated[str | None, typer.Option(
+        help="Require 'Authorization: Bearer TOKEN' for the API.")] = None,
+    max_batch: Annotated[int, typer.Option(
+        min=1, help="Images per forward pass; 1 turns batching off.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(
+        min=0.0, help="How long a batch waits for more requests.")] = 5.0,
+    max_mb: Annotated[float, typer.Option(
+        min=0.01, help="Largest request body in MB (larger: 413).")] = 10.0,
+) -> None:
+    """Serve a model: a web page to try it and a REST API (POST /predict, GET /model, /docs)."""
+    try:
+        from .serve import serve
+    except ImportError as e:
+        _fail(ImportError(f"serve needs FastAPI and uvicorn: pip install 'easycls[serve]' ({e})"))
+    serve(run_dir, host, port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
+          max_mb=max_mb, say=typer.echo)
+
+
 def main() -> None:
     """Console-script entry point (also `python -m easycls`)."""
     app(prog_name="easycls")

@@ -5,15 +5,23 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
+from conftest import TINY
 from PIL import Image
 
+import easycls
 from easycls.bundle import load, save_bundle
 
 pytest.importorskip("fastapi")
@@ -211,3 +219,76 @@ def test_batcher_passes_errors_to_every_waiting_request():
         return outs
     outs = asyncio.run(main())
     assert [str(e) for e in outs] == ["model exploded"] * 2
+
+
+# ---------------------------------------------------------------- the page in a real browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    from easycls.data.builtin import materialize
+    return materialize("digits", tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "digits-test_resnet"
+    easycls.fit(str(digits), out=str(out), **{**TINY, "arch": "test_resnet", "lr": 3e-3, "bs": 32})
+    return out
+
+
+@pytest.fixture
+def server(digits_run):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "easycls", "serve", str(digits_run),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    import httpx
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason="needs Debian's chromium (.ci/run installs it)")
+def test_page_labels_uploaded_digits(server, digits, digits_run, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    images = []
+    for digit in ("7", "3", "5"):  # enlarged, as a photo would be; the server resizes back
+        source = sorted((digits / "valid" / digit).glob("*.png"))[0]
+        images.append(tmp_path / f"digit_{digit}.png")
+        Image.open(source).resize((128, 128), Image.Resampling.NEAREST).save(images[-1])
+    predictor = load(digits_run, device="cpu")
+    expected = {p.name: predictor.predict(p)[0] for p in images}
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 720})
+        page.goto(server)
+        page.wait_for_function("document.getElementById('metrics').rows.length > 0")
+        page.set_input_files("#file", [str(p) for p in images])
+        page.locator(".card").nth(len(images) - 1).wait_for(timeout=60_000)
+        for name, label in expected.items():
+            card = page.locator(f'.card[data-file="{name}"]')
+            assert card.locator(".label").inner_text() == label
+            assert card.locator(".bar").count() == 5  # top-5 bars
+        assert "accuracy" in page.locator("#metrics").inner_text()
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        browser.close()
+    if os.environ.get("EASYCLS_DOCS_SCREENSHOT"):  # refresh the picture in docs/use.md
+        shutil.copy(tmp_path / "serve.png", REPO / "docs" / "img" / "serve.png")
