@@ -185,6 +185,19 @@ def test_disagreement_fails_and_removes_the_model(single, tmp_path):
     assert not (tmp_path / "strict" / "model.onnx").exists()
 
 
+def test_cli_export_reports_the_difference(single, tmp_path):
+    result = CliRunner().invoke(app, ["export", str(single[0]), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "max |ONNX - PyTorch| = " in result.stdout and "on 64 generated images" in result.stdout
+    assert (tmp_path / "o" / "model.onnx").is_file() and (tmp_path / "o" / "predict.py").is_file()
+
+
+def test_cli_export_custom_arch_is_a_clear_error(tmp_path):
+    run = make_bundle(tmp_path / "custom", ["x", "y", "z"], model=Tiny())
+    result = CliRunner().invoke(app, ["export", str(run)])
+    assert result.exit_code == 2 and "custom model (custom:Tiny)" in result.output
+
+
 def test_unknown_format(single):
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export(single[0], format="tflite")

@@ -166,6 +166,13 @@ def test_uploads_never_touch_the_disk(run, monkeypatch):
     assert r.status_code == 200, r.text
 
 
+def test_core_does_not_import_the_serve_extra():
+    code = ("import sys, easycls, easycls.cli, easycls.predict\n"
+            "print(sorted({'fastapi', 'uvicorn', 'starlette', 'onnx'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
 # ---------------------------------------------------------------- batching
 
 
