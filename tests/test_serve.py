@@ -147,6 +147,21 @@ def test_size_limit_holds_without_content_length(client):
     assert r.status_code == 413 and "over the limit" in r.json()["detail"]
 
 
+def test_multi_label_returns_every_label_above_its_threshold(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    th = {"global": 0.5, "per_class": [0.0, 1.0, 0.5], "at_least_one": False}
+    run = save_bundle(model, tmp_path / "ml", arch="test_resnet", classes=["a", "b", "c"],
+                      size=32, mean=[0.5] * 3, std=[0.25] * 3, multi_label=True, thresholds=th)
+    (tmp_path / "x.png").write_bytes(png())
+    labels, probs = load(run, device="cpu").predict(tmp_path / "x.png")
+    with TestClient(create_app(run, device="cpu")) as c:
+        row = post(c, ("x.png", png())).json()["predictions"][0]
+        assert c.get("/model").json()["thresholds"] == th["per_class"]
+    assert row["labels"] == labels and "a" in labels and "b" not in labels
+    assert np.allclose(row["probabilities"], probs) and len(row["top"]) == 3
+
+
 def test_no_token_needed_when_none_is_set(run):
     with TestClient(create_app(run, device="cpu")) as c:
         assert post(c, ("a.png", png())).status_code == 200
