@@ -2,18 +2,19 @@
 
 The graph takes what the validation preprocessing produces, uint8 pixels (batch, size, size, 3)
 from `load_resized`, and does the rest inside: normalization, the model, softmax or sigmoid.
-Decoding and resizing stay outside (Pillow), so the generated `predict.py` carries the same
-Pillow code as easycls itself, copied from `easycls.data.images` at export time.
+Decoding and resizing stay outside (Pillow): beside `predict.py` goes a verbatim copy of
+`easycls/data/images.py` (it needs only numpy and Pillow), so both read images the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import inspect
 import io
 import json
 import re
+import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from torch import nn
 
 from . import __version__
 from .bundle import Predictor, load
-from .data import images as _images
+from .data import images as image_module
 from .data.images import split_zip_ref
 
 __all__ = ["export", "ExportError", "ExportResult", "FORMATS"]
@@ -37,11 +38,11 @@ TOLERANCE = 1e-4
 _TEMPLATE = Path(__file__).with_name("static") / "predict_onnx.py.in"
 _PREPROCESSING_NOTE = (
     "input 'pixels': uint8 (batch, input_size, input_size, 3) RGB. Make it as easycls does "
-    "(see load_pixels in predict.py): decode with Pillow (JPEG draft at input_size), apply the "
-    "EXIF orientation, convert to RGB (16-bit scaled to 8, alpha composited on white), resize "
-    "the centered square crop of side min(w, h) to input_size with Pillow BILINEAR. The graph "
-    "normalizes ((x - 255 * mean) / (255 * std), NCHW) and applies softmax (single-label) or "
-    "sigmoid (multi-label): output 'probabilities' (batch, classes).")
+    "(load_resized in easycls_images.py): decode with Pillow (JPEG draft at input_size), "
+    "apply the EXIF orientation, convert to RGB (16-bit scaled to 8, alpha composited on "
+    "white), resize the centered square crop of side min(w, h) to input_size with Pillow "
+    "BILINEAR. The graph normalizes ((x - 255 * mean) / (255 * std), NCHW) and applies "
+    "softmax (single-label) or sigmoid (multi-label): output 'probabilities' (batch, classes).")
 
 
 class ExportError(RuntimeError):
@@ -53,7 +54,7 @@ class ExportResult:
     """What `export` wrote and how well it agrees with PyTorch."""
 
     model: Path              # model.onnx
-    script: Path             # predict.py
+    script: Path             # predict.py (easycls_images.py beside it)
     max_diff: float          # max |ONNX - PyTorch| probability over the checked images
     checked: int             # how many images were checked
     checked_on: str          # "validation" or "generated"
@@ -103,7 +104,8 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, format: str = 
     out.mkdir(parents=True, exist_ok=True)
     onnx_path, script = out / "model.onnx", out / "predict.py"
     _write_onnx(predictor, onnx_path)
-    script.write_text(predict_script())
+    script.write_text(_TEMPLATE.read_text().replace("@VERSION@", __version__))
+    shutil.copyfile(image_module.__file__, out / "easycls_images.py")
     try:
         diff, n, kind = _check(predictor, run_dir, script, onnx_path, max_check)
     except BaseException:
@@ -167,17 +169,6 @@ def _metadata(meta: dict) -> dict[str, str]:
     return props
 
 
-def predict_script() -> str:
-    """The source of `predict.py`: the template plus easycls's own Pillow preprocessing."""
-    extensions = ", ".join(repr(e) for e in sorted(_images.IMAGE_EXTENSIONS))
-    parts = [f"IMAGE_EXTENSIONS = frozenset({{{extensions}}})",
-             f"_BACKGROUND = {_images._BACKGROUND!r}"]
-    parts += [inspect.getsource(f).rstrip() for f in
-              (_images._scale_to_uint8, _images.to_rgb, _images.resize_square)]
-    text = _TEMPLATE.read_text().replace("@PREPROCESSING@", "\n\n\n".join(parts))
-    return text.replace("@VERSION@", __version__)
-
-
 # ---------------------------------------------------------------- checking
 
 
@@ -190,16 +181,23 @@ def _check(predictor: Predictor, run_dir: str | Path, script: Path, onnx_path: P
         kind = "validation" if refs else "generated"
         refs = refs or _generated(Path(tmp), predictor.size, limit)
         onnx_model = module.Model(onnx_path)
-        pixels = np.stack([module.load_pixels(r, onnx_model.size) for r in refs])
+        pixels = np.stack([module.load_resized(r, onnx_model.size) for r in refs])
         ours = onnx_model.probabilities(pixels, bs=len(refs))  # another batch size than traced
         theirs = predictor.probabilities(refs)
     return float(np.abs(ours - theirs).max()), len(refs), kind
 
 
 def _import_script(path: Path):
+    """predict.py as a module, with its own easycls_images (not a cached one)."""
+    sys.modules.pop("easycls_images", None)
     spec = importlib.util.spec_from_file_location("easycls_exported_predict", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop("easycls_images", None)
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(path.resolve().parent))
     return module
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import easycls
+import easycls.data.images
 from easycls.bundle import load, save_bundle
 from easycls.cli import app
 from easycls.export import ExportError, export
@@ -117,6 +118,8 @@ def single(tmp_path_factory):
 def test_export_writes_model_and_metadata(single):
     run, result = single
     assert result.model == run / "onnx" / "model.onnx" and result.script.name == "predict.py"
+    copied = result.script.with_name("easycls_images.py").read_text()
+    assert copied == Path(easycls.data.images.__file__).read_text()  # the same image reading
     assert result.checked == 8 and result.checked_on == "generated" and result.max_diff < 1e-4
     proto = onnx.load(str(result.model))
     props = {p.key: p.value for p in proto.metadata_props}
