@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.images import available_cores
 from .data.prepare import build_dataloaders
 from .train import resolve_config
 
@@ -138,7 +139,7 @@ def fit_rate(source: str, n_train: int, processes: int = 1, arch: str = "resnet1
     workdir = Path(workdir or tempfile.mkdtemp(prefix="easycls-bench-"))
     out = workdir / f"fit-p{processes}-{time.time_ns()}"
     cmd = _fit_command(processes, source, out, arch, size, bs, epochs, lr, extra)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, _cores() // processes))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, available_cores() // processes))}
     t = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t
@@ -148,10 +149,6 @@ def fit_rate(source: str, n_train: int, processes: int = 1, arch: str = "resnet1
     return dict(processes=processes, images_per_s=n_train * epochs / metrics["train_seconds"],
                 train_seconds=metrics["train_seconds"], wall_seconds=round(wall, 3),
                 accuracy=metrics.get("accuracy"))
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs: int = 64,
@@ -174,7 +171,7 @@ def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs:
     source = source or str(synthetic_folder(out / "data", n=synthetic))
     dev = _device(device)
     result: dict = dict(arch=arch, size=size, bs=bs, device=_device_name(dev), source=str(source),
-                        cores=_cores(), loadavg=[round(x, 2) for x in os.getloadavg()])
+                        cores=available_cores(), loadavg=[round(x, 2) for x in os.getloadavg()])
     say(f"bench: {arch} {size}px bs {bs} on {result['device']}, source {source}")
     result["train_step"] = train_step_rate(arch, size, bs, steps, device=device, compile=compile)
     cfg = resolve_config(str(source), size=size, bs=bs, quiet=True, pretrained=False)
@@ -194,7 +191,7 @@ def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs:
 
 
 def _device_name(dev: torch.device) -> str:
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({_cores()} cores)"
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({available_cores()} cores)"
 
 
 def format_table(result: dict) -> str:

@@ -6,7 +6,6 @@ Loading reads JSON and safetensors only, so opening a bundle never runs code fro
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,13 @@ from torch import nn
 
 from . import __version__
 from .bundle_schema import CUSTOM, BundleError, check_meta, read_json_object
-from .data.images import IMAGE_EXTENSIONS, UnreadableImage, load_resized, resize_square
+from .data.images import (
+    IMAGE_EXTENSIONS,
+    UnreadableImage,
+    available_cores,
+    load_resized,
+    resize_square,
+)
 from .models import build_custom, size_kwargs
 from .safeio import ensure_room, write_bytes, write_text
 
@@ -207,7 +212,7 @@ class Predictor:
                  ahead: int = 2) -> Iterator[tuple[int, list]]:
         """(start, decoded images or errors) per batch, decoded on a thread pool while
         the model runs on the batches before (Pillow releases the GIL while decoding)."""
-        workers = workers or os.cpu_count() or 1
+        workers = workers or available_cores()
         starts = iter(range(0, len(images), bs))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending: deque = deque()

@@ -31,11 +31,11 @@ class PlainTensors(Callback):
     order = 1  # after the batch is on its device, before anything runs the model
 
     def before_batch(self):
-        self.learn.xb = tuple(_plain(x) for x in self.xb)
-        self.learn.yb = tuple(_plain(y) for y in self.yb)
+        self.learn.xb = tuple(_bare_tensor(x) for x in self.xb)
+        self.learn.yb = tuple(_bare_tensor(y) for y in self.yb)
 
 
-def _plain(t):
+def _bare_tensor(t):
     return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
 
 

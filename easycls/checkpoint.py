@@ -194,13 +194,13 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _plain(obj):
+def _weights_only_safe(obj):
     """fastai's optimizer state with `L`s and numpy scalars as lists and floats, so the
     checkpoint loads with `torch.load(weights_only=True)`."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: _weights_only_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, L)):
-        return [_plain(v) for v in obj]
+        return [_weights_only_safe(v) for v in obj]
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj)
     if isinstance(obj, np.generic):
@@ -300,7 +300,7 @@ class Checkpointer(Callback):
                      epoch=epoch, batches_done=done, n_epoch=self.n_epoch,
                      data_rng=_py_state(data_rng),
                      history_rows=self.offset + epoch, elapsed=time.perf_counter() - self.t_start,
-                     model=bare_model(self.model).state_dict(), opt=_plain(self.opt.state_dict()),
+                     model=bare_model(self.model).state_dict(), opt=_weights_only_safe(self.opt.state_dict()),
                      rng=_rng_state(), smooth_loss=self._smooth_loss(), **self.extra())
         failed = self.session.on_main(lambda: _attempt(state, self.run_dir / CHECKPOINT))
         if self.session.any_rank(failed is not None)[0]:  # every rank stops, not only rank 0

@@ -35,8 +35,8 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 def _fail(e: Exception, code: int = 2) -> None:
-    from .distributed import is_main_process
-    if is_main_process():  # every process of a launch hits the same error: say it once
+    from .distributed import Session
+    if Session.of_launch().is_main:  # every process of a launch hits the same error: say it once
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
 

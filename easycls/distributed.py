@@ -26,7 +26,9 @@ from fastai.data.load import DataLoader
 from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["Session", "session", "world_size", "is_main_process", "TrainShardsDL", "ValidShardsDL",
+from .data.images import available_cores
+
+__all__ = ["Session", "session", "world_size", "TrainShardsDL", "ValidShardsDL",
            "DataParallelTrainer", "resolve_precision", "PrecisionError", "local_world_size",
            "worker_budget", "process_group_timeout"]
 
@@ -54,7 +56,7 @@ def worker_budget(cores: int | None = None, local_world: int | None = None) -> i
         1
     """
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = available_cores()
     share = cores // max(1, local_world if local_world is not None else local_world_size())
     return min(16, max(1, share - 1))
 
@@ -62,11 +64,6 @@ def worker_budget(cores: int | None = None, local_world: int | None = None) -> i
 def process_group_timeout(seconds: float | None = None) -> float:
     """Seconds a collective may wait: `seconds`, else `$EASYCLS_DIST_TIMEOUT`, else two hours."""
     return float(seconds or os.environ.get("EASYCLS_DIST_TIMEOUT") or _DEFAULT_TIMEOUT_S)
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (and in a plain single process): the one that shows messages."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _broadcast_list(values: list[int], src: int, world: int) -> list[int]:
@@ -203,6 +200,20 @@ class Session:
     local_rank: int = 0
     local_world_size: int = 1
     _gloo: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of_launch(cls) -> Session:
+        """The rank a launcher gave this process, without joining its group: enough to
+        decide who reports an error that happens before or after the run."""
+        return cls(int(os.environ.get("RANK", "0")), world_size())
+
+    def shows_progress(self, quiet: bool) -> bool:
+        """Progress bars, tables and messages: rank 0 only, and not when quiet."""
+        return self.is_main and not quiet
+
+    def printer(self, quiet: bool) -> Callable[..., None]:
+        """`print` where this process shows messages, else a no-op."""
+        return print if self.shows_progress(quiet) else (lambda *a, **k: None)
 
     @property
     def is_main(self) -> bool:

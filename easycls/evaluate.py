@@ -25,11 +25,12 @@ from PIL import Image
 
 from . import thresholds as th
 from .bundle import Predictor, load
-from .data.images import UnreadableImage, load_resized, open_image, parallel_map, split_zip_ref
+from .data.images import UnreadableImage, load_resized, open_image, parallel_map
 from .data.loaders import encode_labels
 from .data.prepare import SPLITS, run_items
 from .data.sources import DataError
-from .metrics import confusion_matrix, single_label_metrics
+from .metrics import confusion_matrix, multi_label_scores, single_label_metrics
+from .predict import output_name
 from .report import (
     format_table,
     plot_confusion,
@@ -83,7 +84,7 @@ def _known(refs: list[str], labels: list[list[str]], classes: list[str], multi_l
     return [r for r, _ in keep], [labs for _, labs in keep], skipped
 
 
-def _decode(ref: str, size: int) -> tuple[np.ndarray | None, str | None]:
+def _resized_or_reason(ref: str, size: int) -> tuple[np.ndarray | None, str | None]:
     try:
         return load_resized(ref, size), None
     except UnreadableImage as e:
@@ -97,7 +98,7 @@ def _probabilities(predictor: Predictor, refs: list[str], bs: int, chunk: int = 
     """
     probs, bad = [], {}
     for start in range(0, len(refs), chunk):
-        decoded = list(parallel_map(partial(_decode, size=predictor.size), refs[start:start + chunk]))
+        decoded = list(parallel_map(partial(_resized_or_reason, size=predictor.size), refs[start:start + chunk]))
         bad.update({start + k: why for k, (_, why) in enumerate(decoded) if why is not None})
         # Already at the input size: the predictor's own resize is then a no-op.
         good = [Image.fromarray(px) for px, why in decoded if why is None]
@@ -155,7 +156,7 @@ def _single(ev: Evaluation, n_losses: int) -> None:
     plot_confusion(ev.confusion, ev.classes, out / "confusion_matrix.png")
     losses = -np.log(np.clip(ev.probs[np.arange(len(ev.targets)), ev.targets], 1e-12, None))
     write_csv(out / "predictions.csv", [
-        dict(file=_name(r), target=ev.classes[y], predicted=ev.classes[p], probability=round(float(ev.probs[k, p]), 6),
+        dict(file=output_name(r), target=ev.classes[y], predicted=ev.classes[p], probability=round(float(ev.probs[k, p]), 6),
              loss=round(float(loss), 6))
         for k, (r, y, p, loss) in enumerate(zip(ev.refs, ev.targets, ev.preds, losses))],
         ["file", "target", "predicted", "probability", "loss"])
@@ -178,14 +179,6 @@ def _top_losses(ev: Evaluation, losses: np.ndarray, n: int) -> None:
 # ---------------------------------------------------------------- multi-label
 
 
-def _multi_scores(probs: np.ndarray, y: np.ndarray, thresholds, at_least_one: bool) -> dict:
-    pred = th.apply_thresholds(probs, thresholds, at_least_one)
-    tp = int((pred & y).sum())
-    out = {f"f1_{a}": th.f1_scores(probs, y, thresholds, average=a, at_least_one=at_least_one)
-           for a in th.AVERAGES}
-    return {**out, "precision_micro": tp / max(int(pred.sum()), 1), "recall_micro": tp / max(int(y.sum()), 1)}
-
-
 def _multi(ev: Evaluation, predictor: Predictor) -> None:
     y = ev.targets.astype(bool)
     thr = predictor.thresholds()
@@ -198,7 +191,7 @@ def _multi(ev: Evaluation, predictor: Predictor) -> None:
                     for c, r, t, b, f in zip(ev.classes, th.per_class_report(ev.preds, y, thr), thr, best,
                                              info["best_f1"])]
     g, g_f1 = th.best_global_threshold(ev.probs, y, tuned.get("average", "samples"))
-    ev.metrics = {**_multi_scores(ev.probs, y, thr, at_least_one), "at_0.5": _multi_scores(ev.probs, y, 0.5, False),
+    ev.metrics = {**multi_label_scores(ev.probs, y, thr, at_least_one), "at_0.5": multi_label_scores(ev.probs, y, 0.5, False),
                   "best_global_threshold_here": {"threshold": g, "f1": g_f1}, "n_valid": int(len(y))}
     curves = {a: th.f1_curve(ev.probs, y, a, n_points=400) for a in th.AVERAGES}
     marks = {"0.5": 0.5, **({"model": float(tuned["global"])} if "global" in tuned else {})}
@@ -207,16 +200,11 @@ def _multi(ev: Evaluation, predictor: Predictor) -> None:
                       ev.out_dir / "frequency_vs_f1.png")
     names = np.asarray(ev.classes, dtype=object)
     write_csv(ev.out_dir / "predictions.csv", [
-        dict(file=_name(r), targets=" ".join(names[t]), predicted=" ".join(names[p]))
+        dict(file=output_name(r), targets=" ".join(names[t]), predicted=" ".join(names[p]))
         for r, t, p in zip(ev.refs, y, ev.preds)], ["file", "targets", "predicted"])
 
 
 # ---------------------------------------------------------------- files and printing
-
-
-def _name(ref: str) -> str:
-    z = split_zip_ref(ref)
-    return z[1] if z else ref
 
 
 def _write(ev: Evaluation) -> None:

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from . import thresholds as th
 
-__all__ = ["single_label_metrics", "multi_label_metrics", "confusion_matrix"]
+__all__ = ["single_label_metrics", "multi_label_metrics", "multi_label_scores",
+           "confusion_matrix"]
 
 
 def single_label_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -25,13 +26,15 @@ def single_label_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict:
     return out
 
 
-def _scores(probs: np.ndarray, targets: np.ndarray, thresholds) -> dict:
-    pred = probs >= np.asarray(thresholds)
-    tp = (pred & targets).sum()
-    out = {f"f1_{avg}": th.f1_scores(probs, targets, thresholds, average=avg)
-           for avg in ("samples", "micro", "macro")}
-    out["precision_micro"] = float(tp / max(pred.sum(), 1))
-    out["recall_micro"] = float(tp / max(targets.sum(), 1))
+def multi_label_scores(probs: np.ndarray, targets: np.ndarray, thresholds,
+                       at_least_one: bool = False) -> dict:
+    """F1 (samples, micro, macro), micro precision and recall of thresholded scores."""
+    pred = th.apply_thresholds(probs, thresholds, at_least_one)
+    tp = int((pred & targets).sum())
+    out = {f"f1_{avg}": th.f1_scores(probs, targets, thresholds, average=avg,
+                                     at_least_one=at_least_one) for avg in th.AVERAGES}
+    out["precision_micro"] = tp / max(int(pred.sum()), 1)
+    out["recall_micro"] = tp / max(int(targets.sum()), 1)
     return out
 
 
@@ -41,7 +44,7 @@ def multi_label_metrics(probs: torch.Tensor, targets: torch.Tensor, average: str
     t = targets.numpy() > 0.5
     tuned = th.tune_thresholds(p, t, average=average)
     loss = F.binary_cross_entropy(probs.float().clamp(1e-7, 1 - 1e-7), targets.float())
-    return {**_scores(p, t, tuned["per_class"]), "at_0.5": _scores(p, t, 0.5),
+    return {**multi_label_scores(p, t, tuned["per_class"]), "at_0.5": multi_label_scores(p, t, 0.5),
             "valid_loss": float(loss), "n_valid": int(len(t)), "thresholds": tuned}
 
 

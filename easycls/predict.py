@@ -19,7 +19,7 @@ from .data.tables import TableError, read_id_csv
 from .safeio import printable, write_text
 
 __all__ = ["predict_files", "write_predictions", "write_submission", "submission_columns",
-           "SUBMISSION_FORMATS"]
+           "output_name", "SUBMISSION_FORMATS"]
 
 # Named formats; any other "IDCOLUMN,LABELCOLUMN" header works too.
 SUBMISSION_FORMATS = {
@@ -28,7 +28,7 @@ SUBMISSION_FORMATS = {
 }
 
 
-def _name(ref: str) -> str:
+def output_name(ref: str) -> str:
     """The file name as written out: zip members without the archive, odd bytes as \\xNN."""
     z = split_zip_ref(ref)
     return printable(z[1] if z else ref)
@@ -59,10 +59,10 @@ def predict_files(predictor: Predictor, refs: Sequence[str], bs: int = 64,
     rows = []
     for i, (label, prob) in sorted(decided.items()):
         if predictor.multi_label:
-            rows.append(dict(file=_name(refs[i]), labels=" ".join(label),
+            rows.append(dict(file=output_name(refs[i]), labels=" ".join(label),
                              probabilities=" ".join(f"{p:.4f}" for p in prob)))
         else:
-            rows.append(dict(file=_name(refs[i]), label=label, probability=round(prob, 6)))
+            rows.append(dict(file=output_name(refs[i]), label=label, probability=round(prob, 6)))
     return rows, bad
 
 
@@ -93,7 +93,7 @@ def submission_columns(fmt: str, multi_label: bool) -> tuple[str, str]:
 
 
 def _basename(ref: str) -> str:
-    return Path(_name(ref)).name
+    return Path(output_name(ref)).name
 
 
 def _match_order(refs: Sequence[str], order: str | Path, id_col: str) -> tuple[list[str], list[int]]:

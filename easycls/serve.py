@@ -147,7 +147,7 @@ def decode_upload(name: str, data: bytes, size: int, max_pixels: int) -> Image.I
             if img.width * img.height > max_pixels:
                 raise UploadError(400, f"{name}: decompression bomb: {img.width}x{img.height} "
                                        f"pixels is over the limit of {max_pixels}")
-            img.draft("RGB", (size, size))  # as images._decode: JPEGs decode at reduced scale
+            img.draft("RGB", (size, size))  # as images._decode_image: JPEGs decode at reduced scale
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
     except UploadError:

@@ -247,7 +247,7 @@ def _bucket_ids(v: np.ndarray, n_buckets: int) -> tuple[np.ndarray, int]:
 
 
 @dataclass
-class _Data:
+class _ScoredTargets:
     """Validated scores and targets, with the bucketing shared by the searches."""
 
     p: np.ndarray  # (n, c) float64 scores
@@ -441,7 +441,7 @@ def _group_gains(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _global_sweep(
-    d: _Data, v: np.ndarray, bkt: np.ndarray, n_buckets: int, average: str, how: str
+    d: _ScoredTargets, v: np.ndarray, bkt: np.ndarray, n_buckets: int, average: str, how: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(thresholds, f1) of the global candidates, thresholds decreasing."""
     n, c = d.p.shape
@@ -460,7 +460,7 @@ def _global_sweep(
 
 
 def _global_candidates(
-    d: _Data, average: str, at_least_one: bool, how: str = "best"
+    d: _ScoredTargets, average: str, at_least_one: bool, how: str = "best"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(thresholds, f1) of global candidates, thresholds decreasing, "nothing" included."""
     (n, c), (bkt, n_buckets) = d.p.shape, d.buckets
@@ -479,7 +479,7 @@ def _global_candidates(
     return thresholds, f1
 
 
-def _best_global(d: _Data, average: str, at_least_one: bool) -> tuple[float, float]:
+def _best_global(d: _ScoredTargets, average: str, at_least_one: bool) -> tuple[float, float]:
     thresholds, f1 = _global_candidates(d, average, at_least_one)
     t = float(thresholds[_pick(np.zeros(len(f1), np.intp), thresholds, f1, 1)[0]])
     return t, _f1_of_preds(_apply(d.p, t, at_least_one), d.y, average)
@@ -506,7 +506,7 @@ def best_global_threshold(
         (0.4, 1.0)
     """
     _check_average(average)
-    return _best_global(_Data(*_prepare(probs, targets)), average, at_least_one)
+    return _best_global(_ScoredTargets(*_prepare(probs, targets)), average, at_least_one)
 
 
 def f1_curve(
@@ -529,7 +529,7 @@ def f1_curve(
         top-1 only with at_least_one); that needs a full sort, O(N log N).
     """
     _check_average(average)
-    d = _Data(*_prepare(probs, targets))
+    d = _ScoredTargets(*_prepare(probs, targets))
     coarse = n_points is not None and d.buckets[1] >= n_points
     thresholds, f1 = _global_candidates(d, average, at_least_one, "buckets" if coarse else "all")
     if coarse:  # one point per threshold: bucket points may repeat swept ones
@@ -552,7 +552,7 @@ def _class_f1(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _ratio(2 * tp, np.count_nonzero(pred, axis=0) + np.count_nonzero(y, axis=0))
 
 
-def _best_per_class(d: _Data) -> tuple[np.ndarray, np.ndarray]:
+def _best_per_class(d: _ScoredTargets) -> tuple[np.ndarray, np.ndarray]:
     """Each class's own exact F1-optimal threshold, and that F1."""
     c = d.p.shape[1]
     f1 = _f1_fn(np.count_nonzero(d.y, axis=0))
@@ -566,7 +566,7 @@ def _best_per_class(d: _Data) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _class_thresholds(
-    d: _Data, min_positives: int, fallback: float | None, average: str
+    d: _ScoredTargets, min_positives: int, fallback: float | None, average: str
 ) -> tuple[np.ndarray, dict]:
     thresholds, best_f1 = _best_per_class(d)
     support = np.count_nonzero(d.y, axis=0)
@@ -605,7 +605,7 @@ def best_class_thresholds(
         class's best F1 by its own search) and ``f1`` (class F1 at the returned thresholds).
     """
     _check_average(average)
-    return _class_thresholds(_Data(*_prepare(probs, targets)), min_positives, fallback, average)
+    return _class_thresholds(_ScoredTargets(*_prepare(probs, targets)), min_positives, fallback, average)
 
 
 # ---------------------------------------------------------------------------- one call
@@ -644,7 +644,7 @@ def tune_thresholds(
         [[False, False]]
     """
     _check_average(average)
-    d = _Data(*_prepare(probs, targets))
+    d = _ScoredTargets(*_prepare(probs, targets))
     c = d.p.shape[1]
     g, _ = _best_global(d, average, at_least_one)
     candidates = {"fixed_0.5": np.full(c, 0.5), "global": np.full(c, g)}

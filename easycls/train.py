@@ -106,7 +106,7 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
                                      label_smoothing=cfg.label_smoothing, **kw)
     if cfg.compile:
         learn.model = torch.compile(learn.model)
-    if cfg.quiet or not sess.is_main:
+    if not sess.shows_progress(cfg.quiet):
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *a, **k: None
     return learn, (list(norm[0]), list(norm[1]))
@@ -222,10 +222,10 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
     arch_obj = arch if arch is not None and not isinstance(arch, str) else cfg.arch
     sess = distributed.session()
     _check_early(cfg, arch_obj, sess)
-    say = print if (sess.is_main and not cfg.quiet) else (lambda *a, **k: None)
+    say = sess.printer(cfg.quiet)
     set_seed(cfg.seed)
     t_start = time.perf_counter()
-    data = PreparedData(load_items(cfg), cfg, progress=sess.is_main and not cfg.quiet)
+    data = PreparedData(load_items(cfg), cfg, progress=sess.shows_progress(cfg.quiet))
     run_dir = Path(cfg.out) if cfg.out else _default_out(cfg, data.table)
     cfg = cfg.updated(out=str(run_dir))
     sess.on_main(lambda: run_dir.mkdir(parents=True, exist_ok=True))

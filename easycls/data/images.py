@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "available_cores",
     "IMAGE_EXTENSIONS",
     "ZIP_SEP",
     "UnreadableImage",
@@ -177,7 +178,7 @@ def _refuse_zip_bomb(ref: str, info: zipfile.ZipInfo) -> None:
 # ---------------------------------------------------------------- decoding
 
 
-def _decode(ref: str, draft: int | None) -> Image.Image:
+def _decode_image(ref: str, draft: int | None) -> Image.Image:
     """Open and fully load ``ref`` so truncation fails here, not in a worker later."""
     ref = os.fspath(ref)
     source = _read_source(ref)
@@ -255,7 +256,7 @@ def open_image(ref: str, draft: int | None = None) -> Image.Image:
         >>> open_image("cat.jpg").mode
         'RGB'
     """
-    img = _decode(ref, draft)
+    img = _decode_image(ref, draft)
     try:
         return to_rgb(img)
     except (OSError, ValueError) as e:  # e.g. LAB without a colour profile
@@ -294,10 +295,15 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
 def _check_one(ref: str) -> str | None:
     """Reason ``ref`` cannot be read, or None. Draft (1/8 scale) makes JPEGs cheap."""
     try:
-        _decode(ref, draft=1)
+        _decode_image(ref, draft=1)
     except UnreadableImage as e:
         return e.reason
     return None
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parallel_map(
@@ -310,7 +316,7 @@ def parallel_map(
     worker start-up and no re-import of the package. Items go out in chunks so
     a million references do not become a million futures.
     """
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cores()
     chunks = [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         done = pool.map(lambda chunk: [fn(x) for x in chunk], chunks)

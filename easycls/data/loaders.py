@@ -27,7 +27,6 @@ dataset is always `pixels[i]`, `targets[i]`.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from fastai.torch_core import TensorCategory, TensorImage, TensorMultiCategory
 from fasttransform import Pipeline
 from PIL import Image
 
-from .images import load_resized, resize_square
+from .images import available_cores, load_resized, resize_square
 
 __all__ = ["ImageDataset", "Pixels", "LoadImage", "IndexedCategorize", "IndexedMultiCategorize",
            "train_store_size", "make_dataloaders", "encode_labels", "pixel_stats",
@@ -216,7 +215,7 @@ def default_workers(cached: bool) -> int:
     """Cached items are a memory copy, cheaper in-process than over worker IPC."""
     if cached:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     return min(16, max(1, cores - 1))
 
 

@@ -155,13 +155,13 @@ class PreparedData:
         self.store_size = train_store_size(cfg.size, cfg.augment)
         self.use_cache = cfg.cache if cfg.cache is not None else dcache.fits_budget(
             len(table.refs), self.store_size)
-        self._decode()
+        self._decode_pixels()
         self.vocab = table.classes
 
     def _split_refs(self, valid: bool) -> list[int]:
         return [i for i, v in enumerate(self.table.is_valid) if v == valid]
 
-    def _decode(self) -> None:
+    def _decode_pixels(self) -> None:
         refs, bad = self.table.refs, {}
         tr, va = self._split_refs(False), self._split_refs(True)
         self.train_px, f_tr = _pixels([refs[i] for i in tr], self.store_size, self.use_cache,

@@ -23,6 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .images import IMAGE_EXTENSIONS
+
 __all__ = [
     "FILE_COLUMNS",
     "LABEL_COLUMNS",
@@ -37,7 +39,6 @@ LABEL_COLUMNS = ("labels", "label", "tags", "class", "category", "target", "y")
 
 # Never guessed as the label column: reading captions as labels would "work" silently.
 _TEXT_COLUMNS = ("caption", "captions", "text", "description", "comment", "comments", "title", "notes")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # str.splitlines() would also split on \u2028, \x1c, ... which do occur in scraped captions.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _MAX_LISTED = 10
@@ -177,7 +178,7 @@ def read_id_csv(
 
 def _load(path: Path, sep: str | None) -> _Sheet:
     """Decode the file (UTF-8, BOM or not) and split it into a header and data lines."""
-    lines = [(n, line) for n, line in enumerate(_decode(path), start=1) if line.strip()]
+    lines = [(n, line) for n, line in enumerate(_decode_text(path), start=1) if line.strip()]
     if not lines:
         raise TableError(f"{path} is empty; expected a header line such as ImageID,Labels.")
     (_, head), data = lines[0], lines[1:]
@@ -188,7 +189,7 @@ def _load(path: Path, sep: str | None) -> _Sheet:
     return _Sheet(path, sep, header, data)
 
 
-def _decode(path: Path) -> list[str]:
+def _decode_text(path: Path) -> list[str]:
     raw = path.read_bytes()
     try:
         # Excel writes a BOM; plain utf-8 would glue it to the first header name.
@@ -291,7 +292,7 @@ def _file_index(sheet: _Sheet, given: str | None) -> int:
     if given is not None:
         return _given_index(sheet, given, "file_column")
     idx = _match(sheet.header, FILE_COLUMNS)
-    if idx is None and sheet.header[0].lower().endswith(_IMAGE_SUFFIXES):
+    if idx is None and sheet.header[0].lower().endswith(tuple(IMAGE_EXTENSIONS)):
         raise TableError(
             f"{sheet.path}: the first line ({sheet.sep.join(sheet.header)}) looks like data, not a "
             "header; add a header line such as ImageID,Labels so the first row is not lost."
