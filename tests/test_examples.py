@@ -1,4 +1,6 @@
-"""Every script in examples/ runs end to end in its --smoke mode (generated data, CPU)."""
+"""Every script in examples/ runs end to end in its --smoke mode (generated data, CPU).
+
+Each takes a minute or more on two cores: all are `slow` (CI runs them)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ def _run(cmd: list[str], tmp_path: Path, timeout: int = 600) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_animals15_smoke(tmp_path):
     out = _run([sys.executable, str(EXAMPLES / "animals15_ddp.py"), "--smoke"], tmp_path)
     assert "validation accuracy" in out
@@ -28,6 +31,7 @@ def test_animals15_smoke(tmp_path):
     assert (run / "eval-animals15" / "confusion_matrix.png").exists()
 
 
+@pytest.mark.slow
 def test_comp5329_smoke(tmp_path):
     out = _run([sys.executable, str(EXAMPLES / "comp5329_multilabel.py"), "--smoke"], tmp_path)
     assert "F1 (samples)" in out
@@ -38,6 +42,7 @@ def test_comp5329_smoke(tmp_path):
     assert (run / "eval-comp5329" / "f1_vs_threshold.png").exists()
 
 
+@pytest.mark.slow
 def test_tiny_imagenet_compare_smoke(tmp_path):
     out = _run([sys.executable, str(EXAMPLES / "tiny_imagenet_compare.py"), "--smoke"], tmp_path)
     for name in ("small_cnn", "wide_cnn", "resnet18"):
@@ -46,6 +51,7 @@ def test_tiny_imagenet_compare_smoke(tmp_path):
     assert table[0] == "model,params,accuracy,top5_accuracy,train_seconds" and len(table) == 4
 
 
+@pytest.mark.slow
 def test_asl_smoke(tmp_path):
     out = _run([sys.executable, str(EXAMPLES / "asl.py"), "--smoke"], tmp_path)
     assert "speedup" in out

@@ -70,8 +70,9 @@ def test_head_dropout_changes_training(data, tmp_path):
 
 def test_custom_module_instance_and_callable(data, tmp_path):
     from easycls import load
-    learn = fit(str(data), arch=tiny_cnn(3), out=str(tmp_path / "inst"), **BASE)
-    assert learn.model is not None
+    instance = tiny_cnn(3)
+    learn = fit(str(data), arch=instance, out=str(tmp_path / "inst"), **BASE)
+    assert learn.model is instance  # trained in place, not rebuilt from its name
     predictor = load(tmp_path / "inst", model=tiny_cnn(3))
     label, prob = predictor.predict(next((data / "cat").iterdir()))
     assert label in ("cat", "dog", "fox") and 0 <= prob <= 1
