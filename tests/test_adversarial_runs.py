@@ -119,3 +119,81 @@ def test_session_claim_fails_every_rank_together(holder):
     with Session().claim(run):
         assert (run / LOCK_NAME).exists()
     assert not (run / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_full_disk_at_a_checkpoint_stops_in_one_line_and_resume_continues(tmp_path, monkeypatch):
+    """Failure 3: a full disk while writing the checkpoint says so in one line (exit 1), leaves
+    no temporary behind, keeps the last good checkpoint, and --resume continues from it."""
+    import torch
+    from conftest import write_class_folders
+    from test_checkpoint import EXACT, _history
+    from test_safeio import fail_writes
+    from typer.testing import CliRunner
+
+    import easycls
+    from easycls.cli import app
+    data = write_class_folders(tmp_path / "pets", per_class=20)
+    run = tmp_path / "run"
+    args = ["fit", str(data), "--out", str(run), "--arch", EXACT["arch"], "--no-pretrained",
+            "--epochs", "3", "--size", "32", "--bs", "8", "--lr", "2e-3", "--no-augment",
+            "--workers", "0", "--quiet"]
+    with monkeypatch.context() as m:
+        fail_writes(m, "checkpoint.pth", after=1000, skip=1)  # epoch 1's fits, epoch 2's does not
+        result = CliRunner().invoke(app, args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: disk full: could not write {run / 'checkpoint.pth'}")
+    assert f"easycls fit --resume {run}" in lines[0]
+    assert not (run / "checkpoint.pth.tmp").exists()
+    assert torch.load(run / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    easycls.fit(resume=str(run), quiet=True)
+    assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2]
+    assert (run / "metrics.json").exists()
+
+
+def test_fit_on_a_directory_in_use_fails_before_reading_any_data(holder, tmp_path):
+    """Failure 1: the lock is taken before the data is scanned (the source here does not even
+    exist), so a second run fails at once."""
+    import easycls
+    run, proc = holder
+    with pytest.raises(RunLockError, match=f"in use by another easycls run: pid {proc.pid}"):
+        easycls.fit(str(tmp_path / "no-such-data"), out=str(run), quiet=True)
+    with pytest.raises(RunLockError, match=f"pid {proc.pid}"):
+        easycls.fit(resume=str(run))
+
+
+@pytest.mark.slow
+def test_two_cli_runs_on_one_out(tmp_path):
+    """Failure 1: the second `easycls fit` on the same --out exits 2 at once, naming the first;
+    after the first is killed, its stale lock does not block --overwrite."""
+    import signal
+    import time
+
+    from conftest import write_class_folders
+    data = write_class_folders(tmp_path / "pets", per_class=20)
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "easycls", "fit", str(data), "--out", str(run), "--arch",
+            "resnet18", "--no-pretrained", "--size", "32", "--bs", "8", "--lr", "1e-3",
+            "--workers", "0", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(args + ["--epochs", "50"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (run / LOCK_NAME).exists():
+        assert first.poll() is None, first.communicate()[0]
+        assert time.time() - t0 < 120
+        time.sleep(0.05)
+    second = subprocess.run(args + ["--epochs", "1"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"in use by another easycls run: pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
+    third = subprocess.run(args + ["--epochs", "1", "--overwrite"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert third.returncode == 0, third.stdout + third.stderr
+    rows = (run / "history.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("0,")  # one run's rows only
+    assert json.loads((run / "config.json").read_text())["epochs"] == 1
