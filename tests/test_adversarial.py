@@ -145,6 +145,17 @@ def test_cli_predict_on_a_crafted_bundle_fails_in_one_line(bundle, tmp_path, ima
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("command", ["evaluate", "thresholds"])
+def test_cli_evaluate_and_thresholds_on_a_crafted_bundle_fail_in_one_line(bundle, tmp_path,
+                                                                          no_network, command):
+    run = _crafted(bundle, tmp_path, arch="hf-hub:timm/resnet18", multi_label=True)
+    data = write_class_folders(tmp_path / "pets", classes=("cat", "dog"), per_class=2)
+    result = runner.invoke(app, [command, str(run), str(data)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {run / 'model.json'}: 'arch' must be "), lines
+
+
 def test_undecodable_file_name_in_cache_key():
     """Failure 2: a name that is not UTF-8 (surrogateescape from os.listdir) hashes like any
     other."""
