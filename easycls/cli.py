@@ -75,12 +75,13 @@ def fit_cmd(source: str | None = None, resume: Path | None = None, **settings: A
     from .data.tables import TableError
     from .distributed import PrecisionError
     from .learners import ArchError, PretrainedUnavailable
+    from .runlock import RunLockError
     from .safeio import WriteError
     from .train import fit
     try:
         fit(source, resume=resume, **settings)
     except (config.ConfigError, DataError, TableError, ArchError, PretrainedUnavailable,
-            FileNotFoundError, CheckpointError, ImportError, PrecisionError) as e:
+            FileNotFoundError, CheckpointError, ImportError, PrecisionError, RunLockError) as e:
         _fail(e)
     except WriteError as e:  # a full disk: the last good checkpoint stays for --resume
         _fail(e, 1)

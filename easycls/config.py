@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = _opt(42, "Random seed (split, model init, data order).", lo=0, hi=2**32 - 1)
     out: str | None = _opt(None, "Run directory (default runs/<source>-<arch>-<time>).",
                            kind="path")
+    overwrite: bool = _opt(False, "Replace the files of an earlier run in --out (refused "
+                           "otherwise; --resume continues a run instead).", flag="--overwrite")
     images: str | None = _opt(None, "Image folder for a CSV source.", kind="path")
     path: str | None = _opt(None, "Where a named dataset lies.", kind="path")
     multi_label: bool | None = _opt(None, "Force multi-label or single-label (default: detected).",
@@ -103,8 +105,23 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
-        data = json.loads(Path(path).read_text())
-        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
+        """The config of `path`, every value checked as an option is (type, range).
+
+        Raises:
+            ConfigError: the file is not a JSON object, or a value is wrong (naming the file
+                and the key).
+        """
+        try:
+            data = json.loads(Path(path).read_bytes())
+        except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError included
+            raise ConfigError(f"{path} cannot be read as JSON ({e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("extra", {}), dict):
+            raise ConfigError(f"{path} must hold a JSON object of settings (with 'extra' an "
+                              "object), as `easycls fit` writes it")
+        try:
+            return cls().updated(**{k: v for k, v in data.items() if k in _FIELDS})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def updated(self, **changes: Any) -> TrainConfig:
         """A copy with `changes`, each checked against its field (name, type, range).

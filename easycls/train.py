@@ -7,6 +7,7 @@ The module is `train`, not `fit`: a submodule named `fit` would replace the func
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -214,23 +215,42 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
         >>> learn = fit("digits")
         >>> learn.easycls.metrics["accuracy"]
     """
-    if resume is not None:
-        cfg = _resumed_config(resume, source, settings)
-    else:
-        cfg = resolve_config(source, **settings)
-    arch = settings.get("arch")
-    arch_obj = arch if arch is not None and not isinstance(arch, str) else cfg.arch
     sess = distributed.session()
-    _check_early(cfg, arch_obj, sess)
+    with ExitStack() as held:  # the run directory's lock, held for the life of the run
+        def claim(run_dir: str | Path, overwrite: bool = False) -> None:
+            held.enter_context(sess.claim(run_dir, resume=resume is not None,
+                                          overwrite=overwrite))
+        # Claimed before anything is read or written: a second run on it fails at once.
+        if resume is not None:
+            if not Path(resume).is_dir():
+                raise CheckpointError(f"{resume} is not a folder: give the run directory of the "
+                                      "run to continue")
+            claim(resume)
+            cfg = _resumed_config(resume, source, settings)
+        else:
+            cfg = resolve_config(source, **settings)
+            if cfg.out:
+                claim(cfg.out, cfg.overwrite)
+        arch = settings.get("arch")
+        arch_obj = arch if arch is not None and not isinstance(arch, str) else cfg.arch
+        _check_early(cfg, arch_obj, sess)
+        later = None if cfg.out else (lambda run_dir: claim(run_dir, cfg.overwrite))
+        return _fit(cfg, arch_obj, sess, resume is not None, later)
+
+
+def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner:
+    """`fit` once its settings are checked and, with `out` given, its directory is held;
+    `claim` takes the lock of the default run directory once the data has named it."""
     say = sess.printer(cfg.quiet)
     set_seed(cfg.seed)
     t_start = time.perf_counter()
     data = PreparedData(load_items(cfg), cfg, progress=sess.shows_progress(cfg.quiet))
     run_dir = Path(cfg.out) if cfg.out else _default_out(cfg, data.table)
+    if claim is not None:
+        claim(run_dir)
     cfg = cfg.updated(out=str(run_dir))
     sess.on_main(lambda: run_dir.mkdir(parents=True, exist_ok=True))
     say(_summary(data, cfg, sess))
-    resumed = resume is not None
     state = load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab) if resumed else None
     if state is not None:  # the budget and train_seconds count the time before the stop too
         t_start -= state["elapsed"]

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import warnings
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..rundir import write_json
 from . import builtin
 from .sources import (
     DataError,
@@ -352,7 +352,7 @@ def _readable(refs: list[str]) -> tuple[list[int], dict[int, str]]:
 def score_test(run_dir: Path, predictor, table: ItemTable) -> None:
     """Write `test_metrics.json` (accuracy on the labelled test images) and `class_names.json`."""
     if table.class_names:
-        (run_dir / "class_names.json").write_text(json.dumps(table.class_names, indent=1) + "\n")
+        write_json(run_dir / "class_names.json", table.class_names)
     if not table.test_refs or not table.test_labels:
         return
     scored = [i for i, labs in enumerate(table.test_labels) if labs]
@@ -360,7 +360,7 @@ def score_test(run_dir: Path, predictor, table: ItemTable) -> None:
     preds = predictor.predict_many([table.test_refs[scored[j]] for j in good])
     hits = [pred == table.test_labels[scored[j]][0] for j, (pred, _) in zip(good, preds)]
     metrics = {"test_accuracy": sum(hits) / max(len(hits), 1), "n_test": len(hits), "n_unreadable": len(bad)}
-    (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(run_dir / "test_metrics.json", metrics)
 
 
 def write_submission(run_dir: Path, predictor, table: ItemTable) -> None:
