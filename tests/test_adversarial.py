@@ -251,3 +251,18 @@ def test_decompression_bomb_is_skipped(tmp_path, monkeypatch):
     color_image(0, 2, np.random.default_rng(0), size=64).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit
     assert images.check_images([str(path)])[0].startswith("too large: ")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--arch", "resnet181"], "resnet181"),
+    (["--mixed-precision", "fp8"], "mixed_precision"),
+    (["--epochs", "99999999999999999999"], "epochs"),
+    (["--size", "100000"], "size"),
+])
+def test_cli_bad_options_are_refused_before_the_data_is_read(tmp_path, args, says):
+    """Failure 7 (checked in depth by tests/test_config.py): one line, exit 2, and the source,
+    which does not exist, is never looked at."""
+    result = runner.invoke(app, ["fit", str(tmp_path / "not-there"), "--no-pretrained", *args])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and says in lines[0], result.output
+    assert "not-there" not in result.output and "Traceback" not in result.output

@@ -197,3 +197,48 @@ def test_two_cli_runs_on_one_out(tmp_path):
     rows = (run / "history.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("0,")  # one run's rows only
     assert json.loads((run / "config.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.parametrize("text, says", [
+    ("{not json", "cannot be read as JSON"),
+    ('["a"]', "must hold a JSON object of settings"),
+    ('{"epochs": "5"}', "epochs"),
+    ('{"bs": -3}', "bs"),
+    ('{"arch": 7}', "arch"),
+    ('{"extra": [1]}', "'extra' an object"),
+])
+def test_crafted_config_json_is_refused_on_resume(tmp_path, text, says):
+    """Validated run directories: config.json is checked like the options on --resume, and
+    the error names the file (one line on the command line, exit status 2)."""
+    from typer.testing import CliRunner
+
+    import easycls
+    from easycls.cli import app
+    from easycls.config import ConfigError
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match=rf"{run / 'config.json'}.*{says}"):
+        easycls.fit(resume=str(run))
+    result = CliRunner().invoke(app, ["fit", "--resume", str(run)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and str(run / "config.json") in lines[0]
+    assert not (run / LOCK_NAME).exists()  # released on the way out
+
+
+def test_crafted_checkpoint_fields_are_refused(tmp_path):
+    from test_checkpoint import _state
+
+    from easycls.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    for bad, says in [(dict(epoch="1"), "'epoch' should be an integer >= 0"),
+                      (dict(n_epoch=0), "'n_epoch' should be an integer >= 1"),
+                      (dict(model={"w": [1, 2]}), "'model' should be a dict of tensors"),
+                      (dict(epoch=9), "'epoch' 9 is past 'n_epoch' 3")]:
+        save_checkpoint(_state(**bad), tmp_path / "checkpoint.pth")
+        with pytest.raises(CheckpointError, match=says):
+            load_checkpoint(tmp_path, arch="resnet18", classes=["a", "b"])
+    state = _state()
+    del state["rng"]
+    save_checkpoint(state, tmp_path / "checkpoint.pth")
+    with pytest.raises(CheckpointError, match="'rng' should be saved random states, found missing"):
+        load_checkpoint(tmp_path, arch="resnet18", classes=["a", "b"])
