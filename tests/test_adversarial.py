@@ -168,14 +168,17 @@ def test_undecodable_file_name_in_cache_key():
 @pytest.mark.slow
 def test_undecodable_file_name_is_trained_on_and_written_escaped(tmp_path, bundle):
     """Failure 2: a real file named b'bad\\xff.png' is read like any other image, and written out
-    escaped in the predictions CSV."""
+    escaped in skipped.txt and the predictions CSV."""
     root = write_class_folders(tmp_path / "pets", classes=("cat", "dog"), per_class=8)
     odd = root / "cat" / os.fsdecode(b"bad\xff.png")
     color_image(0, 2, np.random.default_rng(1)).save(odd)
+    (root / "dog" / os.fsdecode(b"broken\xfe.png")).write_bytes(b"not an image")
     learn = easycls.fit(str(root), arch="resnet18", pretrained=False, epochs=1, size=32, bs=8,
                         lr=1e-3, quiet=True, cache=True, out=str(tmp_path / "run"))
     refs = learn.dls.train_ds.pixels.refs + learn.dls.valid_ds.pixels.refs
     assert str(odd) in refs and len(refs) == 17
+    skipped = (tmp_path / "run" / "skipped.txt").read_bytes().decode("utf-8")
+    assert skipped.endswith("dog/broken\\xfe.png\tnot an image\n")
     out = tmp_path / "preds.csv"
     result = runner.invoke(app, ["predict", str(tmp_path / "run"), str(root / "cat"),
                                  "--csv", str(out)])
