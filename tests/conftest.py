@@ -55,3 +55,20 @@ def split_folders(tmp_path) -> Path:
 
 
 TINY = dict(arch="resnet18", pretrained=False, epochs=1, size=32, bs=8, lr=1e-3, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """The embedded digits dataset (train/ and valid/ class folders), written once per session."""
+    from easycls.data.builtin import materialize
+    return materialize("digits", tmp_path_factory.mktemp("digits-data"))
+
+
+@pytest.fixture(scope="session")
+def digits_run(digits_folder, tmp_path_factory) -> Path:
+    """One tiny trained digits run (test_resnet, 1 epoch, 32 px), shared by the slow tests."""
+    import easycls
+    out = tmp_path_factory.mktemp("runs") / "digits-test_resnet"
+    easycls.fit(str(digits_folder), out=str(out),
+                **{**TINY, "arch": "test_resnet", "lr": 3e-3, "bs": 32})
+    return out

@@ -209,25 +209,12 @@ def test_unknown_format(single):
 # ---------------------------------------------------------------- slow: trained runs
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    from easycls.data.builtin import materialize
-    return materialize("digits", tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def digits_run(digits, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "digits"
-    easycls.fit(str(digits), out=str(out), **{**TINY, "arch": "test_resnet", "lr": 3e-3, "bs": 32})
-    return out
-
-
 @pytest.mark.slow
-def test_digits_run_round_trip(digits, digits_run, tmp_path):
+def test_digits_run_round_trip(digits_folder, digits_run, tmp_path):
     """Export checks itself on the run's validation images; 50 held-out digits agree."""
     result = export(digits_run, tmp_path / "onnx")
     assert result.checked == 64 and result.checked_on == "validation" and result.max_diff < 1e-4
-    valid = sorted((digits / "valid").rglob("*.png"))[::7][:50]
+    valid = sorted((digits_folder / "valid").rglob("*.png"))[::7][:50]
     folder = tmp_path / "held_out"
     folder.mkdir()
     for p in valid:

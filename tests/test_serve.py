@@ -18,10 +18,8 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import TINY
 from PIL import Image
 
-import easycls
 from easycls.bundle import load, save_bundle
 
 pytest.importorskip("fastapi")
@@ -252,19 +250,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    from easycls.data.builtin import materialize
-    return materialize("digits", tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def digits_run(digits, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "digits-test_resnet"
-    easycls.fit(str(digits), out=str(out), **{**TINY, "arch": "test_resnet", "lr": 3e-3, "bs": 32})
-    return out
-
-
 @pytest.fixture
 def server(digits_run):
     port = free_port()
@@ -289,11 +274,11 @@ def server(digits_run):
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(),
                     reason="needs Debian's chromium (.ci/run installs it)")
-def test_page_labels_uploaded_digits(server, digits, digits_run, tmp_path):
+def test_page_labels_uploaded_digits(server, digits_folder, digits_run, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     images = []
     for digit in ("7", "3", "5"):  # enlarged, as a photo would be; the server resizes back
-        source = sorted((digits / "valid" / digit).glob("*.png"))[0]
+        source = sorted((digits_folder / "valid" / digit).glob("*.png"))[0]
         images.append(tmp_path / f"digit_{digit}.png")
         Image.open(source).resize((128, 128), Image.Resampling.NEAREST).save(images[-1])
     predictor = load(digits_run, device="cpu")
