@@ -231,7 +231,8 @@ def create_app(run_dir: str | Path, *, predictor: Predictor | None = None, token
     """
     run_dir = Path(run_dir)
     predictor = predictor or load(run_dir, device=device)
-    batcher = Batcher(lambda ims: predictor.probabilities(ims, bs=max(1, len(ims))),
+    # The images arrive decoded and resized already: one worker just turns them into arrays.
+    batcher = Batcher(lambda ims: predictor.probabilities(ims, bs=max(1, len(ims)), workers=1),
                       max_batch, max_wait_ms / 1000)
     max_bytes, max_pixels = int(max_mb * 2**20), max_pixels or Image.MAX_IMAGE_PIXELS
     info = _model_info(run_dir, predictor)
