@@ -36,7 +36,8 @@ VALID_FRACTION = 0.2
 SEED = 0
 SIZE = 32  # one digit, upscaled from 8x8 so timm backbones have room to downsample
 MOSAIC_COUNTS = {"train": 3000, "valid": 600}
-# PNG level 1 is ~3x faster to write than the default 6 and only slightly larger here.
+# PNG level 1 writes faster than the default 6 and is only slightly larger here
+# (figures in docs/performance.md).
 _PNG = {"compress_level": 1}
 
 _DESCRIPTIONS = {
@@ -163,7 +164,7 @@ def _publish(tmp: Path, target: Path) -> None:
 @lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     """All digits rendered to SIZE x SIZE uint8 gray (0..16 mapped to 0..255), and labels."""
-    from sklearn.datasets import load_digits  # deferred: sklearn import costs ~1 s
+    from sklearn.datasets import load_digits  # deferred: a slow import (docs/performance.md)
 
     data = load_digits()
     gray = np.rint(data.images * (255 / 16)).astype(np.uint8)
