@@ -2,8 +2,8 @@
 
 What the CPU must do per batch when a GPU does the float work (conversion, augmentation,
 normalization): read the batch's rows of the uint8 cache and hand over one uint8 batch.
-Old: fastai's `TfmdDL` over `ImageDataset` (one tensor per item, a permute each,
-`torch.stack`), as `make_dataloaders` built it. New: `FeedDL` (one `np.take` per batch,
+Old: fastai's `TfmdDL` over the item dataset easycls had before (one tensor per item, a
+permute each, `torch.stack`), as `make_dataloaders` built it. New: `FeedDL` (one `np.take` per batch,
 in its prefetch thread). Both iterate `create_batches` over a shuffled pass of a
 generated (N, S, S, 3) uint8 memory map (S = 255, the stored size for 224 px training).
 Rounds alternate (old, new, new, old, ...) and each is timed in **process CPU time**
@@ -49,14 +49,32 @@ def memmap_cache(n: int, store: int, folder: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+class ItemDataset:
+    """easycls's dataset before `FeedDL` (verbatim in effect): each item a copied row,
+    permuted to CHW, as its own tensor; fastai's collate then stacks them."""
+
+    def __init__(self, array: np.ndarray, targets: np.ndarray):
+        self.array, self.targets = array, targets
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: int):
+        import torch
+        from fastai.torch_core import TensorCategory, TensorImage
+        x = TensorImage(torch.from_numpy(np.array(self.array[i])).permute(2, 0, 1))
+        return x, TensorCategory(torch.as_tensor(self.targets[i]))
+
+
 def loaders(array: np.ndarray, bs: int):
     from fastai.data.core import TfmdDL
 
     from easycls.data.feed import FeedDL
     from easycls.data.loaders import ImageDataset, Pixels
-    ds = ImageDataset(Pixels([str(i) for i in range(len(array))], array.shape[1], array),
-                      np.arange(len(array)) % 10, False, 0)
-    return {"old": TfmdDL(ds, bs=bs, shuffle=True, drop_last=True),
+    targets = np.arange(len(array)) % 10
+    ds = ImageDataset(Pixels([str(i) for i in range(len(array))], array.shape[1], array), targets,
+                      False, 0)
+    return {"old": TfmdDL(ItemDataset(array, targets), bs=bs, shuffle=True, drop_last=True),
             "new": FeedDL(ds, bs=bs, shuffle=True, drop_last=True)}
 
 

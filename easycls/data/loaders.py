@@ -34,7 +34,7 @@ import fastai.vision.learner  # noqa: F401  (show_batch, show_results, plot_top_
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastai.data.core import DataLoaders, Datasets, TfmdDL, TfmdLists
+from fastai.data.core import DataLoaders, Datasets, TfmdLists
 from fastai.data.transforms import (
     Categorize,
     DisplayedTransform,
@@ -46,7 +46,8 @@ from fastai.torch_core import TensorCategory, TensorImage, TensorMultiCategory
 from fasttransform import Pipeline
 from PIL import Image
 
-from .images import available_cores, load_resized, resize_square
+from .feed import FeedDL
+from .images import load_resized, resize_square
 
 __all__ = ["ImageDataset", "Pixels", "LoadImage", "IndexedCategorize", "IndexedMultiCategorize",
            "train_store_size", "make_dataloaders", "encode_labels", "pixel_stats",
@@ -212,11 +213,12 @@ def pixel_stats(pixels: Pixels, n: int = 512, seed: int = 0) -> tuple[list[float
 
 
 def default_workers(cached: bool) -> int:
-    """Cached items are a memory copy, cheaper in-process than over worker IPC."""
+    """Decoding threads per process: none for the uint8 cache (one gather per batch),
+    else this process's share of the machine's cores (`distributed.worker_budget`)."""
     if cached:
         return 0
-    cores = available_cores()
-    return min(16, max(1, cores - 1))
+    from ..distributed import worker_budget
+    return worker_budget()
 
 
 class BatchAugment(DisplayedTransform):
@@ -290,14 +292,18 @@ def _batch_tfms(size: int, mean, std, augment: bool, flip: bool, on_cuda: bool) 
 def make_dataloaders(train: ImageDataset, valid: ImageDataset, *, size: int, bs: int, mean, std,
                      augment: bool = True, flip: bool = True, workers: int = 0,
                      device: torch.device | None = None, seed: int = 42) -> DataLoaders:
-    """Training (shuffled, last partial batch dropped) and validation DataLoaders."""
+    """Training (shuffled, last partial batch dropped) and validation DataLoaders.
+
+    Both are `FeedDL`s: whole batches gathered from the pixel store in a background
+    thread (`workers` decoding threads when the pixels are not the uint8 cache), pinned
+    and copied ahead on CUDA; the float work is `after_batch`, on the device.
+    """
     device = device or torch.device("cpu")
     on_cuda = device.type == "cuda"
-    common = dict(num_workers=workers, pin_memory=on_cuda, device=device,
-                  persistent_workers=workers > 0)
-    train_dl = TfmdDL(train, bs=bs, shuffle=True, drop_last=len(train) > bs,
+    common = dict(workers=workers, device=device)
+    train_dl = FeedDL(train, bs=bs, shuffle=True, drop_last=len(train) > bs,
                       after_batch=_batch_tfms(size, mean, std, augment, flip, on_cuda), **common)
-    valid_dl = TfmdDL(valid, bs=bs * 2, shuffle=False, drop_last=False,
+    valid_dl = FeedDL(valid, bs=bs * 2, shuffle=False, drop_last=False,
                       after_batch=_batch_tfms(size, mean, std, True, flip, on_cuda), **common)
     train_dl.rng.seed(seed)  # the data order follows the run's seed
     return DataLoaders(train_dl, valid_dl, device=device)
