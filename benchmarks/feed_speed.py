@@ -90,6 +90,7 @@ def overlap(data: Path, arch: str, size: int, bs: int, steps: int) -> dict:
     """Loader wait / step time while `arch` trains on JPEGs decoded on access (no cache)."""
     import timm
     import torch
+    from fastai.callback.progress import ProgressCallback  # noqa: F401  (Learner.no_bar)
     from fastai.learner import Learner
 
     from easycls.callbacks import LoaderTiming

@@ -124,6 +124,7 @@ def store_loader(dl, size: int, work: Path):
 def end_to_end(dls, arch: str, epochs: int, cuda: bool) -> dict:
     import timm
     from fastai.callback.fp16 import MixedPrecision
+    from fastai.callback.progress import ProgressCallback  # noqa: F401  (Learner.no_bar)
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
 

@@ -5,7 +5,11 @@ Three figures, in images per second, for one arch / size / batch size:
 - **train_step**: forward + backward + optimizer step on synthetic in-memory batches
   (channels_last and bf16 autocast on CUDA; optionally `torch.compile`);
 - **pipeline**: easycls's input pipeline alone (cache or decode, batch augmentation,
-  normalization; no model), measured on the pass after the first;
+  normalization; no model), measured on the pass after the first; also per CPU core
+  (images per process-CPU-second, all threads), and from that the CPU cores needed to
+  feed the measured train step;
+- **loader wait**: a few real training steps of the model on the pipeline, with
+  `LoaderTiming`: the time each step waited for its batch over the step's time;
 - **end_to_end**: `easycls fit` itself, as a subprocess, training images x epochs over
   the training wall time (validation included). With `processes=(1, 2, 4)` each count runs
   the real DDP path under `torch.distributed.run`, and the scaling efficiency is
@@ -30,8 +34,8 @@ from .data.images import available_cores
 from .data.prepare import build_dataloaders
 from .train import resolve_config
 
-__all__ = ["bench", "train_step_rate", "pipeline_rate", "fit_rate", "synthetic_folder",
-           "format_table", "plot_results"]
+__all__ = ["bench", "train_step_rate", "pipeline_rate", "loader_cost", "loader_wait", "fit_rate",
+           "synthetic_folder", "format_table", "plot_results"]
 
 
 def _device(device: str | None) -> torch.device:
@@ -116,6 +120,53 @@ def pipeline_rate(dl, passes: int = 1) -> float:
     return n / (time.perf_counter() - t)
 
 
+def loader_cost(dl, passes: int = 1) -> dict:
+    """Images/s and images per process-CPU-second (all threads) of iterating `dl` after a
+    warm-up pass: the CPU a loader needs per image, whatever else shares the machine."""
+    for _ in dl:
+        pass
+    n, wall, cpu = 0, time.perf_counter(), time.process_time()
+    for _ in range(passes):
+        for xb, _yb in dl:
+            n += len(xb)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return dict(images_per_s=n / (time.perf_counter() - wall),
+                images_per_cpu_second=n / max(time.process_time() - cpu, 1e-9))
+
+
+def loader_wait(dls, arch: str, steps: int = 8, n_classes: int = 10) -> dict:
+    """Loader wait per training step over the step time (`LoaderTiming`), training `arch`
+    on `dls` for `steps` batches as `fit` does (channels_last where it pays; bf16 on CUDA)."""
+    import timm
+    from fastai.callback.core import Callback, CancelFitException
+    from fastai.callback.progress import ProgressCallback  # noqa: F401  (Learner.no_bar)
+    from fastai.learner import Learner
+
+    from .callbacks import ChannelsLastAuto, LoaderTiming, PlainTensors
+
+    class _Stop(Callback):
+        order = 100
+
+        def after_batch(self):
+            if self.training and self.iter + 1 >= steps:
+                raise CancelFitException()
+
+    cuda = dls.device is not None and dls.device.type == "cuda"
+    model = timm.create_model(arch, pretrained=False, num_classes=n_classes).to(dls.device)
+    timing = LoaderTiming(skip=1)
+    cbs = [PlainTensors(), ChannelsLastAuto(), timing, _Stop()]
+    if cuda:
+        from fastai.callback.fp16 import MixedPrecision
+        cbs.append(MixedPrecision("bf16"))
+    multi = np.asarray(dls.train.dataset.targets).ndim == 2
+    loss = torch.nn.BCEWithLogitsLoss() if multi else torch.nn.CrossEntropyLoss()
+    learn = Learner(dls, model, loss_func=loss, cbs=cbs)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)
+    return timing.summary()
+
+
 def _fit_command(processes: int, source: str, out: Path, arch: str, size: int, bs: int,
                  epochs: int, lr: float, extra: Sequence[str]) -> list[str]:
     fit_args = ["-m", "easycls", "fit", str(source), "--arch", arch, "--size", str(size), "--bs", str(bs),
@@ -175,8 +226,12 @@ def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs:
     say(f"bench: {arch} {size}px bs {bs} on {result['device']}, source {source}")
     result["train_step"] = train_step_rate(arch, size, bs, steps, device=device, compile=compile)
     cfg = resolve_config(str(source), size=size, bs=bs, quiet=True, pretrained=False)
-    train_dl = build_dataloaders(cfg, device=dev).train
-    result["pipeline"] = pipeline_rate(train_dl)
+    dls = build_dataloaders(cfg, device=dev)
+    train_dl = dls.train
+    cost = loader_cost(train_dl)
+    result["pipeline"], result["loader_per_core"] = cost["images_per_s"], cost["images_per_cpu_second"]
+    result["cores_needed"] = result["train_step"] / result["loader_per_core"]
+    result["loader_wait"] = loader_wait(dls, arch, steps=min(steps, 8), n_classes=dls.c)
     n_train = len(train_dl.dataset)
     runs = [fit_rate(source, n_train, p, arch, size, bs, epochs, lr, workdir=out / "runs") for p in processes]
     single = next((r["images_per_s"] for r in runs if r["processes"] == 1), None)
@@ -199,10 +254,18 @@ def format_table(result: dict) -> str:
     lines = [f"{'measure':<28}{'images/s':>12}{'efficiency':>12}",
              f"{'train step (synthetic)':<28}{result['train_step']:>12.1f}",
              f"{'input pipeline':<28}{result['pipeline']:>12.1f}"]
+    if result.get("loader_per_core"):
+        lines.append(f"{'input pipeline, per core':<28}{result['loader_per_core']:>12.1f}")
     for r in result["scaling"]:
         eff = f"{r['efficiency']:.2f}" if r.get("efficiency") is not None else "-"
         lines.append(f"{'end to end, ' + str(r['processes']) + ' process(es)':<28}"
                      f"{r['images_per_s']:>12.1f}{eff:>12}")
+    wait = (result.get("loader_wait") or {}).get("wait_fraction")
+    if wait is not None:
+        lines.append(f"loader wait per step: {100 * wait:.1f} % of the step time "
+                     f"({result['loader_wait']['steps']} steps of {result['arch']})")
+    if result.get("cores_needed") is not None:
+        lines.append(f"CPU cores needed to feed the train step: {result['cores_needed']:.2f}")
     return "\n".join(lines)
 
 

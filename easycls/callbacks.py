@@ -201,7 +201,8 @@ class LoaderTiming(Callback):
     def after_batch(self):
         if not self.training:
             return
-        sync = self.sync if self.sync is not None else self.dls.device.type == "cuda"
+        device = getattr(self.dls, "device", None)
+        sync = self.sync if self.sync is not None else (device is not None and device.type == "cuda")
         if sync and torch.cuda.is_available():
             torch.cuda.synchronize()
         end = self.clock()
@@ -251,7 +252,8 @@ class DeviceSmoothLoss(Callback):
 
     def before_fit(self):
         rec = getattr(self.learn, "recorder", None)
-        self.swapped = (rec is not None and (self.always or self.dls.device.type == "cuda")
+        device = getattr(self.dls, "device", None)
+        self.swapped = (rec is not None and (self.always or getattr(device, "type", None) == "cuda")
                         and type(rec.smooth_loss) is AvgSmoothLoss and not hasattr(self.learn, "lr_finder"))
         if self.swapped:
             self.original, rec.smooth_loss = rec.smooth_loss, _SmoothLossOnDevice(rec.smooth_loss.beta)

@@ -48,12 +48,35 @@ def test_pipeline_rate_counts_images_after_the_warm_up_pass(tmp_path, monkeypatc
     assert pipeline_rate(dl, passes=2) == 2 * per_pass
 
 
+def test_loader_cost_and_wait_on_real_loaders(tmp_path, monkeypatch):
+    import easycls.bench as b
+    from easycls.config import TrainConfig
+    from easycls.data.prepare import build_dataloaders
+    src = synthetic_folder(tmp_path, n=40, n_classes=3, side=32)
+    dls = build_dataloaders(TrainConfig(source=str(src), size=16, bs=4, pretrained=False))
+    assert dls.train.batch_level  # the cached path gathers whole batches
+    per_pass = sum(len(x) for x, _ in dls.train)
+    monkeypatch.setattr(b.time, "perf_counter", _Clock())
+    monkeypatch.setattr(b.time, "process_time", _Clock())
+    cost = b.loader_cost(dls.train, passes=2)
+    assert cost == dict(images_per_s=2 * per_pass, images_per_cpu_second=2 * per_pass)
+    monkeypatch.undo()
+    wait = b.loader_wait(dls, "resnet18", steps=4, n_classes=dls.c)
+    assert wait["steps"] == 3  # 4 trained, the first left out
+    assert 0 <= wait["wait_fraction"] and wait["step_seconds"] > 0
+
+
 def test_table_and_plot(tmp_path):
     result = dict(arch="resnet18", size=16, bs=4, device="cpu", train_step=100.0, pipeline=500.0,
                   scaling=[dict(processes=1, images_per_s=50.0, efficiency=1.0),
                            dict(processes=2, images_per_s=80.0, efficiency=0.8)])
     table = format_table(result)
     assert "end to end, 2 process(es)" in table and "0.80" in table
+    result.update(loader_per_core=250.0, cores_needed=0.4, loader_wait=dict(steps=7, wait_fraction=0.031))
+    table = format_table(result)
+    assert "input pipeline, per core" in table and "250.0" in table
+    assert "loader wait per step: 3.1 % of the step time (7 steps of resnet18)" in table
+    assert "CPU cores needed to feed the train step: 0.40" in table
     assert plot_results(result, tmp_path / "b.png").stat().st_size > 1000
 
 
@@ -72,6 +95,10 @@ def test_cli_bench_processes_1_2(tmp_path):
     one, two = data["scaling"]
     assert two["efficiency"] == pytest.approx(two["images_per_s"] / (2 * one["images_per_s"]))
     assert (out / "bench.png").exists()
+    assert "loader wait per step" in res.output and "CPU cores needed" in res.output
+    assert data["loader_wait"]["steps"] > 0 and data["loader_wait"]["wait_fraction"] >= 0
+    assert data["loader_per_core"] > 0
+    assert data["cores_needed"] == pytest.approx(data["train_step"] / data["loader_per_core"])
 
 
 def test_cli_bench_rejects_bad_processes(tmp_path):

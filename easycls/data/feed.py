@@ -252,7 +252,7 @@ class FeedDL(TfmdDL):
         if not self.batch_level:
             yield from super().create_batches(samps)
             return
-        gather = batch_gather(self.dataset, self.device or torch.device("cpu"), self.workers)
+        gather = self._reader()
         batches = (self._load(gather, np.fromiter(chunk, dtype=np.int64))
                    for chunk in chunked(samps, self.bs, self.drop_last))
         try:
@@ -263,6 +263,18 @@ class FeedDL(TfmdDL):
                     yield from ready
         finally:
             gather.close()
+
+    def _reader(self):
+        # Kept across epochs: its reused host blocks are what make a gather cheap.
+        device = self.device or torch.device("cpu")
+        key = (id(self.dataset), device, self.workers)
+        if getattr(self, "_reader_key", None) != key:
+            self._gather, self._reader_key = batch_gather(self.dataset, device, self.workers), key
+        return self._gather
+
+    def __getstate__(self) -> dict:
+        # Buffers and thread pools stay behind when the loader is pickled (learn.export).
+        return {k: v for k, v in self.__dict__.items() if k not in ("_gather", "_reader_key")}
 
     def _load(self, gather, idxs: np.ndarray) -> tuple:
         device = self.device or torch.device("cpu")
