@@ -110,15 +110,13 @@ def loader_rate(dl, passes: int = 2) -> dict:
 
 def store_loader(dl, size: int, work: Path):
     """The same training split read from the compact JPEG store (nvJPEG on CUDA)."""
-    from easycls.data.feed import FeedDL
     from easycls.data.loaders import Pixels
     from easycls.data.store import load_or_build_store
     ds = dl.dataset
     refs = list(ds.pixels.refs)
     store = load_or_build_store(refs, ds.pixels.size, root=work / "store", progress=False)
     store_ds = type(ds)(Pixels(refs, ds.pixels.size, store), ds.targets, False, 0)
-    return FeedDL(store_ds, bs=dl.bs, shuffle=True, drop_last=True, workers=dl.workers,
-                  after_batch=dl.after_batch, device=dl.device)
+    return dl.new(store_ds)  # fastai's way to a loader with the same transforms (as test_dl)
 
 
 def end_to_end(dls, arch: str, epochs: int, cuda: bool) -> dict:

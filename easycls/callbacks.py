@@ -201,8 +201,9 @@ class LoaderTiming(Callback):
     def after_batch(self):
         if not self.training:
             return
-        device = getattr(self.dls, "device", None)
-        sync = self.sync if self.sync is not None else (device is not None and device.type == "cuda")
+        sync = self.sync
+        if sync is None:  # a DataLoaders made without a device has None
+            sync = getattr(getattr(self.learn.dls, "device", None), "type", None) == "cuda"
         if sync and torch.cuda.is_available():
             torch.cuda.synchronize()
         end = self.clock()
