@@ -229,6 +229,13 @@ class Session:
         self.barrier()
         return result
 
+    def release(self, learn) -> None:
+        """After training, let `learn` work in this process alone: on rank 0, `predict`,
+        `show_results`, `tta`, `get_preds` and `export` must not wait for the other ranks
+        (fastai's `detach_distributed`). The trainer stays in a single-process run."""
+        if self.world_size > 1:
+            learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, DataParallelTrainer)])
+
     def barrier(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
             dist.barrier()
