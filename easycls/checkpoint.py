@@ -31,7 +31,8 @@ from .rundir import write_file
 from .safeio import WriteError, atomic_write
 
 __all__ = ["CHECKPOINT", "Phase", "plan_phases", "Checkpointer", "TrainingInterrupted",
-           "CheckpointError", "save_checkpoint", "load_checkpoint", "run_phases", "trim_history"]
+           "CheckpointError", "save_checkpoint", "load_checkpoint", "run_phases", "trim_history",
+           "remove_checkpoint"]
 
 CHECKPOINT = "checkpoint.pth"
 _FORMAT = 1
@@ -89,13 +90,20 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     return path
 
 
+def remove_checkpoint(run_dir: str | Path) -> None:
+    """A completed run needs no resume state (optimizer moments: about 3x the model's size)."""
+    for path in (Path(run_dir) / CHECKPOINT, Path(run_dir) / (CHECKPOINT + ".tmp")):
+        path.unlink(missing_ok=True)
+
+
 def load_checkpoint(run_dir: str | Path, *, arch: str, classes: list[str]) -> dict:
     """The checkpoint of `run_dir`, refused unless it matches this easycls version, arch and
     classes, and every field has its expected form."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"{run_dir} holds no {CHECKPOINT}: nothing to resume (a run writes "
-                              "one at the end of its first epoch)")
+                              "one at the end of its first epoch, and removes it when it "
+                              "completes unless --keep-checkpoint)")
     try:
         # Our own file, but still no pickled code: tensors, numbers, strings and containers only.
         state = torch.load(path, map_location="cpu", weights_only=True)

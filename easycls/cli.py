@@ -103,10 +103,12 @@ def predict_cmd(
     threshold: Threshold = None,
     submission: Annotated[str | None, typer.Option(help="Write a competition file instead: auto, multilabel (ImageID,Labels), single (id,label), or 'IDCOL,LABELCOL'.")] = None,
     order: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="CSV whose id column sets the submission rows and order (e.g. test.csv).")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Show the K most probable classes of each image, with their probabilities, instead of the decision.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit with status 3 when some inputs could not be read (the others are still predicted).")] = False,
 ) -> None:
-    """Label images with a trained model."""
+    """Label images with a trained model (a table with a header, or --csv)."""
     from .bundle import expand_inputs, load
-    from .predict import predict_files, write_predictions, write_submission
+    from .predict import predict_files, prediction_fields, write_predictions, write_submission
     try:
         refs = expand_inputs(inputs)
     except FileNotFoundError as e:
@@ -128,14 +130,19 @@ def predict_cmd(
             typer.secho(f"unreadable {x} (empty label): {reason}", err=True, fg=typer.colors.YELLOW)
         return
     if csv:
-        rows, bad = write_predictions(predictor, refs, csv, bs, threshold)
+        rows, bad = write_predictions(predictor, refs, csv, bs, threshold, top_k)
         typer.echo(f"wrote {len(rows)} predictions to {csv}")
     else:
-        rows, bad = predict_files(predictor, refs, bs, threshold)
+        rows, bad = predict_files(predictor, refs, bs, threshold, top_k)
+        typer.echo("\t".join(prediction_fields(predictor, top_k)))
         for row in rows:
             typer.echo("\t".join(str(v) for v in row.values()))
     for i, reason in sorted(bad.items()):
         typer.secho(f"skipped {refs[i]}: {reason}", err=True, fg=typer.colors.YELLOW)
+    if strict and bad:
+        typer.secho(f"error: {len(bad)} of {len(refs)} inputs could not be read", err=True,
+                    fg=typer.colors.RED)
+        raise typer.Exit(3)
 
 
 @app.command("evaluate")

@@ -44,12 +44,13 @@ class TrainConfig:
 
     source: str = _opt("", "Folder, .zip, CSV of labels, or a dataset name.")
     arch: str = _opt("resnet18", "Any timm model name (see `easycls archs`); "
-                     "'custom:<Class>' records a user nn.Module.")
+                     "'custom:<module>:<qualname>' records a user nn.Module.")
     epochs: int = _opt(5, "Training epochs (after the frozen epoch when fine-tuning).",
                        lo=1, hi=100_000)
     lr: float | None = _opt(None, "Learning rate (default: fastai's lr_find).", above=0.0, hi=10.0)
     bs: int = _opt(64, "Batch size per process.", lo=1, hi=65_536)
-    size: int = _opt(224, "Image size in pixels (square).", lo=8, hi=4096)
+    size: int | None = _opt(None, "Image size in pixels (square; default: the size the model "
+                            "was made for, from timm's pretrained config).", lo=8, hi=4096)
     pretrained: bool = _opt(True, "Fine-tune ImageNet weights, or train from scratch.",
                             flag="--pretrained/--no-pretrained")
     weights: str | None = _opt(None, "Local timm-compatible weights file.", kind="file")
@@ -85,6 +86,8 @@ class TrainConfig:
                                      "to fit.", above=0.0, hi=365 * 86400, kind="duration")
     checkpoint_minutes: float | None = _opt(None, "Also checkpoint every M minutes inside epochs.",
                                             above=0.0, hi=10_000)
+    keep_checkpoint: bool = _opt(False, "Keep checkpoint.pth (optimizer state, for --resume) "
+                                 "when the run completes.", flag="--keep-checkpoint")
     scale_lr: bool = _opt(False, "Multiply the lr by the number of processes.", flag="--scale-lr")
     class_weights: str | None = _opt(None, "auto: BCE pos_weight from label frequencies "
                                      "(multi-label).", choices=("auto",))
@@ -142,7 +145,8 @@ OPTIONS = tuple(name for name in _FIELDS if name != "extra")
 RECIPE_DEFAULTS = ("arch", "epochs", "bs", "size", "pretrained", "lr", "valid_pct", "multi_label")
 
 # What `resume` may change: how long and how it runs, not what it trains.
-RESUMABLE = ("epochs", "time_budget", "checkpoint_minutes", "quiet", "workers", "log_json")
+RESUMABLE = ("epochs", "time_budget", "checkpoint_minutes", "quiet", "workers", "log_json",
+             "keep_checkpoint")
 
 
 def option_help(name: str) -> str:

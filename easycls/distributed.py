@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from fastai.callback.core import Callback
 from fastai.callback.schedule import LRFinder
 from fastai.data.load import DataLoader
 from fastai.distributed import DistributedDL, DistributedTrainer
@@ -30,7 +31,7 @@ from .data.images import available_cores
 
 __all__ = ["Session", "session", "world_size", "TrainShardsDL", "ValidShardsDL",
            "DataParallelTrainer", "resolve_precision", "PrecisionError", "local_world_size",
-           "worker_budget", "process_group_timeout"]
+           "worker_budget", "process_group_timeout", "ProcessLocal"]
 
 # Ranks wait at barriers while others build caches or stores, which can take hours at
 # ImageNet size; torch's default (10 to 30 minutes) would abort the job instead.
@@ -165,6 +166,31 @@ class DataParallelTrainer(DistributedTrainer):
         self.active, self.old_dls = False, None
 
 
+class ProcessLocal(Callback):
+    """While `learn` runs anything (get_preds, predict, tta, a fit), fastai sees one process:
+    `maybe_gather` and `rank_distrib` read WORLD_SIZE and RANK, and would wait for ranks
+    that have moved on. Added by `Session.release` once a multi-process fit is over."""
+
+    order = -100  # before every other callback looks at the process count
+    depth = 0  # fits inside fits (a Learner context around get_preds) restore once
+
+    def before_fit(self):
+        if self.depth == 0:
+            self.saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
+            os.environ.update(WORLD_SIZE="1", RANK="0")
+        self.depth += 1
+
+    def after_fit(self):
+        self.depth = max(0, self.depth - 1)
+        if self.depth:
+            return
+        for k, v in getattr(self, "saved", {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class PrecisionError(ValueError):
     """A mixed-precision mode this device cannot run."""
 
@@ -231,10 +257,12 @@ class Session:
 
     def release(self, learn) -> None:
         """After training, let `learn` work in this process alone: on rank 0, `predict`,
-        `show_results`, `tta`, `get_preds` and `export` must not wait for the other ranks
-        (fastai's `detach_distributed`). The trainer stays in a single-process run."""
+        `show_results`, `tta`, `get_preds` and `export` must not wait for the other ranks.
+        The trainer goes (fastai's `detach_distributed`), and fastai's own gathers (which
+        follow WORLD_SIZE) see one process. The trainer stays in a single-process run."""
         if self.world_size > 1:
             learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, DataParallelTrainer)])
+            learn.add_cb(ProcessLocal())
 
     def barrier(self) -> None:
         if self.world_size > 1 and dist.is_initialized():

@@ -13,13 +13,15 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .bundle import Predictor
 from .data.images import split_zip_ref
 from .data.tables import TableError, read_id_csv
 from .safeio import printable, write_text
 
 __all__ = ["predict_files", "write_predictions", "write_submission", "submission_columns",
-           "output_name", "SUBMISSION_FORMATS"]
+           "output_name", "SUBMISSION_FORMATS", "prediction_fields"]
 
 # Named formats; any other "IDCOLUMN,LABELCOLUMN" header works too.
 SUBMISSION_FORMATS = {
@@ -52,9 +54,33 @@ def _decisions(predictor: Predictor, refs: Sequence[str], bs: int, threshold: fl
     return decided, bad
 
 
+def _top_k(predictor: Predictor, refs: Sequence[str], bs: int, k: int
+           ) -> tuple[list[dict], dict[int, str]]:
+    """Rows {file, label_1, probability_1, ..., label_k, probability_k}, most probable first."""
+    k = max(1, min(k, len(predictor.classes)))
+    rows, bad = {}, {}
+    for where, probs, failed in predictor.stream(refs, bs=bs):
+        for i, p in zip(where, probs):
+            best = np.argsort(-p, kind="stable")[:k]
+            row = dict(file=output_name(refs[i]))
+            for rank, c in enumerate(best, 1):
+                row.update({f"label_{rank}": predictor.classes[c],
+                            f"probability_{rank}": round(float(p[c]), 6)})
+            rows[i] = row
+        bad.update(failed)
+    return [rows[i] for i in sorted(rows)], bad
+
+
 def predict_files(predictor: Predictor, refs: Sequence[str], bs: int = 64,
-                  threshold: float | None = None) -> tuple[list[dict], dict[int, str]]:
-    """Rows {file, label(s), probability} for readable images, and {index: reason} for the rest."""
+                  threshold: float | None = None, top_k: int | None = None
+                  ) -> tuple[list[dict], dict[int, str]]:
+    """Rows {file, label(s), probability} for readable images, and {index: reason} for the rest.
+
+    With `top_k`, each row holds the `top_k` most probable classes and their probabilities
+    (label_1, probability_1, ...) instead of the decision.
+    """
+    if top_k:
+        return _top_k(predictor, refs, bs, top_k)
     decided, bad = _decisions(predictor, refs, bs, threshold)
     rows = []
     for i, (label, prob) in sorted(decided.items()):
@@ -66,12 +92,21 @@ def predict_files(predictor: Predictor, refs: Sequence[str], bs: int = 64,
     return rows, bad
 
 
+def prediction_fields(predictor: Predictor, top_k: int | None = None) -> list[str]:
+    """The columns of `predict_files`' rows (the CSV header, the table's header)."""
+    if top_k:
+        k = max(1, min(top_k, len(predictor.classes)))
+        return ["file"] + [f"{c}_{r}" for r in range(1, k + 1) for c in ("label", "probability")]
+    return ["file", "labels", "probabilities"] if predictor.multi_label else ["file", "label", "probability"]
+
+
 def write_predictions(predictor: Predictor, refs: Sequence[str], out_csv: str | Path, bs: int = 64,
-                      threshold: float | None = None) -> tuple[list[dict], dict[int, str]]:
+                      threshold: float | None = None, top_k: int | None = None
+                      ) -> tuple[list[dict], dict[int, str]]:
     """Predict `refs` into `out_csv`; unreadable images are listed in `<out_csv>.skipped.txt`."""
-    rows, bad = predict_files(predictor, refs, bs, threshold)
+    rows, bad = predict_files(predictor, refs, bs, threshold, top_k)
     out_csv = Path(out_csv)
-    fields = ["file", "labels", "probabilities"] if predictor.multi_label else ["file", "label", "probability"]
+    fields = prediction_fields(predictor, top_k)
     write_text(out_csv, _csv_text(fields, [[r[k] for k in fields] for r in rows]))
     if bad:
         write_text(out_csv.with_suffix(".skipped.txt"),

@@ -17,16 +17,26 @@ import torch
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
+from fastcore.basics import noop
 
 from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget
 from .bundle import load, save_bundle
-from .callbacks import HistoryCSV, JsonEvents, L1Penalty, PlainTensors, tensorboard_callback
+from .callbacks import (
+    HistoryCSV,
+    JsonEvents,
+    L1Penalty,
+    PlainProgress,
+    PlainTensors,
+    tensorboard_callback,
+    wants_plain_progress,
+)
 from .checkpoint import (
     Checkpointer,
     CheckpointError,
     load_checkpoint,
     plan_phases,
+    remove_checkpoint,
     run_phases,
     trim_history,
 )
@@ -41,9 +51,11 @@ from .learners import (
     create_model,
     model_normalization,
     multi_label_learner,
+    set_thresholds,
     single_label_learner,
 )
 from .metrics import confusion_matrix, multi_label_metrics, single_label_metrics
+from .models import check_size, default_size
 from .predict import write_predictions
 from .report import format_metrics, plot_confusion, plot_f1_threshold, plot_history
 from .rundir import RunRecord, write_json, write_per_class, write_skipped
@@ -68,7 +80,9 @@ def resolve_config(source: str | None, **settings: Any) -> TrainConfig:
         defaults = {k: v for k, v in recipe.defaults.items() if k in RECIPE_DEFAULTS}
         base = base.updated(**defaults)
         base.extra = {**recipe.extra, **base.extra}
-    return base.updated(**given)
+    cfg = base.updated(**given)
+    # No size given nor set by a recipe: the size the model was made for (timm's config).
+    return cfg if cfg.size is not None else cfg.updated(size=default_size(cfg.arch))
 
 
 def _given(settings: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +105,7 @@ def _default_out(cfg: TrainConfig, table: ItemTable) -> Path:
 def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Path,
                    history_start: int = 0) -> tuple[Learner, tuple[list[float], list[float]]]:
     """The Learner and the (mean, std) its inputs are normalized with."""
-    model = create_model(arch, len(data.vocab), cfg.pretrained, cfg.weights, cfg.ps)
+    model = create_model(arch, len(data.vocab), cfg.pretrained, cfg.weights, cfg.ps, cfg.size)
     norm = model_normalization(model) if (cfg.pretrained or cfg.weights) else None
     norm = norm or data.pixel_stats()
     dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm)
@@ -107,10 +121,18 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
                                      label_smoothing=cfg.label_smoothing, **kw)
     if cfg.compile:
         learn.model = torch.compile(learn.model)
-    if not sess.shows_progress(cfg.quiet):
-        learn.remove_cb(ProgressCallback)
-        learn.logger = lambda *a, **k: None
+    _progress(learn, not sess.shows_progress(cfg.quiet))
     return learn, (list(norm[0]), list(norm[1]))
+
+
+def _progress(learn: Learner, silent: bool) -> None:
+    """fastai's bars on a terminal; plain lines where output is a log (CI, SLURM, a file)."""
+    if silent:
+        learn.remove_cb(ProgressCallback)
+        learn.logger = noop  # fastai's own "no logging" (and a plain name for export's pickle)
+    elif wants_plain_progress():
+        learn.remove_cb(ProgressCallback)
+        learn.add_cb(PlainProgress())
 
 
 def _writer_callbacks(cfg: TrainConfig, run_dir: Path, history_start: int) -> list:
@@ -190,6 +212,7 @@ def _check_early(cfg: TrainConfig, arch_obj: Any, sess) -> None:
     resolve_precision(cfg.mixed_precision, sess.device)
     if isinstance(arch_obj, str):
         check_arch(arch_obj)
+        check_size(arch_obj, cfg.size)
 
 
 def fit(source: str | None = None, *, resume: str | None = None, **settings: Any) -> Learner:
@@ -267,8 +290,15 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     metrics.update(train_seconds=round(train_seconds, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts)
     learn.easycls = RunRecord(run_dir, cfg, data.vocab, norm, data.multi_label, metrics, preds)
+    set_thresholds(learn, metrics.get("thresholds"))  # learn.predict decides as easycls.load's
+    sess.release(learn)  # from here on rank 0 uses `learn` alone (predict, show_results, ...)
     sess.on_main(lambda: _write_run(learn, data))
-    say(f"done: {format_metrics(metrics)}\nrun directory: {run_dir}")
+    if not cfg.keep_checkpoint:
+        sess.on_main(lambda: remove_checkpoint(run_dir))
+    # Also under --quiet, one line (rank 0's) says how it went and where it is.
+    sess.printer(quiet=False)(f"done: {format_metrics(metrics)}; run directory: {run_dir}"
+                              if cfg.quiet else
+                              f"done: {format_metrics(metrics)}\nrun directory: {run_dir}")
     return learn
 
 

@@ -33,8 +33,9 @@ def test_budget_run_records_its_plan_with_all_artifacts(tmp_path):
     budget = 8.0
     fit(str(data), out=str(out), arch="mobilenetv3_small_050", pretrained=False, epochs=2,
         size=32, bs=8, lr=2e-3, quiet=True, workers=0, time_budget=budget)
-    assert {"model.safetensors", "model.json", "metrics.json", "history.csv", "config.json",
-            "checkpoint.pth"} <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "model.json", "metrics.json", "history.csv",
+            "config.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "checkpoint.pth").exists()  # a completed run keeps no resume state
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["time_budget_seconds"] == budget and metrics["planned_epochs"] >= 1
     rows = list(csv.DictReader((out / "history.csv").open()))

@@ -79,3 +79,20 @@ def test_version_from_console_script_and_module():
     script = subprocess.run(["easycls", "--version"], capture_output=True, text=True, check=True)
     module = subprocess.run([sys.executable, "-m", "easycls", "--version"], capture_output=True, text=True, check=True)
     assert script.stdout.strip() == module.stdout.strip() == f"easycls {__version__}"
+
+
+def test_predict_table_header_top_k_and_strict(cli_run, tmp_path):
+    root, out = cli_run
+    one = str(next((root / "cat").iterdir()))
+    result = runner.invoke(app, ["predict", str(out), one])
+    assert result.stdout.splitlines()[0].split("\t") == ["file", "label", "probability"]
+    result = runner.invoke(app, ["predict", str(out), one, "--top-k", "2"])
+    header, row = result.stdout.splitlines()
+    assert header.split("\t") == ["file", "label_1", "probability_1", "label_2", "probability_2"]
+    cells = row.split("\t")
+    assert {cells[1], cells[3]} <= {"cat", "dog", "fox"} and float(cells[2]) >= float(cells[4])
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    assert runner.invoke(app, ["predict", str(out), one, str(bad)]).exit_code == 0
+    result = runner.invoke(app, ["predict", str(out), one, str(bad), "--strict"])
+    assert result.exit_code == 3 and "1 of 2 inputs could not be read" in result.output

@@ -114,7 +114,8 @@ def test_two_gloo_processes_train_one_model(tmp_path):
     # One set of files, written once (rank 1 wrote nothing of its own).
     assert sorted(p.name for p in work.iterdir()) == ["records", "run"]
     files = {p.name for p in (work / "run").iterdir()}
-    assert {"model.safetensors", "model.json", "metrics.json", "history.csv", "config.json", "checkpoint.pth"} <= files
+    assert {"model.safetensors", "model.json", "metrics.json", "history.csv", "config.json"} <= files
+    assert "checkpoint.pth" not in files  # removed once the run completed
     assert not any(n.endswith(".tmp") for n in files)
     rows = (work / "run" / "history.csv").read_text().splitlines()
     assert len(rows) == 3  # header + one row per epoch, not one per rank

@@ -79,7 +79,9 @@ class Tiny(torch.nn.Module):
 def cli_predictions(run: Path, folder: Path) -> dict[str, list[str]]:
     result = CliRunner().invoke(app, ["predict", str(run), str(folder)])
     assert result.exit_code == 0, result.output
-    return {line.split("\t")[0]: line.split("\t")[1:] for line in result.stdout.splitlines()}
+    lines = result.stdout.splitlines()
+    assert lines[0].split("\t")[0] == "file"  # the table's header
+    return {line.split("\t")[0]: line.split("\t")[1:] for line in lines[1:]}
 
 
 def onnx_predictions(script: Path, folder: Path, *args: str) -> tuple[dict, dict]:

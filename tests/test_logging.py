@@ -60,3 +60,49 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "pip install tensorboard" in result.output
     assert not (tmp_path / "run" / "history.csv").exists()  # stopped before training
+
+
+def test_fit_logging_to_a_file_writes_plain_lines(tmp_path):
+    """Output that is not a terminal gets one plain line per epoch, not progress bars."""
+    import subprocess
+    import sys
+    data = write_class_folders(tmp_path / "pets")
+    log = tmp_path / "fit.log"
+    args = [a for a in ARGS if a != "--quiet"]
+    with log.open("w") as f:
+        res = subprocess.run([sys.executable, "-m", "easycls", "fit", str(data), "--out",
+                              str(tmp_path / "run"), *args], stdout=f, stderr=subprocess.PIPE,
+                             text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = log.read_text()
+    assert "\r" not in text and "FutureWarning" not in res.stderr
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert "valid_loss" in epochs[0] and "accuracy" in epochs[0]
+    assert len(text.encode()) <= 300 * 2 + 400  # a few hundred bytes per epoch, plus start/end
+    assert f"run directory: {tmp_path / 'run'}" in text
+
+
+def test_quiet_fit_ends_with_one_line(tmp_path):
+    data = write_class_folders(tmp_path / "pets")
+    result = runner.invoke(app, ["fit", str(data), "--out", str(tmp_path / "run"), *ARGS])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("done: ") and str(tmp_path / "run") in lines[0]
+
+
+def test_plain_progress_lines_inside_long_epochs(tmp_path):
+    import io
+
+    from easycls import fit
+    from easycls.callbacks import PlainProgress
+    data = write_class_folders(tmp_path / "pets")
+    learn = fit(str(data), out=str(tmp_path / "run"), arch="resnet18", pretrained=False,
+                epochs=1, size=16, bs=8, lr=1e-3, quiet=True)
+    learn.logger = print  # as in a run that is not --quiet
+    out = io.StringIO()
+    ticks = iter(range(0, 10_000, 50))  # a clock that moves 50 s per reading
+    learn.fit(1, 1e-3, cbs=PlainProgress(every=60, stream=out, clock=lambda: next(ticks)))
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("epoch 1/1: batch ") for line in lines)
+    assert lines[-1].startswith("epoch 1/1: train_loss ")
