@@ -301,13 +301,22 @@ class PlainProgress(Callback):
         print(line, file=self.stream if self.stream is not None else sys.stdout, flush=True)
 
     def before_fit(self):
+        self.depth = getattr(self, "depth", 0) + 1
+        if self.depth > 1:  # a get_preds/validate inside the fit: the outer fit decides
+            return
         # get_preds/validate/lr_find run with fastai's no_logging(): nothing to show then.
         self.active = self.learn.logger is not noop and not hasattr(self.learn, "lr_finder")
         if self.active:
             self.old_logger, self.learn.logger = self.learn.logger, self._epoch_line
 
+    def before_epoch(self):
+        self.trained = False
+
     def before_train(self):
         self._last = self.clock()
+
+    def after_train(self):
+        self.trained = True  # get_preds/validate also end "epochs" (fastai's Learner context)
 
     def after_batch(self):
         if not (self.active and self.training) or self.clock() - self._last < self.every:
@@ -319,8 +328,8 @@ class PlainProgress(Callback):
 
     def _epoch_line(self, log) -> None:
         names = self.recorder.metric_names
-        if list(log) == list(names):  # the header: the line per epoch names its numbers
-            return
+        if not getattr(self, "trained", False) or len(log) != len(names):
+            return  # a validation-only record, or the header: each line names its numbers
         values = dict(zip(names, log))
         parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
                  if k not in ("epoch", "time") and v is not None]
@@ -328,5 +337,6 @@ class PlainProgress(Callback):
                   f"{', '.join(parts)} ({values.get('time', '')})")
 
     def after_fit(self):
-        if self.active:
+        self.depth = max(0, getattr(self, "depth", 1) - 1)
+        if self.depth == 0 and self.active:
             self.learn.logger, self.active = self.old_logger, False
