@@ -86,7 +86,8 @@ def _rate(step, steps: int, warmup: int, per_step: int, cuda: bool) -> float:
     return steps * per_step / (time.perf_counter() - t)
 
 
-def synthetic_folder(root: str | os.PathLike, n: int = 256, n_classes: int = 4, side: int = 96) -> Path:
+def synthetic_folder(root: str | os.PathLike, n: int = 256, n_classes: int = 4,
+                     side: int = 96) -> Path:
     """A class-folder JPEG dataset of noisy colour-coded images (learnable), made once.
 
     Example:
@@ -169,9 +170,9 @@ def loader_wait(dls, arch: str, steps: int = 8, n_classes: int = 10) -> dict:
 
 def _fit_command(processes: int, source: str, out: Path, arch: str, size: int, bs: int,
                  epochs: int, lr: float, extra: Sequence[str]) -> list[str]:
-    fit_args = ["-m", "easycls", "fit", str(source), "--arch", arch, "--size", str(size), "--bs", str(bs),
-                "--epochs", str(epochs), "--lr", str(lr), "--no-pretrained", "--out", str(out), "--quiet",
-                *extra]
+    fit_args = ["-m", "easycls", "fit", str(source), "--arch", arch, "--size", str(size),
+                "--bs", str(bs), "--epochs", str(epochs), "--lr", str(lr), "--no-pretrained",
+                "--out", str(out), "--quiet", *extra]
     if processes == 1:
         return [sys.executable, *fit_args]
     # torch.distributed.run is torchrun: it starts N ranks on this machine (gloo on CPU).
@@ -179,9 +180,10 @@ def _fit_command(processes: int, source: str, out: Path, arch: str, size: int, b
             f"--nproc_per_node={processes}", *fit_args]
 
 
-def fit_rate(source: str, n_train: int, processes: int = 1, arch: str = "resnet18", size: int = 64,
-             bs: int = 64, epochs: int = 1, lr: float = 2e-3, workdir: str | os.PathLike | None = None,
-             extra: Sequence[str] = (), timeout: float | None = None) -> dict:
+def fit_rate(source: str, n_train: int, processes: int = 1, arch: str = "resnet18",
+             size: int = 64, bs: int = 64, epochs: int = 1, lr: float = 2e-3,
+             workdir: str | os.PathLike | None = None, extra: Sequence[str] = (),
+             timeout: float | None = None) -> dict:
     """Run `easycls fit` in `processes` processes; `n_train` x epochs / its training seconds.
 
     Returns:
@@ -195,7 +197,8 @@ def fit_rate(source: str, n_train: int, processes: int = 1, arch: str = "resnet1
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t
     if done.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {done.returncode}):\n"
+                           f"{done.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
     return dict(processes=processes, images_per_s=n_train * epochs / metrics["train_seconds"],
                 train_seconds=metrics["train_seconds"], wall_seconds=round(wall, 3),
@@ -229,11 +232,13 @@ def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs:
     dls = build_dataloaders(cfg, device=dev)
     train_dl = dls.train
     cost = loader_cost(train_dl)
-    result["pipeline"], result["loader_per_core"] = cost["images_per_s"], cost["images_per_cpu_second"]
+    result["pipeline"] = cost["images_per_s"]
+    result["loader_per_core"] = cost["images_per_cpu_second"]
     result["cores_needed"] = result["train_step"] / result["loader_per_core"]
     result["loader_wait"] = loader_wait(dls, arch, steps=min(steps, 8), n_classes=dls.c)
     n_train = len(train_dl.dataset)
-    runs = [fit_rate(source, n_train, p, arch, size, bs, epochs, lr, workdir=out / "runs") for p in processes]
+    runs = [fit_rate(source, n_train, p, arch, size, bs, epochs, lr, workdir=out / "runs")
+            for p in processes]
     single = next((r["images_per_s"] for r in runs if r["processes"] == 1), None)
     for r in runs:
         r["efficiency"] = r["images_per_s"] / (r["processes"] * single) if single else None
@@ -246,7 +251,9 @@ def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs:
 
 
 def _device_name(dev: torch.device) -> str:
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({available_cores()} cores)"
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({available_cores()} cores)"
 
 
 def format_table(result: dict) -> str:
@@ -273,7 +280,8 @@ def plot_results(result: dict, path: str | os.PathLike) -> Path:
     """Bar chart of the three throughputs, end to end per process count."""
     from .report import plt
     labels = ["train step", "pipeline"] + [f"e2e x{r['processes']}" for r in result["scaling"]]
-    values = [result["train_step"], result["pipeline"]] + [r["images_per_s"] for r in result["scaling"]]
+    values = [result["train_step"], result["pipeline"]]
+    values += [r["images_per_s"] for r in result["scaling"]]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.bar(labels, values, color=["C0", "C1"] + ["C2"] * len(result["scaling"]))
     ax.set_ylabel("images / s")

@@ -36,7 +36,8 @@ class TimeBudget(Callback):
         self.valid_seconds, self.replans = None, 0
 
     def _left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.t_start) - self.reserve - (self.valid_seconds or 0.0)
+        used = time.perf_counter() - self.t_start
+        return self.seconds - used - self.reserve - (self.valid_seconds or 0.0)
 
     def _set_plan(self, done: float, epoch_seconds: float) -> None:
         planned = max(math.ceil(done) or 1, int(done + self._left() / max(epoch_seconds, 1e-6)))
@@ -63,11 +64,13 @@ class TimeBudget(Callback):
         if not self.training:
             return
         if self.iter == 0:
-            self._t_probe = time.perf_counter()  # the first batch pays for warm-up; time the next ones
+            # The first batch pays for warm-up; time the next ones.
+            self._t_probe = time.perf_counter()
         elif self.iter == self.probe and self._t_probe is not None and self.valid_seconds is None:
             step = (time.perf_counter() - self._t_probe) / self.probe
             n_valid = len(self.dls.valid.dataset) / max(1, len(self.dls.train.dataset))
-            epoch = step * self.n_iter * (1 + 0.5 * n_valid)  # validation: forward only, ~half a step
+            # Validation is a forward pass only: about half a training step per image.
+            epoch = step * self.n_iter * (1 + 0.5 * n_valid)
             self._set_plan(self.epoch + (self.iter + 1) / self.n_iter, epoch)
             self.learn.pct_train = (self.epoch + (self.iter + 1) / self.n_iter) / self.planned
 

@@ -38,7 +38,8 @@ def multi_label_scores(probs: np.ndarray, targets: np.ndarray, thresholds,
     return out
 
 
-def multi_label_metrics(probs: torch.Tensor, targets: torch.Tensor, average: str = "samples") -> dict:
+def multi_label_metrics(probs: torch.Tensor, targets: torch.Tensor,
+                        average: str = "samples") -> dict:
     """F1s, precision and recall at tuned thresholds, the same `at_0.5`, and the thresholds."""
     p = probs.float().numpy().astype(np.float64)
     t = targets.numpy() > 0.5

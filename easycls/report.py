@@ -14,8 +14,9 @@ from .rundir import write_figure
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_history", "format_metrics", "plot_confusion", "top_confused_classes", "plot_image_grid",
-           "plot_f1_curves", "plot_frequency_f1", "format_table", "plot_f1_threshold"]
+__all__ = ["plot_history", "format_metrics", "plot_confusion", "top_confused_classes",
+           "plot_image_grid", "plot_f1_curves", "plot_frequency_f1", "format_table",
+           "plot_f1_threshold"]
 
 
 def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
@@ -45,7 +46,8 @@ def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
 def format_metrics(metrics: dict) -> str:
     """A short human summary line of the headline metrics."""
     keys = ("accuracy", "top5_accuracy", "f1_samples", "f1_micro", "valid_loss", "train_seconds")
-    return "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float)))
+    shown = [k for k in keys if isinstance(metrics.get(k), (int, float))]
+    return "  ".join(f"{k}={metrics[k]:.4f}" for k in shown)
 
 
 # ---------------------------------------------------------------- evaluation plots
@@ -100,7 +102,8 @@ def top_confused_classes(cm: np.ndarray, k: int = 20) -> list[int]:
     return sorted(chosen[:k])
 
 
-def plot_confusion(cm: np.ndarray, classes: Sequence[str], out_png: str | Path, top: int = 20) -> Path:
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], out_png: str | Path,
+                   top: int = 20) -> Path:
     """Normalized confusion matrix PNG, readable from 2 to hundreds of classes.
 
     Up to 30 classes: one labelled matrix with the values. More: the whole matrix without
@@ -165,7 +168,8 @@ def plot_frequency_f1(support: Sequence[int], f1: Sequence[float], classes: Sequ
     ax.scatter(np.maximum(support, 1), f1, s=18)
     if len(classes) <= _FULL_LABELS:
         for x, y, name in zip(support, f1, classes):
-            ax.annotate(str(name), (max(x, 1), y), fontsize=7, xytext=(3, 2), textcoords="offset points")
+            ax.annotate(str(name), (max(x, 1), y), fontsize=7, xytext=(3, 2),
+                        textcoords="offset points")
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("positives in the evaluated data (log)")
@@ -188,8 +192,9 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def plot_f1_threshold(probs, targets, tuned: dict, out_png: str | Path) -> Path:
-    """The run's F1-vs-threshold curve for the tuned average, with 0.5 and the chosen threshold marked."""
+    """The run's F1-vs-threshold curve (tuned average), with 0.5 and the chosen threshold."""
     from . import thresholds as th
     average = tuned.get("average", "samples")
     curve = th.f1_curve(probs, targets, average=average, n_points=400)
-    return plot_f1_curves({average: curve}, out_png, marks={"0.5": 0.5, f"best global {tuned['global']:.3f}": tuned["global"]})
+    marks = {"0.5": 0.5, f"best global {tuned['global']:.3f}": tuned["global"]}
+    return plot_f1_curves({average: curve}, out_png, marks=marks)

@@ -37,13 +37,16 @@ def retune_thresholds(run_dir: str | Path, source: str, images: str | None = Non
     """
     meta = read_meta(run_dir)
     if not meta.get("multi_label"):
-        raise ValueError(f"{run_dir} holds a single-label model; thresholds apply to multi-label models")
+        raise ValueError(f"{run_dir} holds a single-label model; thresholds apply to "
+                         "multi-label models")
     average = average or (meta.get("thresholds") or {}).get("average", "samples")
     table = load_items(TrainConfig(source=str(source), images=images))
     table.drop(check_images(table.refs))
     probs = load(run_dir).probabilities(table.refs, bs=bs)
-    tuned = th.tune_thresholds(probs, _targets(table.labels, meta["classes"], source), average=average)
-    tuned["tuned_on"] = {"source": str(source), "images": len(table.refs), "skipped": len(table.skipped)}
+    targets = _targets(table.labels, meta["classes"], source)
+    tuned = th.tune_thresholds(probs, targets, average=average)
+    tuned["tuned_on"] = {"source": str(source), "images": len(table.refs),
+                         "skipped": len(table.skipped)}
     meta["thresholds"] = tuned
     write_json(Path(run_dir) / "model.json", meta)
     return tuned
