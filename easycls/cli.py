@@ -51,7 +51,7 @@ def _option_type(name: str) -> Any:
     decls = meta["flag"].split(",") if meta["flag"] else []
     if meta["kind"] in ("path", "file"):
         base = Path
-    if meta["kind"] == "duration":
+    if meta["kind"] in ("duration", "lr"):
         base = str
     extra = dict(exists=True, dir_okay=False) if meta["kind"] == "file" else {}
     return Annotated[base | None, typer.Option(*decls, help=config.option_help(name), **extra)]

@@ -47,8 +47,12 @@ class TrainConfig:
                      "'custom:<module>:<qualname>' records a user nn.Module.")
     epochs: int = _opt(5, "Training epochs (after the frozen epoch when fine-tuning).",
                        lo=1, hi=100_000)
-    lr: float | None = _opt(None, "Learning rate (default: fastai's lr_find).", above=0.0, hi=10.0)
-    bs: int = _opt(64, "Batch size per process.", lo=1, hi=65_536)
+    lr: float | str | None = _opt(None, "Learning rate, or 'find' for fastai's full lr_find "
+                                  "(default: an lr_find bounded to 5% of the training steps, or "
+                                  "the mode's default lr when that is too few to search).",
+                                  above=0.0, hi=10.0, kind="lr")
+    bs: int | None = _opt(None, "Batch size per process (default: the largest of 64, 32, 16 "
+                          "that gives an epoch 40 steps over all processes).", lo=1, hi=65_536)
     size: int | None = _opt(None, "Image size in pixels (square; default: the size the model "
                             "was made for, from timm's pretrained config).", lo=8, hi=4096)
     pretrained: bool = _opt(True, "Fine-tune ImageNet weights, or train from scratch.",
@@ -89,6 +93,8 @@ class TrainConfig:
     keep_checkpoint: bool = _opt(False, "Keep checkpoint.pth (optimizer state, for --resume) "
                                  "when the run completes.", flag="--keep-checkpoint")
     scale_lr: bool = _opt(False, "Multiply the lr by the number of processes.", flag="--scale-lr")
+    prior_bias: bool = _opt(True, "Multi-label: start each output at its label's training "
+                            "frequency (bias = log-odds).", flag="--prior-bias/--no-prior-bias")
     class_weights: str | None = _opt(None, "auto: BCE pos_weight from label frequencies "
                                      "(multi-label).", choices=("auto",))
     threshold_average: str = _opt("samples", "F1 average the multi-label thresholds maximize.",
@@ -186,6 +192,8 @@ def check(name: str, value: Any) -> Any:
         return value
     value = _typed(name, value)
     meta = _FIELDS[name].metadata
+    if meta["kind"] == "lr" and value == "find":
+        return value
     if meta["choices"] and value not in meta["choices"]:
         raise _fail(name, value, f"must be {_valid(name)}")
     bad_lo = meta["lo"] is not None and value < meta["lo"]
@@ -202,6 +210,8 @@ def _typed(name: str, value: Any) -> Any:
             return parse_duration(value)
         except ValueError as e:
             raise _fail(name, value, str(e)) from None
+    if kind == "lr" and isinstance(value, str):
+        return _lr(name, value)
     if kind and isinstance(value, os.PathLike):
         return os.fspath(value)
     ok = {bool: isinstance(value, bool),
@@ -216,6 +226,16 @@ def _typed(name: str, value: Any) -> Any:
             raise _fail(name, value, "must be a finite number")
         return float(value)
     return value
+
+
+def _lr(name: str, text: str) -> float | str:
+    """A learning rate written as text: a number, or "find"."""
+    if text.strip().lower() == "find":
+        return "find"
+    try:
+        return float(text)
+    except ValueError:
+        raise _fail(name, text, "must be a number or 'find'") from None
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -54,9 +54,12 @@ from .learners import (
     set_thresholds,
     single_label_learner,
 )
+from .lr_search import LrChoice, choose_lr
 from .metrics import confusion_matrix, multi_label_metrics, single_label_metrics
 from .models import check_size, default_size
+from .plan import default_bs
 from .predict import write_predictions
+from .priors import init_output_bias
 from .report import format_metrics, plot_confusion, plot_f1_threshold, plot_history
 from .rundir import RunRecord, write_json, write_per_class, write_skipped
 from .thresholds import per_class_report
@@ -115,6 +118,8 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
     if data.multi_label:
         targets = data.datasets[0].targets
         pos_weight = _pos_weight(targets) if cfg.class_weights == "auto" else None
+        if cfg.prior_bias:
+            init_output_bias(model, targets)
         learn = multi_label_learner(dls, model, len(data.vocab), pos_weight=pos_weight, **kw)
     else:
         learn = single_label_learner(dls, model, len(data.vocab),
@@ -146,14 +151,16 @@ def _pos_weight(targets: np.ndarray) -> torch.Tensor:
     return torch.tensor((len(targets) - pos) / np.maximum(pos, 1), dtype=torch.float32)
 
 
-def _pick_lr(learn: Learner, cfg: TrainConfig, say, sess) -> float:
-    if cfg.lr is not None:
-        return cfg.lr
-    with sess.alone():  # each process probes on its own (fastai's lr_find is single-process)
-        suggestion = learn.lr_find(show_plot=False)
-    lr = sess.agree(float(suggestion.valley))  # every process trains with rank 0's choice
-    say(f"lr_find picked lr={lr:.2e}")
-    return lr
+def _pick_lr(learn: Learner, cfg: TrainConfig, say, sess) -> LrChoice:
+    """The lr to train with; the summary line says how it was chosen and what that cost."""
+    fine_tune = bool(cfg.pretrained or cfg.weights)
+    steps = len(learn.dls.train) * (cfg.epochs + (cfg.freeze_epochs if fine_tune else 0))
+    # Each process probes on its own (fastai's lr_find is single-process); all use rank 0's lr.
+    choice = choose_lr(learn, lr=cfg.lr, fine_tune=fine_tune, total_bs=cfg.bs * sess.world_size,
+                       planned_steps=steps, alone=sess.alone, agree=sess.agree)
+    if choice.how != "given":
+        say(choice.summary())
+    return choice
 
 
 def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
@@ -272,6 +279,8 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     if claim is not None:
         claim(run_dir)
     cfg = cfg.updated(out=str(run_dir))
+    if cfg.bs is None:
+        cfg = cfg.updated(bs=default_bs(len(data.datasets[0]), sess.world_size))
     sess.on_main(lambda: run_dir.mkdir(parents=True, exist_ok=True))
     say(_summary(data, cfg, sess))
     state = load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab) if resumed else None
@@ -280,7 +289,8 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
         sess.on_main(lambda: trim_history(run_dir / "history.csv", state["history_rows"]))
     history_start = state["history_rows"] if state else 0
     learn, norm = _build_learner(data, cfg, arch_obj, sess, run_dir, history_start)
-    cfg = cfg.updated(lr=_pick_lr(learn, cfg, say, sess))
+    lr_choice = _pick_lr(learn, cfg, say, sess)
+    cfg = cfg.updated(lr=lr_choice.lr)
     sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: resume reads it
     t_train = time.perf_counter() - (state["elapsed"] if state else 0.0)
     meta = dict(arch=cfg.arch, classes=data.vocab)
@@ -288,7 +298,8 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     train_seconds = time.perf_counter() - t_train
     metrics, preds = _final_metrics(learn, data, cfg)
     metrics.update(train_seconds=round(train_seconds, 3),
-                   total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts)
+                   total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts,
+                   lr_choice=lr_choice.how, lr_search_seconds=round(lr_choice.seconds, 3))
     learn.easycls = RunRecord(run_dir, cfg, data.vocab, norm, data.multi_label, metrics, preds)
     set_thresholds(learn, metrics.get("thresholds"))  # learn.predict decides as easycls.load's
     sess.release(learn)  # from here on rank 0 uses `learn` alone (predict, show_results, ...)

@@ -94,3 +94,14 @@ def test_suggestions_that_disagree_or_stray_fall_back_to_the_default():
     lr, note = robust_lr([1.0, 1.1, 0.9], 2e-3)
     assert lr == 2e-3 and "far from the default" in note
     assert robust_lr([math.nan, None], 2e-3)[0] == 2e-3
+
+
+def test_lr_option_takes_a_number_or_find():
+    from easycls.config import ConfigError, TrainConfig, check
+    assert check("lr", "find") == "find" and check("lr", "FIND") == "find"
+    assert check("lr", "2e-3") == 2e-3 and check("lr", 0.01) == 0.01
+    with pytest.raises(ConfigError, match="number or 'find'"):
+        check("lr", "fast")
+    with pytest.raises(ConfigError):
+        check("lr", "-1")
+    assert TrainConfig().lr is None and TrainConfig().bs is None

@@ -16,6 +16,7 @@ import torch
 from fastai.data.core import DataLoaders
 
 from ..config import TrainConfig
+from ..plan import default_bs
 from . import cache as dcache
 from .images import check_images
 from .loaders import (
@@ -211,6 +212,7 @@ def build_dataloaders(cfg: TrainConfig, data: PreparedData | None = None, *,
     mean, std = normalization or data.pixel_stats()
     workers = cfg.workers if cfg.workers is not None else default_workers(cached=data.use_cache)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return make_dataloaders(train_ds, valid_ds, size=cfg.size, bs=cfg.bs, mean=mean, std=std,
+    bs = cfg.bs or default_bs(len(train_ds))  # fit resolves it first, for all processes
+    return make_dataloaders(train_ds, valid_ds, size=cfg.size, bs=bs, mean=mean, std=std,
                             augment=cfg.augment, flip=cfg.extra.get("flip", True),
                             workers=workers, device=device, seed=cfg.seed)
