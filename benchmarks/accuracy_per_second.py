@@ -92,6 +92,8 @@ def measure(args) -> None:
         sides = ["fastai", "easycls"] + [f"budget:{b}" for b in budgets]
         for side in sides if r % 2 == 0 else sides[::-1]:
             if side == "fastai":
+                if args.no_fastai:
+                    continue
                 rec = run_fastai(args, fa_args)
                 last_fastai = rec["wall"]
             elif side == "easycls":
@@ -140,6 +142,7 @@ def main() -> None:
     p.add_argument("--easycls-args", default="", help="extra `easycls fit` options")
     p.add_argument("--fastai-args", default="")
     p.add_argument("--no-default", action="store_true", help="skip the default easycls run")
+    p.add_argument("--no-fastai", action="store_true", help="skip the plain fastai run")
     p.add_argument("--results", type=Path, default=Path("aps_results.jsonl"))
     p.add_argument("--plot", type=Path, default=None, help="only plot --results into this PNG")
     args = p.parse_args()

@@ -105,3 +105,18 @@ def test_lr_option_takes_a_number_or_find():
     with pytest.raises(ConfigError):
         check("lr", "-1")
     assert TrainConfig().lr is None and TrainConfig().bs is None
+
+
+@pytest.mark.slow
+def test_fit_without_lr_uses_the_default_and_says_so(class_folders, tmp_path, capsys):
+    import json
+
+    from easycls import fit
+    out = tmp_path / "run"
+    fit(str(class_folders), arch="resnet18", pretrained=False, epochs=1, size=16, out=str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert metrics["lr_choice"].startswith("default") and metrics["lr_search_seconds"] == 0
+    assert config["lr"] == pytest.approx(default_lr(False, config["bs"]))
+    assert config["bs"] == 16  # 29 training images: the smallest default batch
+    assert f"lr {config['lr']:.2e} (default" in capsys.readouterr().out
