@@ -117,4 +117,6 @@ def choose_lr(learn, *, lr: float | str | None, fine_tune: bool, total_bs: int, 
     if values:
         values[-1] /= 10  # fastai's `minimum` is where the loss is lowest; a tenth of it trains
     chosen, note = (values[0], "") if full and values else robust_lr(values, default)
-    return LrChoice(float(agree(chosen)), "full search" if full else "search", clock() - t0, n, note)
+    done = len(getattr(getattr(learn, "recorder", None), "lrs", None) or ()) or n  # stops early
+    return LrChoice(float(agree(chosen)), "full search" if full else "search", clock() - t0, done,
+                    note)

@@ -161,7 +161,8 @@ def test_lr_find_under_two_processes(tmp_path):
     write_class_folders(root / "train", per_class=32, seed=1)
     write_class_folders(root / "valid", per_class=7, seed=2)
     res = _torchrun("-m", "easycls", "fit", str(root), "--arch", "mobilenetv3_small_050", "--no-pretrained",
-                    "--epochs", "1", "--size", "32", "--bs", "8", "--workers", "0", "--out", "run", cwd=tmp_path)
+                    "--epochs", "1", "--size", "32", "--bs", "8", "--workers", "0", "--out", "run",
+                    "--lr", "find", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert (res.stdout + res.stderr).count("lr_find picked lr=") == 1
+    assert (res.stdout + res.stderr).count("(full search, ") == 1  # rank 0 says it, once
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 2  # no lr_find rows
