@@ -73,6 +73,7 @@ def _history(run_dir) -> list[dict]:
     return list(csv.DictReader((run_dir / "history.csv").open()))
 
 
+@pytest.mark.slow  # two full runs compared row by row
 def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     data = write_class_folders(tmp_path / "pets", per_class=20)
     ref = easycls.fit(str(data), out=str(tmp_path / "ref"), **EXACT)
@@ -153,6 +154,7 @@ def test_cli_sigterm_and_sigkill_then_resume_reach_the_planned_epochs(tmp_path):
     assert saved["history_rows"] <= 5 and (run / "metrics.json").exists() and (run / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # two fine_tune runs compared row by row
 def test_fine_tune_resumes_in_its_second_phase(tmp_path, monkeypatch):
     import timm
     weights = tmp_path / "w.pth"
