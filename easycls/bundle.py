@@ -9,6 +9,7 @@ import json
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,19 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
     return out
 
 
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside (None: unchanged)."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 class Predictor:
     """Applies a trained bundle to images: same resizing and normalization as validation."""
 
@@ -212,7 +226,6 @@ class Predictor:
                  ahead: int = 2) -> Iterator[tuple[int, list]]:
         """(start, decoded images or errors) per batch, decoded on a thread pool while
         the model runs on the batches before (Pillow releases the GIL while decoding)."""
-        workers = workers or available_cores()
         starts = iter(range(0, len(images), bs))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending: deque = deque()
@@ -249,13 +262,19 @@ class Predictor:
             >>> for where, probs, bad in predictor.stream(paths, bs=64):
             ...     print(len(where), probs.shape, bad)
         """
-        images = list(images)
+        images, cores = list(images), available_cores()
+        workers = workers or max(1, cores // 2)
+        # Decoding threads and the model share the cores: torch's own threads on cores
+        # that are busy decoding spin and slow the model several times (docs/performance.md).
+        threads = max(1, cores - workers) if self.device.type == "cpu" else None
         for start, decoded in self._decoded(images, bs, workers):
             ok = [k for k, d in enumerate(decoded) if not isinstance(d, UnreadableImage)]
             bad = {start + k: d.reason for k, d in enumerate(decoded)
                    if isinstance(d, UnreadableImage)}
-            probs = self._forward([decoded[k] for k in ok]) if ok else np.zeros(
-                (0, len(self.classes)), np.float32)
+            probs = np.zeros((0, len(self.classes)), np.float32)
+            if ok:
+                with _torch_threads(threads):
+                    probs = self._forward([decoded[k] for k in ok])
             yield [start + k for k in ok], probs, bad
 
     def probabilities(self, images: Sequence, bs: int = 64, workers: int | None = None
