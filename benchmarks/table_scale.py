@@ -30,8 +30,11 @@ def listing(n: int, n_classes: int = 1000, test_share: float = 0.04) -> list[str
 def steps(files: list[str]) -> dict[str, float]:
     """CPU seconds of each step on one listing."""
     from easycls.data.loaders import encode_labels
-    from easycls.train import _random_split as random_split
     from easycls.data.sources import from_listing
+    try:
+        from easycls.data.prepare import random_split
+    except ImportError:  # versions before data/prepare.py
+        from easycls.train import _random_split as random_split
     out, t = {}, time.process_time()
 
     def lap(name: str) -> None:

@@ -225,7 +225,8 @@ def _asl(tree: Tree, cfg) -> ItemTable:
         # Test files are `<label>_test.jpg`: the label lies in the name, not in a folder.
         labels = [Path(r).stem.rsplit("_test", 1)[0] for r in refs]
         table.test_refs = [test.ref(r) for r in refs]
-        table.test_labels = [[lab] if lab in table.classes else [] for lab in labels]
+        known = set(table.classes)  # once, not per test item
+        table.test_labels = [[lab] if lab in known else [] for lab in labels]
     return table
 
 

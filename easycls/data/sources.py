@@ -325,7 +325,8 @@ def _split_table(splits: dict, to_ref, where: str, all_dirs: set[str] | None = N
         head, inner_prefix, inner = _split_part(splits["test"], "test", where)
         table.test_refs = [to_ref(f"{head}/{inner_prefix}{f}") for f in inner]
         heads = [f.split("/", 1)[0] if "/" in f else None for f in inner]
-        if all(h in set(table.classes) for h in heads):  # test/<class>/...: labelled, can be scored
+        known = set(table.classes)  # once: rebuilding it per test item was quadratic
+        if all(h in known for h in heads):  # test/<class>/...: labelled, can be scored
             table.test_labels = [[h] for h in heads]
     return table
 
