@@ -71,6 +71,7 @@ def _fit_signature() -> inspect.Signature:
 def fit_cmd(source: str | None = None, resume: Path | None = None, **settings: Any) -> None:
     """Train a classifier on SOURCE and write a run directory."""
     from .checkpoint import CheckpointError, TrainingInterrupted
+    from .data.cachedir import NoSpace
     from .data.sources import DataError
     from .data.tables import TableError
     from .distributed import PrecisionError
@@ -80,6 +81,8 @@ def fit_cmd(source: str | None = None, resume: Path | None = None, **settings: A
     from .train import fit
     try:
         fit(source, resume=resume, **settings)
+    except NoSpace as e:  # a full disk, like WriteError: nothing half-built is left
+        _fail(e, 1)
     except (config.ConfigError, DataError, TableError, ArchError, PretrainedUnavailable,
             FileNotFoundError, CheckpointError, ImportError, PrecisionError, RunLockError) as e:
         _fail(e)
@@ -279,6 +282,39 @@ def serve_cmd(
         _fail(ImportError(f"serve needs FastAPI and uvicorn: pip install 'easycls[serve]' ({e})"))
     serve(run_dir, host, port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
           max_mb=max_mb, say=typer.echo)
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="List or clear the decoded-image caches and "
+                        "compact stores (in $EASYCLS_CACHE, default ~/.cache/easycls).")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+def cache_list_cmd() -> None:
+    """Each cache and store: key, kind, images, size, last use, source; and the total."""
+    from .data import cachedir
+    typer.echo(cachedir.format_entries(cachedir.entries()))
+
+
+@cache_app.command("clear")
+def cache_clear_cmd(
+    keys: Annotated[list[str] | None, typer.Argument(
+        help="Start(s) of the keys to clear, as `easycls cache list` shows them (default: all).")
+    ] = None,
+    older_than: Annotated[str | None, typer.Option(
+        help="Only entries unused for this long (7d, 12h, 30m).")] = None,
+) -> None:
+    """Delete caches and stores (never one being built right now)."""
+    from .data import cachedir
+    seconds = None
+    if older_than is not None:
+        try:
+            seconds = config.parse_duration(older_than)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
+    gone = cachedir.clear(older_than=seconds, keys=keys or None)
+    freed = sum(e.bytes for e in gone) / 1e9
+    typer.echo(f"removed {len(gone)} entries ({freed:.2f} GB) from {cachedir.cache_root()}")
 
 
 def main() -> None:

@@ -76,8 +76,11 @@ class TrainConfig:
     freeze_epochs: int = _opt(1, "Frozen-body epochs when fine-tuning.", lo=0, hi=1000)
     augment: bool = _opt(True, "Training augmentation (flips, rotation, zoom, lighting).",
                          flag="--augment/--no-augment")
-    cache: bool | None = _opt(None, "Decoded-image cache (default: on when it fits).",
-                              flag="--cache/--no-cache")
+    cache: bool | None = _opt(None, "Decoded-image cache: --cache is --store cache, --no-cache "
+                              "is --store none.", flag="--cache/--no-cache")
+    store: str = _opt("auto", "Where training pixels come from: cache (uint8), jpeg (compact "
+                      "store), none (decode the originals each epoch); auto picks by size and "
+                      "disk.", choices=("auto", "cache", "jpeg", "none"))
     workers: int | None = _opt(None, "DataLoader worker processes (default: from the cores).",
                                lo=0, hi=256)
     mixed_precision: str | None = _opt(None, "no, fp16 or bf16 (default: bf16 on a capable GPU, "
@@ -103,6 +106,10 @@ class TrainConfig:
     tensorboard: bool = _opt(False, "Also log to TensorBoard (RUN_DIR/tensorboard; needs "
                              "`pip install tensorboard`).", flag="--tensorboard")
     log_json: str | None = _opt(None, "Write JSON-lines events to this file.", kind="path")
+    dist_timeout: float | None = _opt(None, "Seconds a process waits for the others (e.g. while "
+                                      "they build a cache) before the job fails (default: "
+                                      "$EASYCLS_DIST_TIMEOUT, else 2h).", above=0.0,
+                                      hi=7 * 86400, kind="duration")
     extra: dict[str, Any] = _opt(None, "Recipe-specific settings (set by the recipe).",
                                  factory=dict)
 

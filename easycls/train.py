@@ -41,6 +41,7 @@ from .checkpoint import (
     trim_history,
 )
 from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig, check
+from .data import storage
 from .data.prepare import PreparedData, build_dataloaders, load_items
 from .data.recipes import get_recipe, is_recipe
 from .data.sources import ItemTable
@@ -245,7 +246,8 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
         >>> learn = fit("digits")
         >>> learn.easycls.metrics["accuracy"]
     """
-    sess = distributed.session()
+    # The process group's timeout: set before any setting is checked, so taken as given.
+    sess = distributed.session(timeout=settings.get("dist_timeout"))
     with ExitStack() as held:  # the run directory's lock, held for the life of the run
         def claim(run_dir: str | Path, overwrite: bool = False) -> None:
             held.enter_context(sess.claim(run_dir, resume=resume is not None,
@@ -274,7 +276,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     say = sess.printer(cfg.quiet)
     set_seed(cfg.seed)
     t_start = time.perf_counter()
-    data = PreparedData(load_items(cfg), cfg, progress=sess.shows_progress(cfg.quiet))
+    data = PreparedData(load_items(cfg), cfg, progress=sess.shows_progress(cfg.quiet), sess=sess)
     run_dir = Path(cfg.out) if cfg.out else _default_out(cfg, data.table)
     if claim is not None:
         claim(run_dir)
@@ -317,10 +319,10 @@ def _summary(data: PreparedData, cfg: TrainConfig, sess) -> str:
     n_valid = sum(data.table.is_valid)
     kind = "multi-label" if data.multi_label else "single-label"
     skipped = f", {len(data.table.skipped)} unreadable skipped" if data.table.skipped else ""
-    pixels = "cached" if data.use_cache else "decoded"
+    pixels = storage.describe(data.store)
     return (f"{cfg.source}: {len(data.table.refs) - n_valid} train / {n_valid} valid images, "
             f"{len(data.vocab)} classes ({kind}){skipped}; {cfg.arch} at {cfg.size}px, "
-            f"{sess.batch_sizes(cfg.bs)}, {pixels} pixels")
+            f"{sess.batch_sizes(cfg.bs)}, pixels from the {pixels}")
 
 
 def save(learn: Learner, out: str | Path) -> Path:

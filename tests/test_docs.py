@@ -69,9 +69,11 @@ def test_shell_commands_in_docs_use_real_commands_and_options(doc):
                 continue
             words = words[at[0]:]
             assert words[1] in group.commands, f"{doc.name}: unknown command in {line!r}"
-            cmd = group.commands[words[1]]
+            cmd, rest = group.commands[words[1]], words[2:]
+            if rest and rest[0] in getattr(cmd, "commands", {}):  # a group: `easycls cache list`
+                cmd, rest = cmd.commands[rest[0]], rest[1:]
             known = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
-            for w in words[2:]:
+            for w in rest:
                 if w.startswith("-") and w != "-":
                     assert w.split("=")[0] in known, f"{doc.name}: {w} is not an option of `easycls {words[1]}`"
 

@@ -27,6 +27,7 @@ from .sources import DataError
 
 __all__ = [
     "Entry",
+    "NoSpace",
     "cache_cap",
     "cache_root",
     "clear",
@@ -218,9 +219,13 @@ def room(root: Path | None = None) -> int:
     return max(0, min(cache_cap(), free_bytes(root) + held - HEADROOM))
 
 
-def space_error(need: int, root: Path, what: str, free: int | None = None) -> DataError:
+class NoSpace(DataError):
+    """Not enough disk space for a cache or store (nothing was left behind)."""
+
+
+def space_error(need: int, root: Path, what: str, free: int | None = None) -> NoSpace:
     free = free_bytes(root) if free is None else free
-    return DataError(
+    return NoSpace(
         f"not enough disk space for the {what}: it needs {_gb(need)} (plus {_gb(HEADROOM)} "
         f"headroom) in {root}, which has {_gb(free)} free after evicting older entries. Free "
         f"some space (`easycls cache clear`), point EASYCLS_CACHE at a larger disk (e.g. "
@@ -235,7 +240,7 @@ def make_room(root: Path, need: int, what: str) -> None:
     """
     cap = cache_cap()
     if need > cap:
-        raise DataError(
+        raise NoSpace(
             f"the {what} needs {_gb(need)}, more than the cache cap of {_gb(cap)}: raise "
             "EASYCLS_CACHE_MAX_GB (GB), or train with --store jpeg (smaller) or --store none")
     held = entries(root)

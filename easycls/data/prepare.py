@@ -16,9 +16,10 @@ import torch
 from fastai.data.core import DataLoaders
 
 from ..config import TrainConfig
+from ..distributed import Session
 from ..plan import default_bs
-from . import cache as dcache
-from .images import check_images
+from . import storage
+from .cache import Rows
 from .loaders import (
     ImageDataset,
     Pixels,
@@ -32,7 +33,7 @@ from .recipes import detect, get_recipe, is_recipe, read_recipe_layout
 from .sources import DataError, ItemTable, from_path
 
 __all__ = ["load_items", "read_path", "random_split", "run_items", "SPLITS", "PreparedData",
-           "build_dataloaders"]
+           "build_dataloaders", "store_mode"]
 
 SPLITS = ("auto", "valid", "all", "test")
 
@@ -123,27 +124,28 @@ def run_items(run_dir: str | Path, source: str | None = None, split: str = "auto
     return cfg.source, refs, labels
 
 
-def _pixels(refs: list[str], size: int, use_cache: bool,
-            progress: bool) -> tuple[Pixels, dict[int, str]]:
-    """Decoded pixels for `refs` plus the unreadable ones ({index: reason})."""
-    if use_cache:
-        built = dcache.load_or_build(refs, size, progress=progress)
-        return Pixels(refs, size, built.array), dict(built.failures)
-    return Pixels(refs, size), check_images(refs, progress=progress)
-
-
 def _rows(px: Pixels, rows: list[int]) -> Pixels:
+    """The readable rows, as a view: `array[rows]` would copy a memory-mapped cache into RAM."""
     if len(rows) == len(px):
         return px
-    array = None if px.array is None else px.array[rows]
+    array = None if px.array is None else Rows(px.array, rows)
     return Pixels([px.refs[r] for r in rows], px.size, array)
+
+
+def store_mode(cfg: TrainConfig) -> str:
+    """`cfg.store`, or what `--cache` / `--no-cache` ask for when the store is left on auto."""
+    if cfg.store == "auto" and cfg.cache is not None:
+        return "cache" if cfg.cache else "none"
+    return cfg.store
 
 
 class PreparedData:
     """An item table made ready to train: split, checked, decoded; vocab and datasets."""
 
-    def __init__(self, table: ItemTable, cfg: TrainConfig, progress: bool = False):
+    def __init__(self, table: ItemTable, cfg: TrainConfig, progress: bool = False,
+                 sess: Session | None = None):
         self.progress = progress  # decode/cache progress: rank 0 only, and not when quiet
+        self.sess = sess or Session()  # the processes that decide and build together
         if table.is_valid is None:
             table.is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed)
         table.check()
@@ -154,24 +156,34 @@ class PreparedData:
             raise DataError(f"multi_label=False, but {n} images of {cfg.source} have several "
                             "(or no) labels; drop --single-label to train a multi-label model")
         self.store_size = train_store_size(cfg.size, cfg.augment)
-        self.use_cache = cfg.cache if cfg.cache is not None else dcache.fits_budget(
-            len(table.refs), self.store_size)
+        n_valid = sum(table.is_valid)
+        splits = [(len(table.refs) - n_valid, self.store_size), (n_valid, cfg.size)]
+        self.store = storage.plan(store_mode(cfg), splits, self.sess)  # cache, jpeg or none
         self._decode_pixels()
         self.vocab = table.classes
+
+    @property
+    def use_cache(self) -> bool:
+        """True when the pixels come from the uint8 cache (read in-process, no workers)."""
+        return self.store == "cache"
 
     def _split_refs(self, valid: bool) -> list[int]:
         return [i for i, v in enumerate(self.table.is_valid) if v == valid]
 
+    def _pixels(self, refs: list[str], size: int) -> tuple[Pixels, dict[int, str]]:
+        """Pixels of `refs` at `size` from the chosen store, and {index: reason} unreadable."""
+        array, failures = storage.open_pixels(refs, size, self.store, self.sess, self.progress,
+                                              self.cfg.source)
+        return Pixels(refs, size, array), failures
+
     def _decode_pixels(self) -> None:
         refs, bad = self.table.refs, {}
         tr, va = self._split_refs(False), self._split_refs(True)
-        self.train_px, f_tr = _pixels([refs[i] for i in tr], self.store_size, self.use_cache,
-                                      self.progress)
-        self.valid_px, f_va = _pixels([refs[i] for i in va], self.cfg.size, self.use_cache,
-                                      self.progress)
+        self.train_px, f_tr = self._pixels([refs[i] for i in tr], self.store_size)
+        self.valid_px, f_va = self._pixels([refs[i] for i in va], self.cfg.size)
         bad.update({tr[j]: r for j, r in f_tr.items()})
         bad.update({va[j]: r for j, r in f_va.items()})
-        # Keep only readable items; cached arrays keep their rows, so index through them.
+        # Keep only readable items; caches keep their rows, so index through them.
         self.train_rows = [j for j in range(len(tr)) if j not in f_tr]
         self.valid_rows = [j for j in range(len(va)) if j not in f_va]
         self.table.drop(bad)
