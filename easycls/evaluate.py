@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
 from . import thresholds as th
 from .bundle import Predictor, load
-from .data.images import UnreadableImage, load_resized, open_image, parallel_map
+from .data.images import open_image
 from .data.loaders import encode_labels
 from .data.prepare import SPLITS, run_items
 from .data.sources import DataError
-from .metrics import confusion_matrix, multi_label_scores, single_label_metrics
+from .metrics import multi_label_scores
 from .predict import output_name
 from .report import (
     format_table,
@@ -39,6 +36,7 @@ from .report import (
     plot_image_grid,
 )
 from .rundir import write_csv, write_file, write_json, write_per_class, write_skipped
+from .tally import SingleLabelTally
 
 __all__ = ["evaluate", "Evaluation", "most_confused", "SPLITS"]
 
@@ -54,7 +52,8 @@ class Evaluation:
     multi_label: bool
     refs: list[str]
     targets: np.ndarray          # class indices (single-label) or multi-hot rows
-    probs: np.ndarray            # (n, classes) softmax or sigmoid probabilities
+    probs: np.ndarray | None     # (n, classes) float16 probabilities: always for multi-label,
+                                 # single-label only when asked (`probabilities=True`)
     preds: np.ndarray            # class indices or boolean rows, as decided by the model
     metrics: dict
     per_class: list[dict]
@@ -84,40 +83,32 @@ def _known(refs: list[str], labels: list[list[str]], classes: list[str], multi_l
     return [r for r, _ in keep], [labs for _, labs in keep], skipped
 
 
-def _resized_or_reason(ref: str, size: int) -> tuple[np.ndarray | None, str | None]:
-    try:
-        return load_resized(ref, size), None
-    except UnreadableImage as e:
-        return None, e.reason
+def _score(predictor: Predictor, refs: list[str], labels: list[list[str]], bs: int, name: str,
+           keep_probs: bool):
+    """(refs, targets, scores, skipped) of the usable images: known labels, readable.
 
-
-def _probabilities(predictor: Predictor, refs: list[str], bs: int, chunk: int = 2048):
-    """(probabilities of the readable images, {index: reason} for the others).
-
-    Images are decoded once, on a thread pool, a chunk at a time (bounded memory).
+    Each batch is scored as it comes (`Predictor.stream`): single-label into a running
+    `SingleLabelTally`, multi-label into float16 probabilities, so memory does not hold
+    N x C float32 probabilities and their temporaries.
     """
-    probs, bad = [], {}
-    for start in range(0, len(refs), chunk):
-        decoded = list(parallel_map(partial(_resized_or_reason, size=predictor.size), refs[start:start + chunk]))
-        bad.update({start + k: why for k, (_, why) in enumerate(decoded) if why is not None})
-        # Already at the input size: the predictor's own resize is then a no-op.
-        good = [Image.fromarray(px) for px, why in decoded if why is None]
-        if good:
-            probs.append(predictor.probabilities(good, bs))
-    return (np.concatenate(probs) if probs else np.zeros((0, len(predictor.classes)))), bad
-
-
-def _score(predictor: Predictor, refs: list[str], labels: list[list[str]], bs: int, name: str):
-    """(refs, targets, probabilities, skipped) of the usable images: known labels, readable."""
     refs, labels, skipped = _known(refs, labels, predictor.classes, predictor.multi_label)
-    probs, bad = _probabilities(predictor, refs, bs)
+    targets = encode_labels(labels, predictor.classes, predictor.multi_label)
+    tally = None if predictor.multi_label else SingleLabelTally(len(predictor.classes),
+                                                                keep_probs=keep_probs)
+    kept, probs, bad = [], [], {}
+    for where, p, failed in predictor.stream(refs, bs=bs):
+        kept += where
+        bad.update(failed)
+        if tally is not None:
+            tally.update(p, targets[where])
+        else:
+            probs.append(p.astype(np.float16))
     skipped += [(refs[i], why) for i, why in sorted(bad.items())]
-    refs = [r for i, r in enumerate(refs) if i not in bad]
-    labels = [labs for i, labs in enumerate(labels) if i not in bad]
-    if not refs:
+    if not kept:
         raise DataError(f"no usable labelled images in {name} ({len(skipped)} skipped, e.g. "
                         f"{skipped[0][1] if skipped else 'none found'})")
-    return refs, encode_labels(labels, predictor.classes, predictor.multi_label), probs, skipped
+    scores = tally if tally is not None else np.concatenate(probs)
+    return [refs[i] for i in kept], targets[kept], scores, skipped
 
 
 # ---------------------------------------------------------------- single-label
@@ -142,25 +133,24 @@ def most_confused(cm: np.ndarray, classes: list[str], min_count: int = 1) -> lis
     return sorted(rows, key=lambda r: (-r["count"], -r["share"]))
 
 
-def _single(ev: Evaluation, n_losses: int) -> None:
-    t = torch.as_tensor(ev.targets)
-    ev.preds = ev.probs.argmax(1)
-    ev.confusion = confusion_matrix(ev.targets, ev.preds, len(ev.classes))
+def _single(ev: Evaluation, tally: SingleLabelTally, n_losses: int) -> None:
+    ev.preds, ev.probs = tally.preds, tally.probs
+    ev.confusion = tally.confusion
     ev.per_class = _single_per_class(ev.confusion, ev.classes)
     ev.confused = most_confused(ev.confusion, ev.classes)
-    ev.metrics = single_label_metrics(torch.as_tensor(ev.probs), t)
+    ev.metrics = tally.metrics()
     ev.metrics["f1_macro"] = float(np.mean([r["f1"] for r in ev.per_class if r["support"] > 0]))
     out = ev.out_dir
     write_file(out / "confusion_matrix.csv", _counts_csv(ev.confusion, ev.classes))
     write_csv(out / "most_confused.csv", ev.confused, ["true", "predicted", "count", "share"])
     plot_confusion(ev.confusion, ev.classes, out / "confusion_matrix.png")
-    losses = -np.log(np.clip(ev.probs[np.arange(len(ev.targets)), ev.targets], 1e-12, None))
-    write_csv(out / "predictions.csv", [
-        dict(file=output_name(r), target=ev.classes[y], predicted=ev.classes[p], probability=round(float(ev.probs[k, p]), 6),
-             loss=round(float(loss), 6))
-        for k, (r, y, p, loss) in enumerate(zip(ev.refs, ev.targets, ev.preds, losses))],
+    p_pred, losses = tally.p_pred, tally.losses
+    write_csv(out / "predictions.csv", (
+        dict(file=output_name(r), target=ev.classes[y], predicted=ev.classes[p],
+             probability=round(float(pp), 6), loss=round(float(loss), 6))
+        for r, y, p, pp, loss in zip(ev.refs, ev.targets, ev.preds, p_pred, losses)),
         ["file", "target", "predicted", "probability", "loss"])
-    _top_losses(ev, losses, n_losses)
+    _top_losses(ev, tally, n_losses)
 
 
 def _counts_csv(cm: np.ndarray, classes: list[str]) -> str:
@@ -168,10 +158,10 @@ def _counts_csv(cm: np.ndarray, classes: list[str]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _top_losses(ev: Evaluation, losses: np.ndarray, n: int) -> None:
-    worst = np.argsort(-losses)[:n]
+def _top_losses(ev: Evaluation, tally: SingleLabelTally, n: int) -> None:
+    worst, losses, p_true = tally.worst()[:n], tally.losses, tally.p_true
     titles = [f"{ev.classes[ev.targets[k]]} -> {ev.classes[ev.preds[k]]}\nloss {losses[k]:.2f}, "
-              f"p(true) {ev.probs[k, ev.targets[k]]:.2f}" for k in worst]
+              f"p(true) {p_true[k]:.2f}" for k in worst]
     plot_image_grid([open_image(ev.refs[k]) for k in worst], titles, ev.out_dir / "top_losses.png",
                     "top losses: true -> predicted")
 
@@ -180,20 +170,21 @@ def _top_losses(ev: Evaluation, losses: np.ndarray, n: int) -> None:
 
 
 def _multi(ev: Evaluation, predictor: Predictor) -> None:
+    probs = ev.probs.astype(np.float32)  # kept as float16; the threshold maths in float32
     y = ev.targets.astype(bool)
     thr = predictor.thresholds()
     tuned = predictor.meta.get("thresholds") or {}
     at_least_one = bool(tuned.get("at_least_one"))
-    ev.preds = th.apply_thresholds(ev.probs, thr, at_least_one)
-    best, info = th.best_class_thresholds(ev.probs, y)
+    ev.preds = th.apply_thresholds(probs, thr, at_least_one)
+    best, info = th.best_class_thresholds(probs, y)
     ev.per_class = [dict(**{"class": c}, **{k: r[k] for k in ("precision", "recall", "f1", "support", "predicted")},
                          threshold=float(t), best_threshold_here=float(b), best_f1_here=float(f))
                     for c, r, t, b, f in zip(ev.classes, th.per_class_report(ev.preds, y, thr), thr, best,
                                              info["best_f1"])]
-    g, g_f1 = th.best_global_threshold(ev.probs, y, tuned.get("average", "samples"))
-    ev.metrics = {**multi_label_scores(ev.probs, y, thr, at_least_one), "at_0.5": multi_label_scores(ev.probs, y, 0.5, False),
+    g, g_f1 = th.best_global_threshold(probs, y, tuned.get("average", "samples"))
+    ev.metrics = {**multi_label_scores(probs, y, thr, at_least_one), "at_0.5": multi_label_scores(probs, y, 0.5, False),
                   "best_global_threshold_here": {"threshold": g, "f1": g_f1}, "n_valid": int(len(y))}
-    curves = {a: th.f1_curve(ev.probs, y, a, n_points=400) for a in th.AVERAGES}
+    curves = {a: th.f1_curve(probs, y, a, n_points=400) for a in th.AVERAGES}
     marks = {"0.5": 0.5, **({"model": float(tuned["global"])} if "global" in tuned else {})}
     plot_f1_curves(curves, ev.out_dir / "f1_vs_threshold.png", marks)
     plot_frequency_f1([r["support"] for r in ev.per_class], [r["f1"] for r in ev.per_class], ev.classes,
@@ -240,7 +231,8 @@ def summary(ev: Evaluation) -> str:
 
 def evaluate(run_dir: str | Path, source: str | Path | None = None, out: str | Path | None = None, *,
              split: str = "auto", images: str | Path | None = None, bs: int = 64, model=None,
-             device: str | None = None, top_losses: int = 16, quiet: bool = False) -> Evaluation:
+             device: str | None = None, top_losses: int = 16, quiet: bool = False,
+             probabilities: bool = False) -> Evaluation:
     """Score a saved model on labelled data and write a report folder.
 
     Args:
@@ -255,6 +247,8 @@ def evaluate(run_dir: str | Path, source: str | Path | None = None, out: str | P
         device: where to run (default CUDA when available).
         top_losses: how many images the top-loss grid shows (single-label).
         quiet: do not print the report.
+        probabilities: keep every image's probabilities in `Evaluation.probs` (float16,
+            N x classes); single-label scoring otherwise keeps only running counts.
 
     Returns:
         An `Evaluation` with the metrics, per-class rows, predictions and the report folder.
@@ -267,16 +261,17 @@ def evaluate(run_dir: str | Path, source: str | Path | None = None, out: str | P
     predictor = load(run_dir, model=model, device=device)
     name, refs, labels = run_items(run_dir, None if source is None else str(source), split,
                                 None if images is None else str(images))
-    refs, targets, probs, skipped = _score(predictor, refs, labels, bs, name)
+    refs, targets, scores, skipped = _score(predictor, refs, labels, bs, name, probabilities)
     suffix = f"-{split}" if split in ("all", "test") else ""
     out_dir = Path(out) if out else run_dir / f"eval-{_slug(name)}{suffix}"
     out_dir.mkdir(parents=True, exist_ok=True)
+    probs = scores if predictor.multi_label else None
     ev = Evaluation(out_dir, predictor.classes, predictor.multi_label, refs, targets,
                     probs, np.zeros(0), {}, [], skipped=skipped)
     if ev.multi_label:
         _multi(ev, predictor)
     else:
-        _single(ev, top_losses)
+        _single(ev, scores, top_losses)
     ev.metrics["source"], ev.metrics["n_skipped"] = str(name), len(skipped)
     _write(ev)
     if not quiet:
