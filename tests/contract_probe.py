@@ -27,6 +27,7 @@ def main(data: str, out: str, result: str) -> None:
     learn = easycls.fit(str(Path(data, "train.csv")), images=str(Path(data, "images")), out=out,
                         arch="resnet18", pretrained=False, epochs=1, size=32, bs=8, lr=2e-3,
                         quiet=True, cache=False)
+    world = int(os.environ.get("WORLD_SIZE", 1))
     if int(os.environ.get("RANK", 0)) != 0:
         return
     import matplotlib.pyplot as plt
@@ -37,11 +38,14 @@ def main(data: str, out: str, result: str) -> None:
     axes = [ax for ax in plt.gcf().axes if ax.images]
     tta, _ = learn.tta(n=2)
     learn.export("export.pkl")
+    # fastai's load_learner starts with a barrier of all ranks (it follows WORLD_SIZE); a
+    # file loaded by one process alone is loaded as in a process of its own.
+    os.environ["WORLD_SIZE"] = "1"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_learner(Path(out, "export.pkl"))
     Path(result).write_text(json.dumps(dict(
-        world=int(os.environ.get("WORLD_SIZE", 1)), file=f, predict=list(learn.predict(f)[0]),
+        world=world, file=f, predict=list(learn.predict(f)[0]),
         loaded_predict=list(loaded.predict(f)[0]), test_preds_shape=list(preds.shape),
         tta_shape=list(tta.shape), n_valid=len(learn.dls.valid.dataset),
         show_results_axes=len(axes), summary=learn.summary())))
