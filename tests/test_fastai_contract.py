@@ -144,7 +144,7 @@ def test_summary(run):
 
 def test_interpretation_matches_easycls(digits_run):
     learn, out = digits_run
-    from easycls.evaluate import confusion_matrix
+    from easycls.metrics import confusion_matrix
     interp = ClassificationInterpretation.from_learner(learn)
     ds = learn.dls.valid.dataset
     probs = easycls.load(out, device="cpu").probabilities(list(ds.pixels.refs))
