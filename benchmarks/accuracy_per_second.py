@@ -8,7 +8,8 @@ A budget of `fastai` means "the wall time of the latest plain fastai run on this
 
     python benchmarks/accuracy_per_second.py --dataset asl --budgets fastai --rounds 1
     python benchmarks/accuracy_per_second.py --dataset mosaic --budgets fastai
-    python benchmarks/accuracy_per_second.py --plot docs/img/accuracy_per_second.png   # from results
+    # from results:
+    python benchmarks/accuracy_per_second.py --plot docs/img/accuracy_per_second.png
 
 Results are appended, one JSON line a run, to `--results` (default aps_results.jsonl).
 """
@@ -37,7 +38,10 @@ def _data(name: str) -> tuple[list[str], list[str]]:
         folder = str(asl_folder())
         return [folder], [folder]
     folder = mosaic_csv()
-    return [str(folder / "train.csv"), "--images", str(folder / "data")], [str(folder), "--multi-label"]
+    return [str(folder / "train.csv"), "--images", str(folder / "data")], [
+        str(folder),
+        "--multi-label",
+    ]
 
 
 def _timed(cmd: list[str], env: dict | None = None) -> tuple[float, str, list[float]]:
@@ -54,22 +58,50 @@ def _score(metrics: dict) -> dict:
     if "accuracy" in metrics:
         return dict(accuracy=metrics["accuracy"])
     th = metrics.get("thresholds", {})
-    return {"f1_samples": metrics["f1_samples"], "f1_samples_at_0.5": metrics["at_0.5"]["f1_samples"],
-            "thresholds": th.get("chosen")}
+    return {
+        "f1_samples": metrics["f1_samples"],
+        "f1_samples_at_0.5": metrics["at_0.5"]["f1_samples"],
+        "thresholds": th.get("chosen"),
+    }
 
 
 def run_fastai(args, data_args: list[str]) -> dict:
-    cmd = [sys.executable, str(HERE / "plain_fastai_aps.py"), *data_args, "--size", str(args.size),
-           "--epochs", str(args.epochs), "--lr", str(args.fastai_lr), *shlex.split(args.fastai_args)]
+    cmd = [
+        sys.executable,
+        str(HERE / "plain_fastai_aps.py"),
+        *data_args,
+        "--size",
+        str(args.size),
+        "--epochs",
+        str(args.epochs),
+        "--lr",
+        str(args.fastai_lr),
+        *shlex.split(args.fastai_args),
+    ]
     wall, out, load = _timed(cmd)
     return dict(side="fastai", wall=wall, load=load, **json.loads(out.strip().splitlines()[-1]))
 
 
 def run_easycls(args, data_args: list[str], budget: float | None, tmp: Path) -> dict:
     out = tmp / f"run-{time.time_ns()}"
-    cmd = [sys.executable, "-m", "easycls", "fit", *data_args, "--arch", "resnet18", "--no-pretrained",
-           "--size", str(args.size), "--epochs", str(args.epochs), "--out", str(out), "--quiet",
-           *shlex.split(args.easycls_args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "easycls",
+        "fit",
+        *data_args,
+        "--arch",
+        "resnet18",
+        "--no-pretrained",
+        "--size",
+        str(args.size),
+        "--epochs",
+        str(args.epochs),
+        "--out",
+        str(out),
+        "--quiet",
+        *shlex.split(args.easycls_args),
+    ]
     if budget is not None:
         cmd += ["--time-budget", f"{budget:.0f}s"]
     env = {**os.environ, "EASYCLS_CACHE": str(out) + "-cache"}
@@ -77,10 +109,20 @@ def run_easycls(args, data_args: list[str], budget: float | None, tmp: Path) -> 
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "config.json").read_text())
     side = "easycls" if budget is None else "easycls-budget"
-    return dict(side=side, wall=wall, load=load, budget=budget, args=args.easycls_args,
-                train_seconds=metrics.get("train_seconds"), lr=config.get("lr"), size=config.get("size"),
-                epochs=metrics.get("planned_epochs", config.get("epochs")), bs=config.get("bs"),
-                log=[line for line in stdout.splitlines() if "lr" in line][:3], **_score(metrics))
+    return dict(
+        side=side,
+        wall=wall,
+        load=load,
+        budget=budget,
+        args=args.easycls_args,
+        train_seconds=metrics.get("train_seconds"),
+        lr=config.get("lr"),
+        size=config.get("size"),
+        epochs=metrics.get("planned_epochs", config.get("epochs")),
+        bs=config.get("bs"),
+        log=[line for line in stdout.splitlines() if "lr" in line][:3],
+        **_score(metrics),
+    )
 
 
 def measure(args) -> None:
@@ -117,8 +159,13 @@ def plot(results: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     marks = {"fastai": ("o", "plain fastai"), "easycls": ("s", "easycls defaults"),
              "easycls-budget": ("^", "easycls --time-budget")}
-    for ax, (ds, key, title) in zip(axes, [("asl", "accuracy", "ASL-like folder: accuracy"),
-                                           ("mosaic", "f1_samples", "mosaic CSV: tuned samples-F1")]):
+    for ax, (ds, key, title) in zip(
+        axes,
+        [
+            ("asl", "accuracy", "ASL-like folder: accuracy"),
+            ("mosaic", "f1_samples", "mosaic CSV: tuned samples-F1"),
+        ],
+    ):
         for side, (m, label) in marks.items():
             pts = [(r["wall"], r[key]) for r in recs if r["dataset"] == ds and r["side"] == side]
             if pts:

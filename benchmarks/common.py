@@ -40,7 +40,10 @@ def _draw(cls: int, rng: np.random.Generator, side: int) -> Image.Image:
     draw = ImageDraw.Draw(img)
     scale, dx, dy = rng.uniform(0.8, 1.15), *rng.uniform(-0.1, 0.1, 2)
     for kind, (x0, y0, x1, y1), colour in _glyph(cls):
-        box = [((v - 0.5) * scale + 0.5 + d) * side for v, d in ((x0, dx), (y0, dy), (x1, dx), (y1, dy))]
+        box = [
+            ((v - 0.5) * scale + 0.5 + d) * side
+            for v, d in ((x0, dx), (y0, dy), (x1, dx), (y1, dy))
+        ]
         box = [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])]
         jitter = tuple(int(np.clip(c + rng.normal(0, 20), 0, 255)) for c in colour)
         getattr(draw, kind)(box, fill=jitter)
@@ -53,7 +56,9 @@ def asl_like_folder(n: int = 2000, side: int = 200, root: str | os.PathLike | No
     Example:
         >>> path = asl_like_folder(2000)   # <cache>/asl_like-2000-200/<class>/<i>.jpg
     """
-    root = Path(root or os.environ.get("EASYCLS_BENCH_DATA", Path.home() / ".cache" / "easycls-bench"))
+    root = Path(
+        root or os.environ.get("EASYCLS_BENCH_DATA", Path.home() / ".cache" / "easycls-bench")
+    )
     folder = root / f"asl_like-{n}-{side}"
     if (folder / "DONE").exists():
         return folder

@@ -109,7 +109,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         refs = make_jpegs(Path(tmp), args.n)
         print(
-            f"{args.n} JPEGs 200x200 -> {args.size}px, {args.workers} workers, {os.cpu_count()} cores"
+            f"{args.n} JPEGs 200x200 -> {args.size}px, {args.workers} workers, {os.cpu_count()} "
+            "cores"
         )
         for label, value in measure(refs, args.size, args.workers, tmp).items():
             print(f"{label:38s} {value:9.0f} img/s")

@@ -53,13 +53,28 @@ def main() -> None:
     def easycls() -> float:
         out = tmp / f"run-{time.time_ns()}"
         env = {**os.environ, "EASYCLS_CACHE": str(out) + "-cache"}  # cold cache: build included
-        wall, _ = _run([sys.executable, "-m", "easycls", "fit", str(data), *common, "--no-pretrained",
-                        "--out", str(out), "--quiet"], env)
+        wall, _ = _run(
+            [
+                sys.executable,
+                "-m",
+                "easycls",
+                "fit",
+                str(data),
+                *common,
+                "--no-pretrained",
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+            env,
+        )
         acc["easycls"].append(json.loads((out / "metrics.json").read_text())["accuracy"])
         return wall
 
     def fastai() -> float:
-        wall, stdout = _run([sys.executable, str(HERE / "plain_fastai.py"), str(data), *common], dict(os.environ))
+        wall, stdout = _run(
+            [sys.executable, str(HERE / "plain_fastai.py"), str(data), *common], dict(os.environ)
+        )
         acc["fastai"].append(json.loads(stdout.strip().splitlines()[-1])["accuracy"])
         return wall
 

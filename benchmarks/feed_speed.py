@@ -3,7 +3,8 @@
 What the CPU must do per batch when a GPU does the float work (conversion, augmentation,
 normalization): read the batch's rows of the uint8 cache and hand over one uint8 batch.
 Old: fastai's `TfmdDL` over the item dataset easycls had before (one tensor per item, a
-permute each, `torch.stack`), as `make_dataloaders` built it. New: `FeedDL` (one `np.take` per batch,
+permute each, `torch.stack`), as `make_dataloaders` built it. New: `FeedDL` (one `np.take` per
+batch,
 in its prefetch thread). Both iterate `create_batches` over a shuffled pass of a
 generated (N, S, S, 3) uint8 memory map (S = 255, the stored size for 224 px training).
 Rounds alternate (old, new, new, old, ...) and each is timed in **process CPU time**
@@ -106,7 +107,9 @@ def overlap(data: Path, arch: str, size: int, bs: int, steps: int) -> dict:
         from fastai.data.core import DataLoaders
         model = timm.create_model(arch, pretrained=False, num_classes=29)
         timing = LoaderTiming(skip=1)
-        learn = Learner(DataLoaders(dl, dl), model, loss_func=torch.nn.CrossEntropyLoss(), cbs=[timing])
+        learn = Learner(
+            DataLoaders(dl, dl), model, loss_func=torch.nn.CrossEntropyLoss(), cbs=[timing]
+        )
         with learn.no_bar(), learn.no_logging():
             learn.fit(1, 1e-3, cbs=[_Stop(steps)])
         out[f"prefetch={prefetch}"] = timing.summary()
@@ -154,8 +157,15 @@ def main() -> None:
         cpu_rate(dl)  # warm-up: page cache, first thread start
     rates = alternate({k: (lambda dl=dl: cpu_rate(dl)) for k, dl in dls.items()}, a.rounds)
     med = {k: median(v) for k, v in rates.items()}
-    result = dict(args=vars(a), torch_threads=torch.get_num_threads(), before=before, after=machine_conditions(),
-                  images_per_cpu_second=rates, median=med, ratio=med["new"] / med["old"])
+    result = dict(
+        args=vars(a),
+        torch_threads=torch.get_num_threads(),
+        before=before,
+        after=machine_conditions(),
+        images_per_cpu_second=rates,
+        median=med,
+        ratio=med["new"] / med["old"],
+    )
     if a.overlap:
         from common import asl_like_folder
         result["overlap"] = overlap(asl_like_folder(2000), a.overlap_arch, a.size, a.overlap_bs, 12)

@@ -74,7 +74,8 @@ def train_step(p: dict, cuda: bool) -> dict:
         out["compiled_images_per_s"] = train_step_rate(p["arch"], p["size"], p["bs"], p["steps"],
                                                        p["warmup"], device=device, compile=True)
     else:
-        out["compiled"] = skipped("torch.compile: CUDA only here (its first build takes minutes on a CPU)")
+        out["compiled"] = skipped("torch.compile: CUDA only here (its first build takes minutes "
+                                  "on a CPU)")
     return out
 
 
@@ -127,7 +128,10 @@ def end_to_end(dls, arch: str, epochs: int, cuda: bool) -> dict:
     from fastai.losses import CrossEntropyLossFlat
 
     from easycls.callbacks import ChannelsLastAuto, LoaderTiming, PlainTensors
-    model = timm.create_model(arch, pretrained=False, num_classes=len(set(dls.train.dataset.targets.tolist())))
+
+    model = timm.create_model(
+        arch, pretrained=False, num_classes=len(set(dls.train.dataset.targets.tolist()))
+    )
     timing = LoaderTiming(skip=2, sync=cuda)
     cbs = [PlainTensors(), ChannelsLastAuto(), timing] + ([MixedPrecision("bf16")] if cuda else [])
     learn = Learner(dls, model.to(dls.device), loss_func=CrossEntropyLossFlat(), cbs=cbs)
@@ -165,7 +169,8 @@ def fit_launch(p: dict, cuda: bool, work: Path) -> dict:
     say(" ".join(cmd))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
     if done.returncode != 0:
-        raise RuntimeError(f"accelerate launch failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        raise RuntimeError("accelerate launch failed (exit "
+                           f"{done.returncode}):\n{done.stderr[-3000:]}")
     out = json.loads(probe.read_text())
     want = dict(precision="bf16" if cuda else "no", channels_last=True if cuda else None,
                 sync_batchnorm=False, device="cuda" if cuda else "cpu",
@@ -186,17 +191,20 @@ def probe(a) -> None:
     predictor = easycls.load(a.run)
     image = next(p for p in sorted(Path(a.source).rglob("*.jpg")))
     label, prob = predictor.predict(str(image))
-    out = dict(precision=str(mp[0].amp_mode.value) if mp else "no",
-               channels_last=conv.is_contiguous(memory_format=torch.channels_last),
-               sync_batchnorm=any(isinstance(m, torch.nn.SyncBatchNorm) for m in learn.model.modules()),
-               device=next(learn.model.parameters()).device.type,
-               loader=type(learn.dls.train).__name__,
-               batch_level=bool(getattr(learn.dls.train, "batch_level", False)),
-               run_files_missing=[f for f in RUN_FILES if not (Path(a.run) / f).exists()],
-               predict_device=next(predictor.model.parameters()).device.type,
-               predicted=label, probability=float(prob),
-               accuracy=learn.easycls.metrics.get("accuracy"),
-               env_mixed_precision=os.environ.get("ACCELERATE_MIXED_PRECISION"))
+    out = dict(
+        precision=str(mp[0].amp_mode.value) if mp else "no",
+        channels_last=conv.is_contiguous(memory_format=torch.channels_last),
+        sync_batchnorm=any(isinstance(m, torch.nn.SyncBatchNorm) for m in learn.model.modules()),
+        device=next(learn.model.parameters()).device.type,
+        loader=type(learn.dls.train).__name__,
+        batch_level=bool(getattr(learn.dls.train, "batch_level", False)),
+        run_files_missing=[f for f in RUN_FILES if not (Path(a.run) / f).exists()],
+        predict_device=next(predictor.model.parameters()).device.type,
+        predicted=label,
+        probability=float(prob),
+        accuracy=learn.easycls.metrics.get("accuracy"),
+        env_mixed_precision=os.environ.get("ACCELERATE_MIXED_PRECISION"),
+    )
     Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
 
 
@@ -206,10 +214,17 @@ def probe(a) -> None:
 def environment(cuda: bool, dry: bool) -> dict:
     import fastai
     import torchvision
-    return dict(dry=dry, cuda=cuda, device=torch.cuda.get_device_name() if cuda else "cpu",
-                torch=torch.__version__, torchvision=torchvision.__version__,
-                fastai=fastai.__version__, cores=len(os.sched_getaffinity(0)),
-                loadavg=[round(x, 2) for x in os.getloadavg()], started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    return dict(
+        dry=dry,
+        cuda=cuda,
+        device=torch.cuda.get_device_name() if cuda else "cpu",
+        torch=torch.__version__,
+        torchvision=torchvision.__version__,
+        fastai=fastai.__version__,
+        cores=len(os.sched_getaffinity(0)),
+        loadavg=[round(x, 2) for x in os.getloadavg()],
+        started=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
 
 
 def check(a) -> int:
@@ -223,7 +238,8 @@ def check(a) -> int:
     os.environ.setdefault("EASYCLS_CACHE", str(work / "cache"))
     result = dict(environment=environment(cuda, a.dry), settings=p)
     if not cuda:
-        say("SKIPPED (no CUDA in --dry): bf16, torch.compile, pinned copies, nvJPEG; the CPU runs the same code")
+        say("SKIPPED (no CUDA in --dry): bf16, torch.compile, pinned copies, nvJPEG; the CPU runs "
+            "the same code")
     section(result, "train_step", train_step, p, cuda)
     section(result, "data", data_path, p, cuda, work)
     section(result, "fit", fit_launch, p, cuda, work)

@@ -54,7 +54,9 @@ def learner_rate(model, data: list, lr: float) -> float:
     # bs=None: fastai hands each stored batch through unchanged (no collation)
     dls = DataLoaders(DataLoader(data, bs=None), DataLoader(data[:1], bs=None), device="cpu")
     clock = _TrainClock()
-    learn = single_label_learner(dls, model, n_out=10, pretrained=False, cbs=[PlainTensors(), clock])
+    learn = single_label_learner(
+        dls, model, n_out=10, pretrained=False, cbs=[PlainTensors(), clock]
+    )
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *a, **k: None
     learn.fit(1, lr)

@@ -64,7 +64,11 @@ def main() -> None:
     data = asl_like_folder(a.n)
     before = machine_conditions()
     first, dls = {}, {}
-    for name, make in (("easycls", easycls_dl), ("fastai", fastai_dl), ("torchvision", torchvision_dl)):
+    for name, make in (
+        ("easycls", easycls_dl),
+        ("fastai", fastai_dl),
+        ("torchvision", torchvision_dl),
+    ):
         t = time.perf_counter()
         dls[name] = make(data, a.size, a.bs)
         first[name] = _pass(dls[name])

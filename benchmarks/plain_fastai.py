@@ -37,7 +37,9 @@ def main() -> None:
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(a.epochs, a.lr)
     train_seconds = time.perf_counter() - t
-    print(json.dumps(dict(accuracy=float(learn.validate()[1]), train_seconds=round(train_seconds, 3))))
+    print(
+        json.dumps(dict(accuracy=float(learn.validate()[1]), train_seconds=round(train_seconds, 3)))
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,14 @@ def _row(param, ctx) -> str:
 def command_markdown(name: str, cmd) -> str:
     ctx = cmd.make_context(f"easycls {name}", [], resilient_parsing=True)
     usage = " ".join(cmd.collect_usage_pieces(ctx))
-    lines = [f"## `easycls {name}`", "", _clean(cmd.help), "", f"```\neasycls {name} {usage}\n```", ""]
+    lines = [
+        f"## `easycls {name}`",
+        "",
+        _clean(cmd.help),
+        "",
+        f"```\neasycls {name} {usage}\n```",
+        "",
+    ]
     params = [p for p in cmd.params if p.name != "help"]
     if params:
         lines += ["| argument / option | kind | meaning |", "|---|---|---|"]

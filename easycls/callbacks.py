@@ -17,8 +17,18 @@ from fastcore.basics import noop
 
 from .rundir import append_text
 
-__all__ = ["PlainTensors", "HistoryCSV", "L1Penalty", "JsonEvents", "ChannelsLastAuto", "tensorboard_callback",
-           "LoaderTiming", "DeviceSmoothLoss", "PlainProgress", "wants_plain_progress"]
+__all__ = [
+    "PlainTensors",
+    "HistoryCSV",
+    "L1Penalty",
+    "JsonEvents",
+    "ChannelsLastAuto",
+    "tensorboard_callback",
+    "LoaderTiming",
+    "DeviceSmoothLoss",
+    "PlainProgress",
+    "wants_plain_progress",
+]
 
 
 class PlainTensors(Callback):
@@ -36,7 +46,11 @@ class PlainTensors(Callback):
 
 
 def _bare_tensor(t):
-    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
+    return (
+        t.as_subclass(torch.Tensor)
+        if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor
+        else t
+    )
 
 
 class HistoryCSV(Callback):
@@ -121,8 +135,14 @@ class JsonEvents(Callback):
             self.started = True
             self._emit(event="fit_start", epochs=self.n_epoch)
         names = [n for n in self.recorder.metric_names[1:] if n != "time"]
-        self._emit(event="epoch", epoch=self.count,
-                   **{n: (float(v) if v is not None else None) for n, v in zip(names, self.learn.final_record)})
+        self._emit(
+            event="epoch",
+            epoch=self.count,
+            **{
+                n: (float(v) if v is not None else None)
+                for n, v in zip(names, self.learn.final_record)
+            },
+        )
         self.count += 1
 
     def after_fit(self):
@@ -254,16 +274,27 @@ class DeviceSmoothLoss(Callback):
     def before_fit(self):
         rec = getattr(self.learn, "recorder", None)
         device = getattr(self.dls, "device", None)
-        self.swapped = (rec is not None and (self.always or getattr(device, "type", None) == "cuda")
-                        and type(rec.smooth_loss) is AvgSmoothLoss and not hasattr(self.learn, "lr_finder"))
+        self.swapped = (
+            rec is not None
+            and (self.always or getattr(device, "type", None) == "cuda")
+            and type(rec.smooth_loss) is AvgSmoothLoss
+            and not hasattr(self.learn, "lr_finder")
+        )
         if self.swapped:
-            self.original, rec.smooth_loss = rec.smooth_loss, _SmoothLossOnDevice(rec.smooth_loss.beta)
+            self.original, rec.smooth_loss = (
+                rec.smooth_loss,
+                _SmoothLossOnDevice(rec.smooth_loss.beta),
+            )
 
     def after_epoch(self):
         rec = getattr(self.learn, "recorder", None)
         if not getattr(self, "swapped", False):
             return
-        new = [i for i, v in enumerate(rec.losses) if isinstance(v, torch.Tensor) and v.device.type != "cpu"]
+        new = [
+            i
+            for i, v in enumerate(rec.losses)
+            if isinstance(v, torch.Tensor) and v.device.type != "cpu"
+        ]
         if new:  # one copy for the whole epoch
             for i, v in zip(new, torch.stack([rec.losses[i] for i in new]).cpu().unbind()):
                 rec.losses[i] = v
@@ -324,7 +355,8 @@ class PlainProgress(Callback):
         self._last = self.clock()
         loss = getattr(self.learn, "smooth_loss", None)
         shown = f", train_loss {float(loss):.4f}" if loss is not None else ""
-        self._say(f"epoch {self.epoch + 1}/{self.n_epoch}: batch {self.iter + 1}/{self.n_iter}{shown}")
+        self._say(f"epoch {self.epoch + 1}/{self.n_epoch}: batch "
+                  f"{self.iter + 1}/{self.n_iter}{shown}")
 
     def _epoch_line(self, log) -> None:
         names = self.recorder.metric_names

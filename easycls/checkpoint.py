@@ -304,12 +304,23 @@ class Checkpointer(Callback):
             self._save(self.epoch + 1, 0, self.dls.train.dl.rng.getstate())
 
     def _save(self, epoch: int, done: int, data_rng) -> None:
-        state = dict(format=_FORMAT, easycls_version=__version__, **self.meta, phase=self.phase,
-                     epoch=epoch, batches_done=done, n_epoch=self.n_epoch,
-                     data_rng=_py_state(data_rng),
-                     history_rows=self.offset + epoch, elapsed=time.perf_counter() - self.t_start,
-                     model=bare_model(self.model).state_dict(), opt=_weights_only_safe(self.opt.state_dict()),
-                     rng=_rng_state(), smooth_loss=self._smooth_loss(), **self.extra())
+        state = dict(
+            format=_FORMAT,
+            easycls_version=__version__,
+            **self.meta,
+            phase=self.phase,
+            epoch=epoch,
+            batches_done=done,
+            n_epoch=self.n_epoch,
+            data_rng=_py_state(data_rng),
+            history_rows=self.offset + epoch,
+            elapsed=time.perf_counter() - self.t_start,
+            model=bare_model(self.model).state_dict(),
+            opt=_weights_only_safe(self.opt.state_dict()),
+            rng=_rng_state(),
+            smooth_loss=self._smooth_loss(),
+            **self.extra(),
+        )
         failed = self.session.on_main(lambda: _attempt(state, self.run_dir / CHECKPOINT))
         if self.session.any_rank(failed is not None)[0]:  # every rank stops, not only rank 0
             self.failed = failed or WriteError(f"rank 0 could not write "

@@ -1,4 +1,5 @@
-"""The `easycls` command line. Each command validates its arguments and calls one library function."""
+"""The `easycls` command line. Each command validates its arguments and calls one library
+function."""
 
 from __future__ import annotations
 
@@ -17,8 +18,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # Option types shared by several commands, defined once.
 RunDir = Annotated[Path, typer.Argument(help="Run directory written by `easycls fit`.", exists=True,
                                         file_okay=False)]
-Threshold = Annotated[float | None, typer.Option(help="Multi-label decision threshold for every class "
-                                                    "(default: the tuned thresholds in model.json).")]
+Threshold = Annotated[
+    float | None,
+    typer.Option(
+        help="Multi-label decision threshold for every class "
+        "(default: the tuned thresholds in model.json)."
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")]
 
 
@@ -29,8 +35,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Show the version and exit.")] = False) -> None:
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
     pass
 
 
@@ -104,10 +116,40 @@ def predict_cmd(
     csv: Annotated[Path | None, typer.Option(help="Write predictions to this CSV.")] = None,
     bs: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
     threshold: Threshold = None,
-    submission: Annotated[str | None, typer.Option(help="Write a competition file instead: auto, multilabel (ImageID,Labels), single (id,label), or 'IDCOL,LABELCOL'.")] = None,
-    order: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="CSV whose id column sets the submission rows and order (e.g. test.csv).")] = None,
-    top_k: Annotated[int | None, typer.Option(min=1, help="Show the K most probable classes of each image, with their probabilities, instead of the decision.")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit with status 3 when some inputs could not be read (the others are still predicted).")] = False,
+    submission: Annotated[
+        str | None,
+        typer.Option(
+            help="Write a competition file instead: auto, "
+            "multilabel (ImageID,Labels), single "
+            "(id,label), or 'IDCOL,LABELCOL'."
+        ),
+    ] = None,
+    order: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="CSV whose id column sets the submission rows and order (e.g. test.csv).",
+        ),
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Show the K most probable classes of "
+            "each image, with their probabilities, "
+            "instead of the decision.",
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit with status 3 when some inputs "
+            "could not be read (the others are "
+            "still predicted).",
+        ),
+    ] = False,
 ) -> None:
     """Label images with a trained model (a table with a header, or --csv)."""
     from .bundle import expand_inputs, load
@@ -125,7 +167,9 @@ def predict_cmd(
     if submission or order:
         out = csv or Path("submission.csv")
         try:
-            n, unreadable = write_submission(predictor, refs, out, submission or "auto", order, bs, threshold)
+            n, unreadable = write_submission(
+                predictor, refs, out, submission or "auto", order, bs, threshold
+            )
         except (ValueError, FileNotFoundError) as e:
             _fail(e)
         typer.echo(f"wrote {n} rows to {out}")
@@ -151,9 +195,18 @@ def predict_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     run_dir: RunDir,
-    source: Annotated[str | None, typer.Argument(help="Labelled data: folder, .zip, CSV or dataset name (default: the run's own data).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Report folder (default RUN_DIR/eval-<source>).")] = None,
-    split: Annotated[str, typer.Option(help="auto (the validation split if any), valid, all or test.")] = "auto",
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="Labelled data: folder, .zip, CSV or dataset name (default: the run's own data)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default RUN_DIR/eval-<source>).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="auto (the validation split if any), valid, all or test.")
+    ] = "auto",
     images: Annotated[Path | None, typer.Option(help="Image folder for a CSV source.")] = None,
     bs: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
     quiet: Quiet = False,
@@ -171,11 +224,16 @@ def evaluate_cmd(
 @app.command("thresholds")
 def thresholds_cmd(
     run_dir: RunDir,
-    source: Annotated[str, typer.Argument(help="Labelled data (CSV, folder, zip or dataset name).")],
+    source: Annotated[
+        str, typer.Argument(help="Labelled data (CSV, folder, zip or dataset name).")
+    ],
     images: Annotated[Path | None, typer.Option(help="Image folder for a CSV source.")] = None,
-    average: Annotated[str | None, typer.Option(help="F1 average to maximize: samples, micro or macro.")] = None,
+    average: Annotated[
+        str | None, typer.Option(help="F1 average to maximize: samples, micro or macro.")
+    ] = None,
 ) -> None:
-    """Recompute a multi-label model's F1-optimal thresholds on SOURCE and store them in the bundle."""
+    """Recompute a multi-label model's F1-optimal thresholds on SOURCE and store them in the
+    bundle."""
     from .data.sources import DataError
     from .data.tables import TableError
     from .retune import retune_thresholds
@@ -186,14 +244,16 @@ def thresholds_cmd(
     except (DataError, TableError, ValueError) as e:
         _fail(e)
     f1 = tuned["f1"]
-    typer.echo(f"thresholds ({tuned['chosen']}, global {tuned['global']:.4f}): F1 {tuned['average']} "
-               f"{f1['tuned']:.4f} (at 0.5: {f1['at_0.5']:.4f}) on {tuned['tuned_on']['images']} images; "
-               f"updated {run_dir / 'model.json'}")
+    typer.echo(f"thresholds ({tuned['chosen']}, global {tuned['global']:.4f}): F1 "
+               f"{tuned['average']} {f1['tuned']:.4f} (at 0.5: {f1['at_0.5']:.4f}) on "
+               f"{tuned['tuned_on']['images']} images; updated {run_dir / 'model.json'}")
 
 
 @app.command("archs")
 def archs_cmd(
-    pattern: Annotated[str, typer.Argument(help="Glob pattern, e.g. 'resnet*' or '*convnext*'.")] = "*",
+    pattern: Annotated[
+        str, typer.Argument(help="Glob pattern, e.g. 'resnet*' or '*convnext*'.")
+    ] = "*",
     pretrained: Annotated[bool, typer.Option(help="Only names with pretrained weights.")] = False,
 ) -> None:
     """List timm architecture names."""
@@ -221,16 +281,25 @@ def datasets_cmd() -> None:
 
 @app.command("bench")
 def bench_cmd(
-    source: Annotated[str | None, typer.Argument(help="Data as for `fit` (default: a generated synthetic folder).")] = None,
+    source: Annotated[
+        str | None,
+        typer.Argument(help="Data as for `fit` (default: a generated synthetic folder)."),
+    ] = None,
     arch: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet18",
     size: Annotated[int, typer.Option(min=8, help="Image size in pixels.")] = 64,
     bs: Annotated[int, typer.Option(min=1, help="Batch size per process.")] = 64,
-    processes: Annotated[str, typer.Option(help="Process counts for the end-to-end runs, e.g. 1,2,4.")] = "1",
+    processes: Annotated[
+        str, typer.Option(help="Process counts for the end-to-end runs, e.g. 1,2,4.")
+    ] = "1",
     steps: Annotated[int, typer.Option(min=1, help="Timed training steps on synthetic data.")] = 20,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of each end-to-end run.")] = 1,
-    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the end-to-end runs.")] = 2e-3,
+    lr: Annotated[
+        float, typer.Option(min=0.0, help="Learning rate of the end-to-end runs.")
+    ] = 2e-3,
     out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench"),
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (train step).")] = False,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model (train step).")
+    ] = False,
 ) -> None:
     """Images/s of the training step, the input pipeline and end to end; DDP scaling."""
     from .bench import bench

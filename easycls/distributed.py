@@ -140,7 +140,11 @@ class DataParallelTrainer(DistributedTrainer):
         if not self.active:
             return
         if self.world > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model) if self.sync_bn else self.model
+            model = (
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                if self.sync_bn
+                else self.model
+            )
             self.learn.model = self.accelerator.prepare(model)
         self.old_dls = list(self.dls)
         self.learn.dls.loaders = [self._wrap_dl(dl) for dl in self.dls]
@@ -203,7 +207,8 @@ def resolve_precision(requested: str | None, device: torch.device) -> str:
     if requested not in ("no", "fp16", "bf16"):
         raise PrecisionError(f"mixed_precision must be 'no', 'fp16' or 'bf16', not {requested!r}")
     if requested != "no" and device.type != "cuda":
-        raise PrecisionError(f"mixed precision {requested} needs a CUDA GPU; on CPU use --mixed-precision no")
+        raise PrecisionError(f"mixed precision {requested} needs a CUDA GPU; on CPU use "
+                             "--mixed-precision no")
     return requested
 
 
@@ -217,7 +222,8 @@ def _launcher_precision() -> str | None:
 
 @dataclass
 class Session:
-    """Process context of one run: device, rank, and the callbacks that make training distributed."""
+    """Process context of one run: device, rank, and the callbacks that make training
+    distributed."""
 
     rank: int = 0
     world_size: int = 1
@@ -356,8 +362,14 @@ class Session:
     def train_callbacks(self, cfg: Any = None) -> list:
         """DDP and sharding, channels_last where it pays, and on CUDA mixed precision (from `cfg`)
         and the smoothed loss kept on the GPU (no host sync per step)."""
-        cbs: list = [DataParallelTrainer(self.accelerator, self.rank, self.world_size,
-                                         sync_bn=self.device.type == "cuda" and self.world_size > 1)]
+        cbs: list = [
+            DataParallelTrainer(
+                self.accelerator,
+                self.rank,
+                self.world_size,
+                sync_bn=self.device.type == "cuda" and self.world_size > 1,
+            )
+        ]
         from .callbacks import ChannelsLastAuto, DeviceSmoothLoss
         cbs += [ChannelsLastAuto(getattr(cfg, "channels_last", None)), DeviceSmoothLoss()]
         precision = resolve_precision(getattr(cfg, "mixed_precision", None), self.device)
@@ -385,7 +397,11 @@ def session(cpu: bool | None = None, timeout: float | None = None) -> Session:
     use_cuda = torch.cuda.is_available() and not cpu
     world = world_size()
     if world == 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
+        device = (
+            torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            if use_cuda
+            else torch.device("cpu")
+        )
         return Session(0, 1, device)
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs

@@ -8,7 +8,8 @@ Everything lands in one folder (default `RUN_DIR/eval-<source>/`):
 | `per_class.csv` | class, precision, recall, f1, support, predicted (multi-label: + thresholds) |
 | `predictions.csv` | one row per image: file, target(s), prediction(s) |
 | `skipped.txt` | images left out, with the reason (unreadable, unknown label) |
-| single-label | `confusion_matrix.csv` (counts), `confusion_matrix.png` (normalized), `most_confused.csv`, `top_losses.png` |
+| single-label | `confusion_matrix.csv` (counts), `confusion_matrix.png` (normalized) |
+| single-label | `most_confused.csv`, `top_losses.png` |
 | multi-label | `f1_vs_threshold.png`, `frequency_vs_f1.png` |
 """
 
@@ -119,12 +120,22 @@ def _single_per_class(cm: np.ndarray, classes: list[str]) -> list[dict]:
     prec = np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0)
     rec = np.divide(tp, support, out=np.zeros(len(tp)), where=support > 0)
     f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(len(tp)), where=(prec + rec) > 0)
-    return [dict(**{"class": c}, precision=float(p), recall=float(r), f1=float(f), support=int(s),
-                 predicted=int(n)) for c, p, r, f, s, n in zip(classes, prec, rec, f1, support, predicted)]
+    return [
+        dict(
+            **{"class": c},
+            precision=float(p),
+            recall=float(r),
+            f1=float(f),
+            support=int(s),
+            predicted=int(n),
+        )
+        for c, p, r, f, s, n in zip(classes, prec, rec, f1, support, predicted)
+    ]
 
 
 def most_confused(cm: np.ndarray, classes: list[str], min_count: int = 1) -> list[dict]:
-    """Off-diagonal cells, largest first: true class, predicted class, count, share of the true class."""
+    """Off-diagonal cells, largest first: true class, predicted class, count, share of the true
+    class."""
     rows = []
     for i, j in zip(*np.nonzero(cm)):
         if i != j and cm[i, j] >= min_count:
@@ -177,18 +188,34 @@ def _multi(ev: Evaluation, predictor: Predictor) -> None:
     at_least_one = bool(tuned.get("at_least_one"))
     ev.preds = th.apply_thresholds(probs, thr, at_least_one)
     best, info = th.best_class_thresholds(probs, y)
-    ev.per_class = [dict(**{"class": c}, **{k: r[k] for k in ("precision", "recall", "f1", "support", "predicted")},
-                         threshold=float(t), best_threshold_here=float(b), best_f1_here=float(f))
-                    for c, r, t, b, f in zip(ev.classes, th.per_class_report(ev.preds, y, thr), thr, best,
-                                             info["best_f1"])]
+    ev.per_class = [
+        dict(
+            **{"class": c},
+            **{k: r[k] for k in ("precision", "recall", "f1", "support", "predicted")},
+            threshold=float(t),
+            best_threshold_here=float(b),
+            best_f1_here=float(f),
+        )
+        for c, r, t, b, f in zip(
+            ev.classes, th.per_class_report(ev.preds, y, thr), thr, best, info["best_f1"]
+        )
+    ]
     g, g_f1 = th.best_global_threshold(probs, y, tuned.get("average", "samples"))
-    ev.metrics = {**multi_label_scores(probs, y, thr, at_least_one), "at_0.5": multi_label_scores(probs, y, 0.5, False),
-                  "best_global_threshold_here": {"threshold": g, "f1": g_f1}, "n_valid": int(len(y))}
+    ev.metrics = {
+        **multi_label_scores(probs, y, thr, at_least_one),
+        "at_0.5": multi_label_scores(probs, y, 0.5, False),
+        "best_global_threshold_here": {"threshold": g, "f1": g_f1},
+        "n_valid": int(len(y)),
+    }
     curves = {a: th.f1_curve(probs, y, a, n_points=400) for a in th.AVERAGES}
     marks = {"0.5": 0.5, **({"model": float(tuned["global"])} if "global" in tuned else {})}
     plot_f1_curves(curves, ev.out_dir / "f1_vs_threshold.png", marks)
-    plot_frequency_f1([r["support"] for r in ev.per_class], [r["f1"] for r in ev.per_class], ev.classes,
-                      ev.out_dir / "frequency_vs_f1.png")
+    plot_frequency_f1(
+        [r["support"] for r in ev.per_class],
+        [r["f1"] for r in ev.per_class],
+        ev.classes,
+        ev.out_dir / "frequency_vs_f1.png",
+    )
     names = np.asarray(ev.classes, dtype=object)
     write_csv(ev.out_dir / "predictions.csv", [
         dict(file=output_name(r), targets=" ".join(names[t]), predicted=" ".join(names[p]))
@@ -209,10 +236,17 @@ def summary(ev: Evaluation) -> str:
     """The printed report: headline metrics, the per-class table, the top confusions."""
     keys = ("accuracy", "top5_accuracy", "f1_macro", "f1_samples", "f1_micro", "precision_micro",
             "recall_micro", "valid_loss")
-    head = "  ".join(f"{k}={ev.metrics[k]:.4f}" for k in keys if isinstance(ev.metrics.get(k), float))
-    lines = [f"{len(ev.refs)} images evaluated" + (f", {len(ev.skipped)} skipped (skipped.txt)" if ev.skipped else ""),
-             head]
-    cols = ["class", "precision", "recall", "f1", "support"] + (["threshold"] if ev.multi_label else [])
+    head = "  ".join(
+        f"{k}={ev.metrics[k]:.4f}" for k in keys if isinstance(ev.metrics.get(k), float)
+    )
+    lines = [
+        f"{len(ev.refs)} images evaluated"
+        + (f", {len(ev.skipped)} skipped (skipped.txt)" if ev.skipped else ""),
+        head,
+    ]
+    cols = ["class", "precision", "recall", "f1", "support"] + (
+        ["threshold"] if ev.multi_label else []
+    )
     rows = ev.per_class
     if len(rows) > _PRINT_ROWS:
         rows = sorted(rows, key=lambda r: r["f1"])[:20]
@@ -220,7 +254,8 @@ def summary(ev: Evaluation) -> str:
     lines.append(format_table(rows, cols))
     if ev.confused:
         lines += ["most confused (true -> predicted):"]
-        lines += [f"  {r['true']} -> {r['predicted']}: {r['count']} ({r['share']:.0%} of {r['true']})"
+        lines += [f"  {r['true']} -> {r['predicted']}: {r['count']} ({r['share']:.0%} of "
+                  f"{r['true']})"
                   for r in ev.confused[:10]]
     lines.append(f"report: {ev.out_dir}")
     return "\n".join(lines)
@@ -229,10 +264,20 @@ def summary(ev: Evaluation) -> str:
 # ---------------------------------------------------------------- entry point
 
 
-def evaluate(run_dir: str | Path, source: str | Path | None = None, out: str | Path | None = None, *,
-             split: str = "auto", images: str | Path | None = None, bs: int = 64, model=None,
-             device: str | None = None, top_losses: int = 16, quiet: bool = False,
-             probabilities: bool = False) -> Evaluation:
+def evaluate(
+    run_dir: str | Path,
+    source: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    split: str = "auto",
+    images: str | Path | None = None,
+    bs: int = 64,
+    model=None,
+    device: str | None = None,
+    top_losses: int = 16,
+    quiet: bool = False,
+    probabilities: bool = False,
+) -> Evaluation:
     """Score a saved model on labelled data and write a report folder.
 
     Args:

@@ -1,4 +1,5 @@
-"""Learner factories over timm backbones: the model, loss, metrics and freezing follow from the data.
+"""Learner factories over timm backbones: the model, loss, metrics and freezing follow from the
+data.
 
 timm owns the models (its own classifier head, `pretrained_cfg` normalization); fastai
 owns training (Learner, param-group splitter, `fine_tune`).
@@ -76,7 +77,10 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     # One quick TCP connect instead of huggingface_hub's minute of retries.
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    host = (
+        urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+        or "huggingface.co"
+    )
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
@@ -107,12 +111,16 @@ def create_model(arch: ArchSpec, n_out: int, pretrained: bool = True, weights: s
     if weights:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file {weights} does not exist")
-        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
+        return timm.create_model(
+            arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs
+        )
     if not pretrained:
         return timm.create_model(arch, pretrained=False, **kwargs)
     cached = _cached_weights(arch)
     if cached:
-        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
+        return timm.create_model(
+            arch, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs
+        )
     if not _hub_reachable():
         raise _unavailable(arch, "the Hugging Face Hub cannot be reached (offline?)")
     try:
@@ -157,7 +165,9 @@ def single_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = 
     model = create_model(arch, n_out, pretrained, weights, ps)
     metrics = [AccumMetric(accuracy, flatten=False, name="accuracy")]
     if n_out >= 10:
-        metrics.append(AccumMetric(partial(top_k_accuracy, k=5), flatten=False, name="top5_accuracy"))
+        metrics.append(
+            AccumMetric(partial(top_k_accuracy, k=5), flatten=False, name="top5_accuracy")
+        )
     loss = CrossEntropyLossFlat(label_smoothing=label_smoothing)
     return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights))
 
@@ -189,9 +199,19 @@ def set_thresholds(learn: Learner, tuned: dict | None) -> None:
         learn.loss_func.at_least_one = bool(tuned.get("at_least_one"))
 
 
-def multi_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = True,
-                        weights: str | None = None, ps: float = 0.0, pos_weight: torch.Tensor | None = None,
-                        wd: float | None = None, cbs=None, path: str | Path = ".") -> Learner:
+def multi_label_learner(
+    dls,
+    arch: ArchSpec,
+    n_out: int,
+    *,
+    pretrained: bool = True,
+    weights: str | None = None,
+    ps: float = 0.0,
+    pos_weight: torch.Tensor | None = None,
+    wd: float | None = None,
+    cbs=None,
+    path: str | Path = ".",
+) -> Learner:
     """Sigmoid/BCE multi-label Learner with precision, recall and F1 at 0.5 per epoch.
 
     Example:

@@ -1,4 +1,5 @@
-"""The learning rate: a robust default for the mode, or fastai's `lr_find` bounded to a share of the run.
+"""The learning rate: a robust default for the mode, or fastai's `lr_find` bounded to a share of
+the run.
 
 fastai's `lr_find` trains 100 mini-batches. On a short run that is more than the training
 itself, so by default the search may spend at most `SEARCH_SHARE` of the planned training
@@ -26,7 +27,8 @@ SEARCH_SHARE = 0.05      # most of the planned training steps a default search m
 MIN_SEARCH_ITERS = 16    # fewer points than this give no readable loss curve
 FULL_SEARCH_ITERS = 100  # fastai's lr_find default
 _SPAN = 100.0            # a bounded search sweeps default / _SPAN .. default * _SPAN
-_TRUST = 10.0            # suggestions further than this from the default, or from each other, are noise
+# suggestions further than this from the default, or from each other, are noise
+_TRUST = 10.0
 
 # Adam (fastai's default optimizer) at a total batch of 64: fastai's `fine_tune` base lr
 # for pretrained bodies; a higher one from scratch, where short one-cycle runs gain from it.
@@ -45,7 +47,8 @@ class LrChoice:
     note: str = ""
 
     def summary(self) -> str:
-        """One line for the run's output, e.g. `lr 8.00e-03 (default for training from scratch ...)`."""
+        """One line for the run's output, e.g. `lr 8.00e-03 (default for training from scratch
+        ...)`."""
         cost = f", {self.iterations} iterations, {self.seconds:.1f} s" if self.iterations else ""
         note = f"; {self.note}" if self.note else ""
         return f"lr {self.lr:.2e} ({self.how}{cost}{note})"
@@ -110,9 +113,15 @@ def choose_lr(learn, *, lr: float | str | None, fine_tune: bool, total_bs: int, 
         return LrChoice(default, f"default for {mode}, batch {total_bs}",
                         note=f"a search would take over {SEARCH_SHARE:.0%} of the training")
     t0 = clock()
-    span = dict(start_lr=1e-7, end_lr=10) if full else dict(start_lr=default / _SPAN, end_lr=default * _SPAN)
+    span = (
+        dict(start_lr=1e-7, end_lr=10)
+        if full
+        else dict(start_lr=default / _SPAN, end_lr=default * _SPAN)
+    )
     with alone():
-        found = learn.lr_find(num_it=n, show_plot=False, suggest_funcs=(valley, slide, minimum), **span)
+        found = learn.lr_find(
+            num_it=n, show_plot=False, suggest_funcs=(valley, slide, minimum), **span
+        )
     values = _suggestions(found)
     if values:
         values[-1] /= 10  # fastai's `minimum` is where the loss is lowest; a tenth of it trains

@@ -84,7 +84,8 @@ def check_size(arch: Any, size: int) -> None:
     Example:
         >>> check_size("levit_128s", 50)
         Traceback (most recent call last):
-        SizeError: levit_128s cannot run at size 50; sizes that work: 32, 48, 64, 224. Pass --size 48 (size=48).
+        SizeError: levit_128s cannot run at size 50; sizes that work: 32, 48, 64, 224. Pass --size
+        48 (size=48).
     """
     if not isinstance(arch, str) or not timm.is_model(arch) or _runs_at(arch, size):
         return

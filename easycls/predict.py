@@ -97,7 +97,11 @@ def prediction_fields(predictor: Predictor, top_k: int | None = None) -> list[st
     if top_k:
         k = max(1, min(top_k, len(predictor.classes)))
         return ["file"] + [f"{c}_{r}" for r in range(1, k + 1) for c in ("label", "probability")]
-    return ["file", "labels", "probabilities"] if predictor.multi_label else ["file", "label", "probability"]
+    return (
+        ["file", "labels", "probabilities"]
+        if predictor.multi_label
+        else ["file", "label", "probability"]
+    )
 
 
 def write_predictions(predictor: Predictor, refs: Sequence[str], out_csv: str | Path, bs: int = 64,
@@ -115,14 +119,16 @@ def write_predictions(predictor: Predictor, refs: Sequence[str], out_csv: str | 
 
 
 def submission_columns(fmt: str, multi_label: bool) -> tuple[str, str]:
-    """(id column, label column) of a format: "auto", a name in SUBMISSION_FORMATS, or "ID,LABEL"."""
+    """(id column, label column) of a format: "auto", a name in SUBMISSION_FORMATS, or
+    "ID,LABEL"."""
     if fmt == "auto":
         return SUBMISSION_FORMATS["multilabel" if multi_label else "single"]
     if fmt in SUBMISSION_FORMATS:
         return SUBMISSION_FORMATS[fmt]
     cols = [c.strip() for c in fmt.split(",")]
     if len(cols) != 2 or not all(cols):
-        raise ValueError(f"unknown submission format {fmt!r}: use auto, {', '.join(SUBMISSION_FORMATS)}, "
+        raise ValueError(f"unknown submission format {fmt!r}: use auto, "
+                         f"{', '.join(SUBMISSION_FORMATS)}, "
                          "or the two column names, e.g. 'ImageID,Labels' or 'id,label'")
     return cols[0], cols[1]
 
@@ -131,7 +137,9 @@ def _basename(ref: str) -> str:
     return Path(output_name(ref)).name
 
 
-def _match_order(refs: Sequence[str], order: str | Path, id_col: str) -> tuple[list[str], list[int]]:
+def _match_order(
+    refs: Sequence[str], order: str | Path, id_col: str
+) -> tuple[list[str], list[int]]:
     """Ids of the order CSV, in its order, and the index in `refs` of each id's image."""
     try:
         ids, _ = read_id_csv(order, file_column=id_col)
@@ -150,10 +158,16 @@ def _match_order(refs: Sequence[str], order: str | Path, id_col: str) -> tuple[l
     return ids, index
 
 
-def write_submission(predictor: Predictor, refs: Sequence[str], out_csv: str | Path, fmt: str = "auto",
-                     order: str | Path | None = None, bs: int = 64,
-                     threshold: float | None = None,
-                     ids: Sequence[str] | None = None) -> tuple[int, dict[str, str]]:
+def write_submission(
+    predictor: Predictor,
+    refs: Sequence[str],
+    out_csv: str | Path,
+    fmt: str = "auto",
+    order: str | Path | None = None,
+    bs: int = 64,
+    threshold: float | None = None,
+    ids: Sequence[str] | None = None,
+) -> tuple[int, dict[str, str]]:
     """Write a competition submission: one row per id, labels space-separated if multi-label.
 
     Args:

@@ -23,7 +23,9 @@ SMOKE_FIT = dict(arch="resnet18", pretrained=False, epochs=1, size=32, bs=8, lr=
 
 def image(ci: int, rng: np.random.Generator, side: int = 32) -> Image.Image:
     hue = np.array([(ci * 97) % 256, (ci * 57 + 80) % 256, (ci * 31 + 160) % 256])
-    return Image.fromarray(np.clip(hue + rng.normal(0, 25, (side, side, 3)), 0, 255).astype(np.uint8))
+    return Image.fromarray(
+        np.clip(hue + rng.normal(0, 25, (side, side, 3)), 0, 255).astype(np.uint8)
+    )
 
 
 def class_folders(root: Path, classes: list[str], n: int, seed: int = 0, ext: str = ".jpg") -> Path:
@@ -37,10 +39,13 @@ def class_folders(root: Path, classes: list[str], n: int, seed: int = 0, ext: st
 
 
 def animals15_zip(root: Path) -> Path:
-    """The Kaggle animals zip layout: `Training Data/Training Data/<Class>/...` (+ Validation, Testing)."""
+    """The Kaggle animals zip layout: `Training Data/Training Data/<Class>/...` (+ Validation,
+    Testing)."""
     folder = root / "animals"
     for part, n, seed in (("Training", 10, 0), ("Validation", 3, 1), ("Testing", 3, 2)):
-        class_folders(folder / f"{part} Data" / f"{part} Data", ["Cat", "Dog", "Zebra"], n, seed, ".jpeg")
+        class_folders(
+            folder / f"{part} Data" / f"{part} Data", ["Cat", "Dog", "Zebra"], n, seed, ".jpeg"
+        )
     archive = root / "archive.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for f in sorted(folder.rglob("*.jpeg")):
@@ -81,8 +86,19 @@ def asl(root: Path, classes: list[str] = ("A", "B", "del", "nothing"), n: int = 
 
 def launch(processes: int, argv: list[str]) -> None:
     """Run this script again under `accelerate launch` with `processes` processes (DDP)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--num_processes", str(processes)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_processes",
+        str(processes),
+    ]
     cmd += ["--multi_gpu"] if processes > 1 else []
     subprocess.run(cmd + argv, check=True, env={**os.environ, "EASYCLS_WORKER": "1"})
 

@@ -2,7 +2,7 @@
 
     python examples/animals15_ddp.py --data ~/Downloads/archive.zip            # one GPU
     python examples/animals15_ddp.py --data ~/Downloads/archive.zip --gpus 4   # DDP on 4 GPUs
-    python examples/animals15_ddp.py --smoke                                   # generated data, CPU, seconds
+    python examples/animals15_ddp.py --smoke     # generated data, CPU, seconds
 
 With --gpus N the script starts itself again under `accelerate launch`; inside, `fit` is the
 same call: easycls shards the data and only rank 0 writes the run directory.
@@ -23,7 +23,9 @@ from easycls.evaluate import evaluate
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", help="the Kaggle animal-image-classification zip (or its folder)")
     ap.add_argument("--gpus", type=int, default=1, help="processes / GPUs (DDP when > 1)")
     ap.add_argument("--arch", default="resnet50")
@@ -40,7 +42,9 @@ def main() -> None:
 
 
 def train(args) -> None:
-    settings = dict(arch=args.arch, epochs=args.epochs, l1=args.l1, wd=args.wd, augment=True, out=args.out)
+    settings = dict(
+        arch=args.arch, epochs=args.epochs, l1=args.l1, wd=args.wd, augment=True, out=args.out
+    )
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="animals15-smoke-"))
         settings.update(_common.SMOKE_FIT, l1=args.l1, wd=args.wd, out=str(tmp / "run"))

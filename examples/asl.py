@@ -27,24 +27,44 @@ def run_one(args, processes: int) -> Path:
     if processes == 1:
         fit("asl", path=args.data, out=str(out), **settings(args))
     else:
-        _common.launch(processes, [__file__, "--worker", "--data", args.data, "--out", str(out),
-                                  "--epochs", str(args.epochs), *(["--smoke"] if args.smoke else [])])
+        _common.launch(
+            processes,
+            [
+                __file__,
+                "--worker",
+                "--data",
+                args.data,
+                "--out",
+                str(out),
+                "--epochs",
+                str(args.epochs),
+                *(["--smoke"] if args.smoke else []),
+            ],
+        )
     return out
 
 
 def settings(args) -> dict:
-    return {**_common.SMOKE_FIT} if args.smoke else dict(epochs=args.epochs, arch="resnet34", size=128)
+    return (
+        {**_common.SMOKE_FIT} if args.smoke else dict(epochs=args.epochs, arch="resnet34", size=128)
+    )
 
 
 def row(processes: int, run: Path) -> dict:
     m = json.loads((run / "metrics.json").read_text())
     test = run / "test_metrics.json"
-    return dict(processes=processes, train_seconds=m["train_seconds"], accuracy=m["accuracy"],
-                test_accuracy=json.loads(test.read_text())["test_accuracy"] if test.exists() else None)
+    return dict(
+        processes=processes,
+        train_seconds=m["train_seconds"],
+        accuracy=m["accuracy"],
+        test_accuracy=json.loads(test.read_text())["test_accuracy"] if test.exists() else None,
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", help="the asl-alphabet folder or zip")
     ap.add_argument("--gpus", default="1,2", help="process counts to compare, e.g. 1,2,4")
     ap.add_argument("--epochs", type=int, default=3)

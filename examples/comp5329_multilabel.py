@@ -10,7 +10,8 @@ space-separated) in test.csv's order. The same from the shell:
 
     easycls fit comp5329 --path DATA
     easycls evaluate runs/comp5329
-    easycls predict runs/comp5329 DATA/data --submission multilabel --order DATA/test.csv --csv submission.csv
+    easycls predict runs/comp5329 DATA/data --submission multilabel --order DATA/test.csv --csv
+    submission.csv
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from easycls.predict import write_submission
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", help="the COMP5329S1A2Dataset folder (train.csv, test.csv, data/)")
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--epochs", type=int, default=8)
@@ -49,8 +52,13 @@ def main() -> None:
           f"at 0.5: {report.metrics['at_0.5']['f1_samples']:.4f}")
     data = Path(args.data)
     out = learn.easycls.run_dir / "my_submission.csv"
-    n, unreadable = write_submission(load(learn.easycls.run_dir), expand_inputs([data / "data"]), out,
-                                     fmt="multilabel", order=data / "test.csv")
+    n, unreadable = write_submission(
+        load(learn.easycls.run_dir),
+        expand_inputs([data / "data"]),
+        out,
+        fmt="multilabel",
+        order=data / "test.csv",
+    )
     with out.open() as f:
         head = [next(csv.reader(f)) for _ in range(min(n, 3) + 1)]
     print(f"{out}: {n} rows ({len(unreadable)} unreadable), starts {head}")

@@ -32,8 +32,13 @@ class SmallCNN(nn.Module):
 
     def __init__(self, n_classes: int, width: int = 32):
         super().__init__()
-        self.body = nn.Sequential(conv_block(3, width), conv_block(width, 2 * width),
-                                  conv_block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            conv_block(3, width),
+            conv_block(width, 2 * width),
+            conv_block(2 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(4 * width, n_classes))
 
     def forward(self, x):
@@ -56,25 +61,37 @@ def compare(source: str, path: str | None, settings: dict, out: Path) -> list[di
     for name, arch in MODELS.items():
         learn = fit(source, path=path, arch=arch, out=str(out / name), **settings)
         m = learn.easycls.metrics
-        rows.append(dict(model=name, params=sum(p.numel() for p in learn.model.parameters()),
-                         accuracy=round(m["accuracy"], 4), top5_accuracy=round(m.get("top5_accuracy", float("nan")), 4),
-                         train_seconds=round(m["train_seconds"], 1)))
+        rows.append(
+            dict(
+                model=name,
+                params=sum(p.numel() for p in learn.model.parameters()),
+                accuracy=round(m["accuracy"], 4),
+                top5_accuracy=round(m.get("top5_accuracy", float("nan")), 4),
+                train_seconds=round(m["train_seconds"], 1),
+            )
+        )
     return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", help="the tiny-imagenet-200 folder or zip")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--out", default="runs/tiny-imagenet-compare")
-    ap.add_argument("--smoke", action="store_true", help="tiny generated class folders, 1 epoch, CPU")
+    ap.add_argument("--smoke", action="store_true", help="tiny generated class folders, 1 epoch, "
+                                                         "CPU")
     args = ap.parse_args()
     source, out = "tiny-imagenet", Path(args.out)
     # From scratch for all three, so the comparison is about the architectures.
     settings = dict(epochs=args.epochs, pretrained=False, size=64, bs=128, lr=3e-3)
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="tiny-imagenet-smoke-"))
-        source, out = str(_common.class_folders(tmp / "data", [f"n{i:08d}" for i in range(10)], 8)), tmp / "runs"
+        source, out = (
+            str(_common.class_folders(tmp / "data", [f"n{i:08d}" for i in range(10)], 8)),
+            tmp / "runs",
+        )
         settings = {**_common.SMOKE_FIT, "bs": 16}
         settings.pop("arch")
     rows = compare(source, args.data, settings, out)
@@ -85,8 +102,8 @@ def main() -> None:
         writer.writerows(rows)
     print(f"{'model':<10} {'params':>10} {'accuracy':>9} {'top5':>7} {'train s':>8}")
     for r in rows:
-        print(f"{r['model']:<10} {r['params']:>10,} {r['accuracy']:>9.4f} {r['top5_accuracy']:>7.4f} "
-              f"{r['train_seconds']:>8.1f}")
+        print(f"{r['model']:<10} {r['params']:>10,} {r['accuracy']:>9.4f} "
+              f"{r['top5_accuracy']:>7.4f} {r['train_seconds']:>8.1f}")
     print(f"table: {out / 'compare.csv'}")
 
 

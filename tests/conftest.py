@@ -22,15 +22,20 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EASYCLS_DATA", str(base / "data"))
 
 
-def color_image(label_index: int, n_classes: int, rng: np.random.Generator, size: int = 24) -> Image.Image:
+def color_image(
+    label_index: int, n_classes: int, rng: np.random.Generator, size: int = 24
+) -> Image.Image:
     """A noisy image whose mean colour encodes its class: learnable in one epoch."""
-    hue = np.array([(label_index * 97) % 256, (label_index * 57 + 80) % 256, (label_index * 31 + 160) % 256])
+    hue = np.array(
+        [(label_index * 97) % 256, (label_index * 57 + 80) % 256, (label_index * 31 + 160) % 256]
+    )
     pixels = np.clip(hue + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)
 
 
-def write_class_folders(root: Path, classes=("cat", "dog", "fox"), per_class: int = 12, seed: int = 0,
-                        ext: str = ".png") -> Path:
+def write_class_folders(
+    root: Path, classes=("cat", "dog", "fox"), per_class: int = 12, seed: int = 0, ext: str = ".png"
+) -> Path:
     """`root/<class>/<i>.<ext>` colour-coded images."""
     rng = np.random.default_rng(seed)
     for ci, name in enumerate(classes):

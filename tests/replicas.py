@@ -39,8 +39,15 @@ def write(path: Path, ci: int, rng: np.random.Generator, kind: str = "rgb") -> P
     if kind in ("zero", "text"):
         path.write_bytes(b"" if kind == "zero" else b"this is not an image\n")
         return path
-    mode = {"rgb": "RGB", "gray": "L", "rgba": "RGBA", "cmyk": "CMYK", "palette": "P", "16bit": "I;16",
-            "truncated": "RGB"}[kind]
+    mode = {
+        "rgb": "RGB",
+        "gray": "L",
+        "rgba": "RGBA",
+        "cmyk": "CMYK",
+        "palette": "P",
+        "16bit": "I;16",
+        "truncated": "RGB",
+    }[kind]
     img = image(ci, rng, mode)
     if kind == "truncated":  # big enough that the cut lands in the scan data, not in the header
         img = img.resize((96, 96))
@@ -62,8 +69,11 @@ def litter(folder: Path) -> None:
     (mac / "._photo.jpg").write_bytes(b"\0\5\26\7")
 
 
-def class_folder(folder: Path, ci: int, n: int, rng, name=lambda i: f"{i}.jpg", rubbish: bool = False) -> list[str]:
-    """`n` images in `folder`; with `rubbish`, the 1st is truncated, 2nd grayscale, 3rd an RGBA PNG."""
+def class_folder(
+    folder: Path, ci: int, n: int, rng, name=lambda i: f"{i}.jpg", rubbish: bool = False
+) -> list[str]:
+    """`n` images in `folder`; with `rubbish`, the 1st is truncated, 2nd grayscale, 3rd an RGBA
+    PNG."""
     kinds = ["truncated", "gray", "rgba"] if rubbish else []
     written = []
     for i in range(n):
@@ -76,10 +86,15 @@ def class_folder(folder: Path, ci: int, n: int, rng, name=lambda i: f"{i}.jpg", 
 
 
 def make_zip(folder: Path, zip_path: Path, inner: str = "") -> Path:
-    """Zip `folder`'s contents (under `inner/` if given), litter included, like a Kaggle download."""
+    """Zip `folder`'s contents (under `inner/` if given), litter included, like a Kaggle
+    download."""
     with zipfile.ZipFile(zip_path, "w") as zf:
         for p in sorted(folder.rglob("*")):
-            arc = (Path(inner) / p.relative_to(folder)).as_posix() if inner else p.relative_to(folder).as_posix()
+            arc = (
+                (Path(inner) / p.relative_to(folder)).as_posix()
+                if inner
+                else p.relative_to(folder).as_posix()
+            )
             zf.write(p, arc + ("/" if p.is_dir() else ""))
     return zip_path
 
@@ -90,11 +105,14 @@ ASL_CLASSES = ["A", "B", "space"]
 
 
 def asl(root: Path, per_class: int = 5, seed: int = 0) -> Path:
-    """`asl_alphabet_train/asl_alphabet_train/<cls>/<cls><i>.jpg` and `asl_alphabet_test/.../<cls>_test.jpg`."""
+    """`asl_alphabet_train/asl_alphabet_train/<cls>/<cls><i>.jpg` and
+    `asl_alphabet_test/.../<cls>_test.jpg`."""
     rng = np.random.default_rng(seed)
     train = root / "asl_alphabet_train" / "asl_alphabet_train"
     for ci, c in enumerate(ASL_CLASSES):
-        class_folder(train / c, ci, per_class, rng, lambda i, c=c: f"{c}{i + 1}.jpg", rubbish=(ci == 0))
+        class_folder(
+            train / c, ci, per_class, rng, lambda i, c=c: f"{c}{i + 1}.jpg", rubbish=(ci == 0)
+        )
     litter(train)
     litter(train / "A")
     test = root / "asl_alphabet_test" / "asl_alphabet_test"
@@ -107,9 +125,14 @@ ANIMALS = ["Cat", "Dog", "Zebra"]
 
 
 def animals15(root: Path, seed: int = 0) -> Path:
-    """`Training Data/Training Data/<Class>/<Class>-Train (N).jpeg`, Validation and Testing alike."""
+    """`Training Data/Training Data/<Class>/<Class>-Train (N).jpeg`, Validation and Testing
+    alike."""
     rng = np.random.default_rng(seed)
-    for part, tag, n in (("Training", "Train", 5), ("Validation", "Valid", 2), ("Testing", "Test", 2)):
+    for part, tag, n in (
+        ("Training", "Train", 5),
+        ("Validation", "Valid", 2),
+        ("Testing", "Test", 2),
+    ):
         base = root / f"{part} Data" / f"{part} Data"
         for ci, c in enumerate(ANIMALS):
             class_folder(base / c, ci, n, rng, lambda i, c=c, tag=tag: f"{c}-{tag} ({i + 1}).jpeg",
@@ -119,21 +142,31 @@ def animals15(root: Path, seed: int = 0) -> Path:
 
 
 WNIDS = ["n01443537", "n01629819", "n02124075"]
-WORDS = {"n01443537": "goldfish, Carassius auratus", "n01629819": "European fire salamander, Salamandra salamandra",
+WORDS = {"n01443537": "goldfish, Carassius auratus", "n01629819": "European fire salamander, "
+                                                                  "Salamandra salamandra",
          "n02124075": "Egyptian cat", "n09999999": "unused entry"}
 
 
 def tiny_imagenet(parent: Path, seed: int = 0) -> Path:
-    """`tiny-imagenet-200/` with wnids.txt, words.txt, train/<wnid>/images, val/ + annotations, test/."""
+    """`tiny-imagenet-200/` with wnids.txt, words.txt, train/<wnid>/images, val/ + annotations,
+    test/."""
     rng = np.random.default_rng(seed)
     root = parent / "tiny-imagenet-200"
     root.mkdir(parents=True)
     (root / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
     (root / "words.txt").write_text("".join(f"{w}\t{n}\n" for w, n in WORDS.items()))
     for ci, w in enumerate(WNIDS):
-        names = class_folder(root / "train" / w / "images", ci, 5, rng, lambda i, w=w: f"{w}_{i}.JPEG",
-                             rubbish=(ci == 2))
-        (root / "train" / w / f"{w}_boxes.txt").write_text("".join(f"{n}\t0\t0\t63\t63\n" for n in names))
+        names = class_folder(
+            root / "train" / w / "images",
+            ci,
+            5,
+            rng,
+            lambda i, w=w: f"{w}_{i}.JPEG",
+            rubbish=(ci == 2),
+        )
+        (root / "train" / w / f"{w}_boxes.txt").write_text(
+            "".join(f"{n}\t0\t0\t63\t63\n" for n in names)
+        )
     lines = []
     for k in range(6):
         ci = k % 3
@@ -151,7 +184,9 @@ def imagenet_kaggle(root: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     data = root / "ILSVRC" / "Data" / "CLS-LOC"
     for ci, w in enumerate(WNIDS):
-        class_folder(data / "train" / w, ci, 5, rng, lambda i, w=w: f"{w}_{i}.JPEG", rubbish=(ci == 0))
+        class_folder(
+            data / "train" / w, ci, 5, rng, lambda i, w=w: f"{w}_{i}.JPEG", rubbish=(ci == 0)
+        )
     rows = []
     for k in range(6):
         name = f"ILSVRC2012_val_{k + 1:08d}"
@@ -170,7 +205,9 @@ def imagenet_folders(root: Path, seed: int = 0) -> Path:
     """The ILSVRC class-folder layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
     rng = np.random.default_rng(seed)
     for ci, w in enumerate(WNIDS):
-        class_folder(root / "train" / w, ci, 5, rng, lambda i, w=w: f"{w}_{i}.JPEG", rubbish=(ci == 1))
+        class_folder(
+            root / "train" / w, ci, 5, rng, lambda i, w=w: f"{w}_{i}.JPEG", rubbish=(ci == 1)
+        )
         class_folder(root / "val" / w, ci, 2, rng, lambda i, ci=ci: f"ILSVRC2012_val_{ci}{i}.JPEG")
     litter(root / "train")
     return root

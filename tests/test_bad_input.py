@@ -31,12 +31,19 @@ BROKEN = ("truncated", "zero", "text")                # unreadable: skipped and 
 @pytest.mark.parametrize("cache", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_unreadable_skipped_and_listed_odd_formats_train(cache, tmp_path, capsys):
     root = _folders(tmp_path / "pets", n=3, kinds=ODD + BROKEN)
-    learn = easycls.fit(str(root), out=str(tmp_path / "run"), cache=cache, **{**TINY, "quiet": False})
+    learn = easycls.fit(
+        str(root), out=str(tmp_path / "run"), cache=cache, **{**TINY, "quiet": False}
+    )
     lines = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
     reasons = {line.split("\t")[0].rsplit("/", 2)[-1]: line.split("\t")[1] for line in lines}
-    assert len(lines) == 6 and set(reasons.values()) == {"truncated", "zero-byte file", "not an image"}
+    assert len(lines) == 6 and set(reasons.values()) == {
+        "truncated",
+        "zero-byte file",
+        "not an image",
+    }
     assert reasons["truncated.jpg"] == "truncated" and reasons["zero.jpg"] == "zero-byte file"
-    assert len(learn.dls.train_ds) + len(learn.dls.valid_ds) == 2 * (3 + len(ODD))  # all the readable ones
+    # all the readable ones
+    assert len(learn.dls.train_ds) + len(learn.dls.valid_ds) == 2 * (3 + len(ODD))
     assert "6 unreadable skipped" in capsys.readouterr().out  # counted in the summary
     pixels = learn.dls.train_ds.pixels
     assert all(pixels[i].shape == (pixels.size, pixels.size, 3) for i in range(len(pixels)))
@@ -101,7 +108,8 @@ def test_all_images_unreadable_in_a_class_is_an_error(tmp_path):
 def test_classes_matched_by_name_not_order(tmp_path):
     root = tmp_path / "split"
     _folders(root / "train", classes=("cat", "dog"), n=4)
-    _folders(root / "valid", classes=("dog", "cat"), n=2, seed=1)  # other order on disk: same classes
+    # other order on disk: same classes
+    _folders(root / "valid", classes=("dog", "cat"), n=2, seed=1)
     table = from_path(root)
     train = [lab for lab, v in zip(table.labels, table.is_valid) if not v]
     valid = [lab for lab, v in zip(table.labels, table.is_valid) if v]
@@ -129,13 +137,16 @@ def test_two_validation_folders_are_ambiguous(tmp_path):
 def test_loose_images_beside_class_folders_are_an_error(tmp_path):
     root = _folders(tmp_path / "pets", n=2)
     R.write(root / "stray.jpg", 0, np.random.default_rng(0))
-    with pytest.raises(DataError, match=r"1 image\(s\) directly in .*'stray.jpg'.*one sub-folder per class"):
+    with pytest.raises(DataError, match=r"1 image\(s\) directly in .*'stray.jpg'.*one sub-folder "
+                                        r"per class"):
         from_path(root)
 
 
 def _csv(tmp_path, names):
     images = _folders(tmp_path / "images", n=3)
-    rows = [f"{c}/{c}_{i}.jpg,{c}" for c in ("cat", "dog") for i in range(3)] + [f"{n},cat" for n in names]
+    rows = [f"{c}/{c}_{i}.jpg,{c}" for c in ("cat", "dog") for i in range(3)] + [
+        f"{n},cat" for n in names
+    ]
     (tmp_path / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
     return tmp_path / "labels.csv", images
 
@@ -146,10 +157,17 @@ def test_csv_rows_with_missing_files_are_listed(tmp_path):
         easycls.fit(str(csv), images=str(images), **TINY)
     msg = str(e.value)
     assert "8 of 14 images listed in labels.csv are missing" in msg
-    assert "line 8: 'gone_0.jpg'" in msg and "gone_4.jpg" in msg and "gone_5.jpg" not in msg and "..." in msg
+    assert (
+        "line 8: 'gone_0.jpg'" in msg
+        and "gone_4.jpg" in msg
+        and "gone_5.jpg" not in msg
+        and "..." in msg
+    )
 
 
-@pytest.mark.parametrize("bad", ["../secret.jpg", "/etc/passwd", "cat/../../x.jpg", "C:\\Windows\\x.jpg"])
+@pytest.mark.parametrize(
+    "bad", ["../secret.jpg", "/etc/passwd", "cat/../../x.jpg", "C:\\Windows\\x.jpg"]
+)
 def test_csv_paths_escaping_the_image_folder_are_rejected(bad, tmp_path):
     csv, images = _csv(tmp_path, [bad])
     with pytest.raises(DataError, match=r"1 path\(s\) in labels.csv leave the image folder"):
@@ -157,9 +175,11 @@ def test_csv_paths_escaping_the_image_folder_are_rejected(bad, tmp_path):
 
 
 def test_unknown_path_suggests_recipes(tmp_path):
-    with pytest.raises(DataError, match=r"'data/digit.zip' is neither an existing file or folder.*'digits'"):
+    with pytest.raises(DataError, match=r"'data/digit.zip' is neither an existing file or "
+                                        r"folder.*'digits'"):
         easycls.fit("data/digit.zip", **TINY)
-    with pytest.raises(DataError, match=r"unknown dataset 'tinyimagenet'; did you mean 'tiny-imagenet'"):
+    with pytest.raises(DataError, match=r"unknown dataset 'tinyimagenet'; did you mean "
+                                        r"'tiny-imagenet'"):
         easycls.fit("tinyimagenet", **TINY)
 
 
@@ -176,4 +196,6 @@ def test_unreadable_zip_member_is_skipped(tmp_path):
     assert zipfile.is_zipfile(archive)
     easycls.fit(str(archive), out=str(tmp_path / "run"), **TINY)
     lines = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
-    assert len(lines) == 2 and all("pets.zip!/" in ln and ln.endswith("\ttruncated") for ln in lines)
+    assert len(lines) == 2 and all(
+        "pets.zip!/" in ln and ln.endswith("\ttruncated") for ln in lines
+    )

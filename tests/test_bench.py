@@ -72,7 +72,9 @@ def test_table_and_plot(tmp_path):
                            dict(processes=2, images_per_s=80.0, efficiency=0.8)])
     table = format_table(result)
     assert "end to end, 2 process(es)" in table and "0.80" in table
-    result.update(loader_per_core=250.0, cores_needed=0.4, loader_wait=dict(steps=7, wait_fraction=0.031))
+    result.update(
+        loader_per_core=250.0, cores_needed=0.4, loader_wait=dict(steps=7, wait_fraction=0.031)
+    )
     table = format_table(result)
     assert "input pipeline, per core" in table and "250.0" in table
     assert "loader wait per step: 3.1 % of the step time (7 steps of resnet18)" in table
@@ -85,8 +87,25 @@ def test_cli_bench_processes_1_2(tmp_path):
     """The CI-sized scaling run: end to end through `fit` with 1 and 2 (DDP, gloo) processes."""
     out = tmp_path / "bench"
     src = synthetic_folder(tmp_path, n=32, n_classes=2, side=24)
-    res = CliRunner().invoke(app, ["bench", str(src), "--arch", "resnet18", "--size", "16", "--bs", "4",
-                                   "--steps", "2", "--processes", "1,2", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(src),
+            "--arch",
+            "resnet18",
+            "--size",
+            "16",
+            "--bs",
+            "4",
+            "--steps",
+            "2",
+            "--processes",
+            "1,2",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "end to end, 2 process(es)" in res.output
     data = json.loads((out / "bench.json").read_text())

@@ -12,8 +12,10 @@ from easycls.config import parse_duration
 from easycls.train import fit  # imported here: import time is not training time
 
 
-@pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400),
-                                           ("45", 45), ("1.5m", 90)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("45", 45), ("1.5m", 90)],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -50,7 +52,9 @@ class _Clock:
         return self.now
 
 
-def _run_epoch(cb, learn, clock, epoch: int, step: float, n_iter: int = 10, valid: float = 0.0) -> None:
+def _run_epoch(
+    cb, learn, clock, epoch: int, step: float, n_iter: int = 10, valid: float = 0.0
+) -> None:
     learn.epoch, learn.n_iter, learn.training = epoch, n_iter, True
     cb.before_epoch()
     cb.before_train()
@@ -74,13 +78,16 @@ def test_budget_replans_when_speed_changes(monkeypatch):
 
     clock = _Clock()
     monkeypatch.setattr(b.time, "perf_counter", clock)
-    dls = SimpleNamespace(train=SimpleNamespace(dataset=range(80)), valid=SimpleNamespace(dataset=range(20)))
+    dls = SimpleNamespace(
+        train=SimpleNamespace(dataset=range(80)), valid=SimpleNamespace(dataset=range(20))
+    )
     learn = SimpleNamespace(dl=None, dls=dls, n_epoch=b.UNBOUNDED_EPOCHS, pct_train=0.0)
     cb = b.TimeBudget(100.0, t_start=0.0, first_guess=3, reserve=0.0)
     cb.learn = learn
     _run_epoch(cb, learn, clock, 0, step=1.0)  # 10 s per epoch: ten fit in 100 s
     assert cb.planned == learn.n_epoch == 10
-    _run_epoch(cb, learn, clock, 1, step=2.0)  # slowed to 20 s per epoch: 20 s done + 60 s left = 3 more
+    # slowed to 20 s per epoch: 20 s done + 60 s left = 3 more
+    _run_epoch(cb, learn, clock, 1, step=2.0)
     assert cb.planned == 5 and cb.replans >= 1
     for e in (2, 3, 4):
         _run_epoch(cb, learn, clock, e, step=2.0)

@@ -68,7 +68,10 @@ def test_digits_counts_and_classes(digits):
         assert max(per_class.values()) - min(per_class.values()) <= 0.1 * sum(per_class.values())
         counts[split] = sum(per_class.values())
     assert counts == {"train": 1437, "valid": 360}
-    assert sorted(p.name for p in digits.iterdir() if not p.name.startswith(".")) == ["train", "valid"]
+    assert sorted(p.name for p in digits.iterdir() if not p.name.startswith(".")) == [
+        "train",
+        "valid",
+    ]
 
 
 def test_digits_images_are_32px_rgb_and_match_sklearn(digits):
@@ -124,7 +127,9 @@ def test_multilabel_labels_and_pixels_match_the_digits_used(mosaics):
             assert labels == sorted({str(targets[s]) for s in used})
             pixels = np.asarray(Image.open(mosaics / "images" / file).convert("L"))
             assert pixels.shape == (64, 64)
-            cells = [pixels[r * 32 : r * 32 + 32, c * 32 : c * 32 + 32] for r in (0, 1) for c in (0, 1)]
+            cells = [
+                pixels[r * 32 : r * 32 + 32, c * 32 : c * 32 + 32] for r in (0, 1) for c in (0, 1)
+            ]
             filled = [cell for cell in cells if cell.any()]
             assert len(filled) == len(used)
             for cell, sample in zip(filled, used, strict=True):
@@ -186,10 +191,16 @@ def test_stale_format_is_rebuilt(tmp_path):
 
 
 def test_two_processes_racing_build_one_complete_copy(tmp_path):
-    code = "import sys; from easycls.data.builtin import materialize; print(materialize('digits', sys.argv[1]))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys; from easycls.data.builtin import materialize; "
+            "print(materialize('digits', sys.argv[1]))")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, env=env
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=120)[0].decode().strip() for p in procs]

@@ -125,7 +125,7 @@ def _build_in_child(refs, queue):
 def test_second_builder_waits_then_reuses(refs):
     root, key = cache_root(), cache_key(refs, SIZE)
     root.mkdir(parents=True)
-    npy, manifest = root / f"{key}.npy", root / f"{key}.json"
+    manifest = root / f"{key}.json"
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_build_in_child, args=(refs, queue))

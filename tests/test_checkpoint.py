@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, refusal of foreign checkpoints, exact resume after SIGTERM/SIGKILL."""
+"""Checkpoints: atomic writes, refusal of foreign checkpoints, exact resume after
+SIGTERM/SIGKILL."""
 
 from __future__ import annotations
 
@@ -128,8 +129,25 @@ def test_cli_sigterm_and_sigkill_then_resume_reach_the_planned_epochs(tmp_path):
     data = write_class_folders(tmp_path / "pets", per_class=20)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [str(data), "--arch", "mobilenetv3_small_050", "--no-pretrained", "--epochs", "5", "--size", "32",
-            "--bs", "8", "--lr", "2e-3", "--workers", "0", "--out", str(run), "--quiet"]
+    args = [
+        str(data),
+        "--arch",
+        "mobilenetv3_small_050",
+        "--no-pretrained",
+        "--epochs",
+        "5",
+        "--size",
+        "32",
+        "--bs",
+        "8",
+        "--lr",
+        "2e-3",
+        "--workers",
+        "0",
+        "--out",
+        str(run),
+        "--quiet",
+    ]
     ckpt = run / "checkpoint.pth"
 
     proc = _cli_fit(*args, env=env)
@@ -151,14 +169,19 @@ def test_cli_sigterm_and_sigkill_then_resume_reach_the_planned_epochs(tmp_path):
     assert proc.returncode == 0, out
     rows = _history(run)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
-    assert saved["history_rows"] <= 5 and (run / "metrics.json").exists() and (run / "model.safetensors").exists()
+    assert (
+        saved["history_rows"] <= 5
+        and (run / "metrics.json").exists()
+        and (run / "model.safetensors").exists()
+    )
 
 
 @pytest.mark.slow  # two fine_tune runs compared row by row
 def test_fine_tune_resumes_in_its_second_phase(tmp_path, monkeypatch):
     import timm
     weights = tmp_path / "w.pth"
-    torch.save(timm.create_model("mobilenetv3_small_050").state_dict(), weights)  # a local "pretrained" file
+    # a local "pretrained" file
+    torch.save(timm.create_model("mobilenetv3_small_050").state_dict(), weights)
     data = write_class_folders(tmp_path / "pets", per_class=20)
     kw = {**EXACT, "pretrained": True, "weights": str(weights), "epochs": 2}
     ref = easycls.fit(str(data), out=str(tmp_path / "ref"), **kw)
@@ -176,7 +199,12 @@ def test_fine_tune_resumes_in_its_second_phase(tmp_path, monkeypatch):
         easycls.fit(str(data), out=str(run), **kw)
     monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", real_after_batch)
     state = torch.load(run / "checkpoint.pth", weights_only=True)
-    assert (state["phase"], state["epoch"], state["batches_done"], state["history_rows"]) == (1, 0, 2, 1)
+    assert (state["phase"], state["epoch"], state["batches_done"], state["history_rows"]) == (
+        1,
+        0,
+        2,
+        1,
+    )
 
     easycls.fit(resume=str(run), quiet=True)
     rows, ref_rows = _history(run), _history(tmp_path / "ref")
@@ -189,9 +217,16 @@ def test_fine_tune_resumes_in_its_second_phase(tmp_path, monkeypatch):
 def test_checkpoint_minutes_saves_inside_epochs(tmp_path, monkeypatch):
     saved = []
     real_save = checkpoint.save_checkpoint
-    monkeypatch.setattr(checkpoint, "save_checkpoint",
-                        lambda state, path: saved.append((state["epoch"], state["batches_done"])) or real_save(state, path))
+    monkeypatch.setattr(
+        checkpoint,
+        "save_checkpoint",
+        lambda state, path: (
+            saved.append((state["epoch"], state["batches_done"])) or real_save(state, path)
+        ),
+    )
     data = write_class_folders(tmp_path / "pets", per_class=20)
-    easycls.fit(str(data), out=str(tmp_path / "run"), **{**EXACT, "epochs": 1}, checkpoint_minutes=1e-9)
+    easycls.fit(
+        str(data), out=str(tmp_path / "run"), **{**EXACT, "epochs": 1}, checkpoint_minutes=1e-9
+    )
     # 48 training images: 6 batches, each followed by a timed checkpoint, then the epoch's own.
     assert saved == [(0, b) for b in range(1, 7)] + [(1, 0)]

@@ -40,7 +40,9 @@ def test_predict_files_and_folders_to_csv(cli_run, tmp_path):
     root, out = cli_run
     csv_path = tmp_path / "preds.csv"
     one = next((root / "cat").iterdir())
-    result = runner.invoke(app, ["predict", str(out), str(one), str(root / "dog"), "--csv", str(csv_path)])
+    result = runner.invoke(
+        app, ["predict", str(out), str(one), str(root / "dog"), "--csv", str(csv_path)]
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(csv_path.open()))
     assert len(rows) == 1 + len(list((root / "dog").iterdir()))
@@ -57,7 +59,9 @@ def test_predict_prints_and_reports_unreadable(cli_run, tmp_path):
     color_image(0, 3, np.random.default_rng(0)).save(good)
     result = runner.invoke(app, ["predict", str(out), str(good), str(bad)])
     assert result.exit_code == 0
-    assert "good.png" in result.stdout and "skipped" in result.output and "zero-byte" in result.output
+    assert (
+        "good.png" in result.stdout and "skipped" in result.output and "zero-byte" in result.output
+    )
 
 
 def test_archs_lists_timm_names():
@@ -79,7 +83,9 @@ def test_missing_source_is_a_clear_error():
 
 def test_version_from_console_script_and_module():
     script = subprocess.run(["easycls", "--version"], capture_output=True, text=True, check=True)
-    module = subprocess.run([sys.executable, "-m", "easycls", "--version"], capture_output=True, text=True, check=True)
+    module = subprocess.run(
+        [sys.executable, "-m", "easycls", "--version"], capture_output=True, text=True, check=True
+    )
     assert script.stdout.strip() == module.stdout.strip() == f"easycls {__version__}"
 
 

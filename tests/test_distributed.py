@@ -67,7 +67,8 @@ def test_single_process_session_and_precision():
 def test_accelerate_launch_default_keeps_bf16_on_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     cuda = torch.device("cuda")  # only the device's type is read: no GPU needed
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` sets by default
+    # what `accelerate launch` sets by default
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     assert resolve_precision(None, cuda) == "bf16"
     assert resolve_precision("no", cuda) == "no"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # a mode given to the launcher counts
@@ -78,19 +79,32 @@ def _launcher(*args: str) -> list[str]:
     with socket.socket() as s:  # a free port: with port 0 the second rank would not find the first
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        *args,
+    ]
 
 
 def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(_launcher(*args), capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        _launcher(*args), capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_one_model(tmp_path):
     root = tmp_path / "split"
-    write_class_folders(root / "train", per_class=32, seed=1)  # 96 = 6 batches of 8 on each of 2 ranks
-    write_class_folders(root / "valid", per_class=7, seed=2)   # 21: odd, so fastai pads one for rank 1
+    # 96 = 6 batches of 8 on each of 2 ranks
+    write_class_folders(root / "train", per_class=32, seed=1)
+    # 21: odd, so fastai pads one for rank 1
+    write_class_folders(root / "valid", per_class=7, seed=2)
     work = tmp_path / "work"
     work.mkdir()
     res = _torchrun(str(PROBE), str(root), "run", "records", cwd=work)
@@ -105,7 +119,9 @@ def test_two_gloo_processes_train_one_model(tmp_path):
 
     # Validation metrics equal a single-process evaluation of the saved model.
     same = ("accuracy", "valid_loss", "n_valid")
-    assert [r0["metrics"][k] for k in same] == [r1["metrics"][k] for k in same] and r0["metrics"]["n_valid"] == 21
+    assert [r0["metrics"][k] for k in same] == [r1["metrics"][k] for k in same] and r0["metrics"][
+        "n_valid"
+    ] == 21
     probs = easycls.load(work / "run", device="cpu").probabilities(r0["valid_refs"])
     single = single_label_metrics(torch.from_numpy(probs), torch.tensor(r0["valid_targets"]))
     for k in ("accuracy", "valid_loss", "n_valid"):
@@ -114,7 +130,13 @@ def test_two_gloo_processes_train_one_model(tmp_path):
     # One set of files, written once (rank 1 wrote nothing of its own).
     assert sorted(p.name for p in work.iterdir()) == ["records", "run"]
     files = {p.name for p in (work / "run").iterdir()}
-    assert {"model.safetensors", "model.json", "metrics.json", "history.csv", "config.json"} <= files
+    assert {
+        "model.safetensors",
+        "model.json",
+        "metrics.json",
+        "history.csv",
+        "config.json",
+    } <= files
     assert "checkpoint.pth" not in files  # removed once the run completed
     assert not any(n.endswith(".tmp") for n in files)
     rows = (work / "run" / "history.csv").read_text().splitlines()
@@ -124,7 +146,9 @@ def test_two_gloo_processes_train_one_model(tmp_path):
 
 @pytest.mark.slow
 def test_an_error_stops_every_rank_and_is_shown_once(tmp_path):
-    res = _torchrun("-m", "easycls", "fit", str(tmp_path / "no_such_folder"), "--quiet", cwd=tmp_path)
+    res = _torchrun(
+        "-m", "easycls", "fit", str(tmp_path / "no_such_folder"), "--quiet", cwd=tmp_path
+    )
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert out.count("error:") == 1, out
@@ -138,10 +162,36 @@ def test_sigterm_to_the_launcher_checkpoints_once_and_resumes(tmp_path):
     write_class_folders(root / "train", per_class=32, seed=1)
     write_class_folders(root / "valid", per_class=7, seed=2)
     run = tmp_path / "run"
-    args = ["-m", "easycls", "fit", str(root), "--arch", "mobilenetv3_small_050", "--no-pretrained", "--epochs", "4",
-            "--size", "32", "--bs", "8", "--lr", "2e-3", "--workers", "0", "--out", str(run), "--quiet"]
-    proc = subprocess.Popen(_launcher(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        "-m",
+        "easycls",
+        "fit",
+        str(root),
+        "--arch",
+        "mobilenetv3_small_050",
+        "--no-pretrained",
+        "--epochs",
+        "4",
+        "--size",
+        "32",
+        "--bs",
+        "8",
+        "--lr",
+        "2e-3",
+        "--workers",
+        "0",
+        "--out",
+        str(run),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        _launcher(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     t0 = time.time()
     while not (run / "checkpoint.pth").exists():
         assert proc.poll() is None and time.time() - t0 < 240, proc.communicate()[0]
@@ -160,9 +210,28 @@ def test_lr_find_under_two_processes(tmp_path):
     root = tmp_path / "split"
     write_class_folders(root / "train", per_class=32, seed=1)
     write_class_folders(root / "valid", per_class=7, seed=2)
-    res = _torchrun("-m", "easycls", "fit", str(root), "--arch", "mobilenetv3_small_050", "--no-pretrained",
-                    "--epochs", "1", "--size", "32", "--bs", "8", "--workers", "0", "--out", "run",
-                    "--lr", "find", cwd=tmp_path)
+    res = _torchrun(
+        "-m",
+        "easycls",
+        "fit",
+        str(root),
+        "--arch",
+        "mobilenetv3_small_050",
+        "--no-pretrained",
+        "--epochs",
+        "1",
+        "--size",
+        "32",
+        "--bs",
+        "8",
+        "--workers",
+        "0",
+        "--out",
+        "run",
+        "--lr",
+        "find",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert (res.stdout + res.stderr).count("(full search, ") == 1  # rank 0 says it, once
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 2  # no lr_find rows

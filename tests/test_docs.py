@@ -39,8 +39,14 @@ def test_cli_reference_lists_every_command_and_option():
 @needs_mkdocs
 def test_mkdocs_build_strict(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (tmp_path / "site" / "cli" / "index.html").exists()
     assert "easycls.evaluate.evaluate" in (tmp_path / "site" / "api" / "index.html").read_text()
@@ -62,9 +68,15 @@ def test_shell_commands_in_docs_use_real_commands_and_options(doc):
     group = typer.main.get_command(app)
     for block in _code_blocks(doc.read_text(), "bash"):
         for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line.split(" #")[0].replace("<", "_").replace(">", "_"), comments=True)
+            words = shlex.split(
+                line.split(" #")[0].replace("<", "_").replace(">", "_"), comments=True
+            )
             # `easycls ...`, or `python -m easycls ...` / `accelerate launch ... -m easycls ...`
-            at = [i for i, w in enumerate(words) if w == "easycls" and (i == 0 or words[i - 1] == "-m")]
+            at = [
+                i
+                for i, w in enumerate(words)
+                if w == "easycls" and (i == 0 or words[i - 1] == "-m")
+            ]
             if not at or words[at[0] + 1:at[0] + 2] in ([], ["--version"], ["--help"]):
                 continue
             words = words[at[0]:]
@@ -75,7 +87,9 @@ def test_shell_commands_in_docs_use_real_commands_and_options(doc):
             known = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
             for w in rest:
                 if w.startswith("-") and w != "-":
-                    assert w.split("=")[0] in known, f"{doc.name}: {w} is not an option of `easycls {words[1]}`"
+                    assert w.split("=")[0] in known, (
+                        f"{doc.name}: {w} is not an option of `easycls {words[1]}`"
+                    )
 
 
 @pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: p.name)

@@ -1,4 +1,5 @@
-"""`easycls evaluate` and submissions, on real runs of the embedded datasets and tiny generated data."""
+"""`easycls evaluate` and submissions, on real runs of the embedded datasets and tiny generated
+data."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
-    """A real (tiny) run on the embedded digits data: one epoch of timm's smallest resnet at 16 px."""
+    """A real (tiny) run on the embedded digits data: one epoch of timm's smallest resnet at 16
+    px."""
     out = tmp_path_factory.mktemp("runs") / "digits"
     fit("digits", arch="test_resnet", epochs=1, size=16, bs=64, lr=3e-3, out=str(out), quiet=True)
     return out
@@ -123,7 +125,9 @@ def _write_multilabel(root: Path, n: int, seed: int, classes=("a", "b", "c", "d"
     for i in range(n):
         picks = sorted(rng.choice(len(classes), size=int(rng.integers(1, 3)), replace=False))
         halves = [np.asarray(color_image(int(c), len(classes), rng, 24)) for c in (picks * 2)[:2]]
-        Image.fromarray(np.concatenate([halves[0][:12], halves[1][12:]])).save(root / "images" / f"{i}.png")
+        Image.fromarray(np.concatenate([halves[0][:12], halves[1][12:]])).save(
+            root / "images" / f"{i}.png"
+        )
         lines.append(f"{i}.png,{' '.join(classes[c] for c in picks)},a caption, with commas")
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     return root / "labels.csv"
@@ -134,8 +138,18 @@ def multi_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ml")
     labels = _write_multilabel(root, 64, seed=0)
     out = root / "run"
-    fit(str(labels), images=str(root / "images"), arch="test_resnet", pretrained=False, epochs=1, size=32,
-        bs=16, lr=1e-3, out=str(out), quiet=True)
+    fit(
+        str(labels),
+        images=str(root / "images"),
+        arch="test_resnet",
+        pretrained=False,
+        epochs=1,
+        size=32,
+        bs=16,
+        lr=1e-3,
+        out=str(out),
+        quiet=True,
+    )
     return labels, out
 
 
@@ -149,9 +163,13 @@ def test_multi_label_report(multi_run):
     rows = _rows(out / "per_class.csv")
     preds = _rows(out / "predictions.csv")
     positives = Counter(lab for r in preds for lab in r["targets"].split())
-    assert {r["class"]: int(r["support"]) for r in rows} == {c: positives.get(c, 0) for c in ev.classes}
+    assert {r["class"]: int(r["support"]) for r in rows} == {
+        c: positives.get(c, 0) for c in ev.classes
+    }
     predicted = Counter(lab for r in preds for lab in r["predicted"].split())
-    assert {r["class"]: int(r["predicted"]) for r in rows} == {c: predicted.get(c, 0) for c in ev.classes}
+    assert {r["class"]: int(r["predicted"]) for r in rows} == {
+        c: predicted.get(c, 0) for c in ev.classes
+    }
     stored = load(run).thresholds()
     assert [float(r["threshold"]) for r in rows] == pytest.approx(stored.tolist())
     m = json.loads((out / "metrics.json").read_text())

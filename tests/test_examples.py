@@ -15,8 +15,15 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def _run(cmd: list[str], tmp_path: Path, timeout: int = 600) -> str:
-    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHON": sys.executable, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmp_path),
+        "PYTHON": sys.executable,
+        "PYTHONWARNINGS": "ignore",
+    }
+    done = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -63,7 +70,9 @@ def test_imagenet_scaling_script_smoke(tmp_path):
     out = _run(["bash", str(EXAMPLES / "imagenet_resnet50_scaling.sh"), "--smoke"], tmp_path)
     assert "gpus epochs" in out and "benchmark:" in out
     run = next(tmp_path.glob("imagenet-smoke-*"))
-    assert (run / "imagenet-r50-1gpu" / "metrics.json").exists() and (run / "bench" / "bench.json").exists()
+    assert (run / "imagenet-r50-1gpu" / "metrics.json").exists() and (
+        run / "bench" / "bench.json"
+    ).exists()
 
 
 @pytest.mark.slow

@@ -189,7 +189,10 @@ def test_export_then_load_learner_in_a_fresh_process(run, tmp_path):
     res = subprocess.run([sys.executable, "-c", code, str(pkl), f], capture_output=True,
                          text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == easycls.load(out, device="cpu").predict(f)[0]
+    assert (
+        json.loads(res.stdout.strip().splitlines()[-1])
+        == easycls.load(out, device="cpu").predict(f)[0]
+    )
     pkl.unlink()
 
 

@@ -60,7 +60,10 @@ def test_same_batches_as_the_item_by_item_loader(multi, shuffle, drop_last):
 def test_same_shards_under_the_ddp_wrapper():
     ds = _cached(n=40)
     for rank in (0, 1):
-        old, new = TfmdDL(ds, bs=4, shuffle=True, drop_last=True), FeedDL(ds, bs=4, shuffle=True, drop_last=True)
+        old, new = (
+            TfmdDL(ds, bs=4, shuffle=True, drop_last=True),
+            FeedDL(ds, bs=4, shuffle=True, drop_last=True),
+        )
         old.rng.seed(3)
         new.rng.seed(3)
         # world 2 without a process group: the broadcast is the identity, the sharding is real
@@ -79,7 +82,10 @@ def test_new_and_after_batch_keep_the_settings():
 
 
 def test_a_dataset_without_pixels_loads_item_by_item():
-    items = [(TensorImage(torch.full((3, 4, 4), i, dtype=torch.uint8)), TensorCategory(i)) for i in range(10)]
+    items = [
+        (TensorImage(torch.full((3, 4, 4), i, dtype=torch.uint8)), TensorCategory(i))
+        for i in range(10)
+    ]
     dl = FeedDL(items, bs=4)
     assert not dl.batch_level and batch_gather(items, torch.device("cpu")) is None
     xb, yb = dl.one_batch()
@@ -90,7 +96,8 @@ def test_a_batch_kept_by_the_caller_is_never_overwritten():
     ds = _cached(n=64)
     dl = FeedDL(ds, bs=8, shuffle=False)
     kept = [x.clone() for x, _ in dl]
-    held = list(dl)  # every batch alive at once: the reused host blocks must not be handed out twice
+    # every batch alive at once: the reused host blocks must not be handed out twice
+    held = list(dl)
     for (x, _), want in zip(held, kept):
         assert torch.equal(x, want)
     ptrs = {x.data_ptr() for x, _ in held}
@@ -137,7 +144,8 @@ def test_decode_jpegs_on_cpu_matches_pil():
         ref = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
         top, left = (h - 24) // 2, (w - 24) // 2
         ref = ref[top:top + 24, left:left + 24].transpose(2, 0, 1).astype(int)
-        assert np.abs(x.numpy().astype(int) - ref).max() <= 2  # libjpeg builds may round differently
+        # libjpeg builds may round differently
+        assert np.abs(x.numpy().astype(int) - ref).max() <= 2
 
 
 def test_jpeg_store_row_views_and_decoded_refs_batch_like_items(tmp_path):
@@ -272,5 +280,7 @@ def test_device_smooth_loss_records_what_fastai_records():
     assert len(lazy.recorder.losses) == len(plain.recorder.losses) == 12
     assert all(type(v) is torch.Tensor and v.device.type == "cpu" for v in lazy.recorder.losses)
     assert torch.allclose(torch.stack(lazy.recorder.losses), torch.stack(plain.recorder.losses))
-    assert np.allclose(np.array(lazy.recorder.values, float), np.array(plain.recorder.values, float))
+    assert np.allclose(
+        np.array(lazy.recorder.values, float), np.array(plain.recorder.values, float)
+    )
     assert type(lazy.recorder.smooth_loss).__name__ == "AvgSmoothLoss"  # fastai's, back after fit

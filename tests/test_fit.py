@@ -17,7 +17,14 @@ import easycls
 from easycls.data.sources import DataError
 from easycls.learners import ArchError, PretrainedUnavailable
 
-RUN_FILES = {"model.safetensors", "model.json", "metrics.json", "history.csv", "config.json", "loss.png"}
+RUN_FILES = {
+    "model.safetensors",
+    "model.json",
+    "metrics.json",
+    "history.csv",
+    "config.json",
+    "loss.png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,10 @@ def test_run_directory_contract(trained):
     meta = json.loads((out / "model.json").read_text())
     assert meta["classes"] == ["cat", "dog", "fox"]
     assert meta["arch"] == "resnet18" and meta["input_size"] == 32 and not meta["multi_label"]
-    assert len(meta["mean"]) == len(meta["std"]) == 3 and meta["easycls_version"] == easycls.__version__
+    assert (
+        len(meta["mean"]) == len(meta["std"]) == 3
+        and meta["easycls_version"] == easycls.__version__
+    )
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert {"train_loss", "valid_loss", "accuracy", "seconds"} <= set(rows[0])
@@ -66,7 +76,9 @@ def test_load_in_fresh_process_needs_no_fastai(trained):
     img = next((root / "dog").iterdir())
     code = ("import sys, easycls; p = easycls.load(sys.argv[1], device='cpu'); "
             "print(p.predict(sys.argv[2])[0]); print('fastai' in sys.modules)")
-    res = subprocess.run([sys.executable, "-c", code, str(out), str(img)], capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(out), str(img)], capture_output=True, text=True, check=True
+    )
     label, fastai_loaded = res.stdout.split()
     assert label == "dog" and fastai_loaded == "False"
     # No pickle; and checkpoint.pth (the resume state) is removed once the run completed.
@@ -77,7 +89,9 @@ def test_save_learner_as_bundle(trained, tmp_path):
     learn, out, root = trained
     easycls.save(learn, tmp_path / "copy")
     a = easycls.load(out, device="cpu").probabilities([str(next((root / "cat").iterdir()))])
-    b = easycls.load(tmp_path / "copy", device="cpu").probabilities([str(next((root / "cat").iterdir()))])
+    b = easycls.load(tmp_path / "copy", device="cpu").probabilities(
+        [str(next((root / "cat").iterdir()))]
+    )
     np.testing.assert_allclose(a, b)
 
 
@@ -132,7 +146,11 @@ def test_offline_pretrained_fails_fast_with_hint(class_folders, tmp_path, monkey
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
     t0 = time.perf_counter()
     with pytest.raises(PretrainedUnavailable) as err:
-        easycls.fit(str(class_folders), **{**TINY, "pretrained": True, "arch": "resnet10t"}, out=str(tmp_path / "r"))
+        easycls.fit(
+            str(class_folders),
+            **{**TINY, "pretrained": True, "arch": "resnet10t"},
+            out=str(tmp_path / "r"),
+        )
     assert time.perf_counter() - t0 < 10
     assert "--no-pretrained" in str(err.value) and "--weights" in str(err.value)
 
@@ -142,9 +160,14 @@ def test_local_weights_file(class_folders, tmp_path):
     from safetensors.torch import save_file
     weights = tmp_path / "w.safetensors"
     save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(weights))
-    learn = easycls.fit(str(class_folders), **{**TINY, "weights": str(weights)}, out=str(tmp_path / "r"))
+    learn = easycls.fit(
+        str(class_folders), **{**TINY, "weights": str(weights)}, out=str(tmp_path / "r")
+    )
     # fine_tune ran: one frozen epoch, then the planned one
-    assert len(learn.recorder.values) == 1 and (tmp_path / "r" / "history.csv").read_text().count("\n") == 3
+    assert (
+        len(learn.recorder.values) == 1
+        and (tmp_path / "r" / "history.csv").read_text().count("\n") == 3
+    )
 
 
 def test_unknown_source_suggests_recipe():
@@ -154,8 +177,13 @@ def test_unknown_source_suggests_recipe():
 
 def test_custom_module_arch(class_folders, tmp_path):
     def small_cnn(n_out: int) -> torch.nn.Module:
-        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, n_out))
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, n_out),
+        )
     learn = easycls.fit(str(class_folders), **{**TINY, "arch": small_cnn}, out=str(tmp_path / "r"))
     # recorded by import path (custom:<module>:<qualname>); a local function cannot be imported
     arch = learn.easycls.bundle_meta["arch"]
@@ -172,10 +200,15 @@ def test_digits_demo_reaches_095(tmp_path):
     from easycls.data.builtin import materialize
     valid = materialize("digits") / "valid"
     out_csv = tmp_path / "preds.csv"
-    subprocess.run(["easycls", "predict", str(tmp_path / "digits"), str(valid), "--csv", str(out_csv)], check=True)
+    subprocess.run(
+        ["easycls", "predict", str(tmp_path / "digits"), str(valid), "--csv", str(out_csv)],
+        check=True,
+    )
     rows = list(csv.DictReader(out_csv.open()))
     hits = [r["label"] == r["file"].split("/")[-2] for r in rows]
-    assert len(rows) == 360 and abs(sum(hits) / len(hits) - learn.easycls.metrics["accuracy"]) < 1e-6
+    assert (
+        len(rows) == 360 and abs(sum(hits) / len(hits) - learn.easycls.metrics["accuracy"]) < 1e-6
+    )
 
 
 def test_channels_last_on_cpu_for_depthwise_models_and_bundle_still_loads(class_folders, tmp_path):
@@ -184,7 +217,9 @@ def test_channels_last_on_cpu_for_depthwise_models_and_bundle_still_loads(class_
     convs = [m.weight for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     probs, _ = learn.get_preds(ds_idx=1)
-    again = easycls.load(tmp_path / "r", device="cpu").probabilities(learn.dls.valid.dataset.pixels.refs)
+    again = easycls.load(tmp_path / "r", device="cpu").probabilities(
+        learn.dls.valid.dataset.pixels.refs
+    )
     np.testing.assert_allclose(again, probs.numpy(), atol=1e-4)
 
 

@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_check_dry_run_writes_its_json(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHON": sys.executable, "EASYCLS_BENCH_DATA": str(tmp_path / "data")}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "SKIPPED" in done.stdout  # the CUDA-only parts say that they did not run
     result = json.loads(out.read_text())

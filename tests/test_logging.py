@@ -13,20 +13,36 @@ from typer.testing import CliRunner
 from easycls.cli import app
 
 runner = CliRunner()
-ARGS = ["--arch", "resnet18", "--no-pretrained", "--epochs", "2", "--size", "16", "--bs", "8", "--lr", "1e-3",
-        "--quiet"]
+ARGS = [
+    "--arch",
+    "resnet18",
+    "--no-pretrained",
+    "--epochs",
+    "2",
+    "--size",
+    "16",
+    "--bs",
+    "8",
+    "--lr",
+    "1e-3",
+    "--quiet",
+]
 has_tensorboard = importlib.util.find_spec("tensorboard") is not None
 
 
 def test_log_json_matches_history(tmp_path):
     data = write_class_folders(tmp_path / "pets")
     events = tmp_path / "events.jsonl"
-    result = runner.invoke(app, ["fit", str(data), "--out", str(tmp_path / "run"), "--log-json", str(events), *ARGS])
+    result = runner.invoke(
+        app, ["fit", str(data), "--out", str(tmp_path / "run"), "--log-json", str(events), *ARGS]
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     assert [e["event"] for e in lines] == ["fit_start", "epoch", "epoch", "fit_end"]
     history = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
-    assert [e["epoch"] for e in lines if e["event"] == "epoch"] == [int(r["epoch"]) for r in history]
+    assert [e["epoch"] for e in lines if e["event"] == "epoch"] == [
+        int(r["epoch"]) for r in history
+    ]
     for e, r in zip([e for e in lines if e["event"] == "epoch"], history):
         assert e["valid_loss"] == pytest.approx(float(r["valid_loss"]))
 
@@ -35,7 +51,9 @@ def test_log_json_matches_history(tmp_path):
 def test_tensorboard_writes_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     data = write_class_folders(tmp_path / "pets")
-    result = runner.invoke(app, ["fit", str(data), "--out", str(tmp_path / "run"), "--tensorboard", *ARGS])
+    result = runner.invoke(
+        app, ["fit", str(data), "--out", str(tmp_path / "run"), "--tensorboard", *ARGS]
+    )
     assert result.exit_code == 0, result.output
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     acc.Reload()
@@ -56,7 +74,9 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     monkeypatch.delitem(__import__("sys").modules, "fastai.callback.tensorboard", raising=False)
     data = write_class_folders(tmp_path / "pets")
-    result = runner.invoke(app, ["fit", str(data), "--out", str(tmp_path / "run"), "--tensorboard", *ARGS])
+    result = runner.invoke(
+        app, ["fit", str(data), "--out", str(tmp_path / "run"), "--tensorboard", *ARGS]
+    )
     assert result.exit_code == 2
     assert "pip install tensorboard" in result.output
     assert not (tmp_path / "run" / "history.csv").exists()  # stopped before training

@@ -1,4 +1,5 @@
-"""The learning-rate choice: bounded cost, defaults per mode, robust suggestions (fakes, no timing)."""
+"""The learning-rate choice: bounded cost, defaults per mode, robust suggestions (fakes, no
+timing)."""
 
 from __future__ import annotations
 

@@ -29,13 +29,16 @@ def _mosaic(labels: list[str], rng) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def course_data(tmp_path_factory):
-    """`train.csv` like the competition's: ImageID,Labels,Caption with unquoted commas and quotes."""
+    """`train.csv` like the competition's: ImageID,Labels,Caption with unquoted commas and
+    quotes."""
     root = tmp_path_factory.mktemp("comp")
     (root / "data").mkdir()
     rng = np.random.default_rng(0)
     lines = ["ImageID,Labels,Caption"]
     for i in range(80):
-        labels = sorted(rng.choice(LABELS, size=rng.integers(1, 4), replace=False).tolist(), key=int)
+        labels = sorted(
+            rng.choice(LABELS, size=rng.integers(1, 4), replace=False).tolist(), key=int
+        )
         _mosaic(labels, rng).save(root / "data" / f"{i}.jpg", quality=95)
         lines.append(f'{i}.jpg,{" ".join(labels)},A "man", riding a horse, on a beach {i}')
     (root / "train.csv").write_text("\n".join(lines) + "\n")
@@ -45,8 +48,12 @@ def course_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ml_run(course_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "ml"
-    learn = easycls.fit(str(course_data / "train.csv"), images=str(course_data / "data"), out=str(out),
-                        **{**TINY, "epochs": 3, "lr": 3e-3})
+    learn = easycls.fit(
+        str(course_data / "train.csv"),
+        images=str(course_data / "data"),
+        out=str(out),
+        **{**TINY, "epochs": 3, "lr": 3e-3},
+    )
     return learn, out
 
 
@@ -74,7 +81,9 @@ def test_predict_applies_stored_thresholds_and_override(ml_run, course_data):
     p = easycls.load(out, device="cpu")
     img = str(course_data / "data" / "0.jpg")
     labels, probs = p.predict(img)
-    expected = [c for c, pr, t in zip(p.classes, p.probabilities([img])[0], p.thresholds()) if pr >= t]
+    expected = [
+        c for c, pr, t in zip(p.classes, p.probabilities([img])[0], p.thresholds()) if pr >= t
+    ]
     assert labels == expected
     assert p.predict(img, threshold=0.0)[0] == LABELS  # everything passes a 0 threshold
     assert p.predict(img, threshold=1.01)[0] == []
@@ -89,15 +98,22 @@ def test_retune_command_updates_bundle(ml_run, course_data, tmp_path):
                                       "--images", str(course_data / "data"), "--average", "micro"])
     assert result.exit_code == 0, result.output
     meta = json.loads((copy / "model.json").read_text())
-    assert meta["thresholds"]["average"] == "micro" and meta["thresholds"]["tuned_on"]["images"] == 80
+    assert (
+        meta["thresholds"]["average"] == "micro" and meta["thresholds"]["tuned_on"]["images"] == 80
+    )
     assert meta["thresholds"]["f1"]["tuned"] >= meta["thresholds"]["f1"]["at_0.5"] - 1e-12
 
 
 def test_force_single_label_is_refused_for_multi_label_rows(course_data, tmp_path):
     from easycls.data.sources import DataError
     with pytest.raises((DataError, ValueError), match="label"):
-        easycls.fit(str(course_data / "train.csv"), images=str(course_data / "data"), multi_label=False,
-                    out=str(tmp_path / "r"), **TINY)
+        easycls.fit(
+            str(course_data / "train.csv"),
+            images=str(course_data / "data"),
+            multi_label=False,
+            out=str(tmp_path / "r"),
+            **TINY,
+        )
 
 
 @pytest.mark.slow

@@ -32,7 +32,8 @@ def _build(name: str, base: Path) -> Path:
     return R.comp5329(base / "comp")
 
 
-# name -> (classes, n_valid given by the data or None for a random split, n_test, truncated file name)
+# name -> (classes, n_valid given by the data or None for a random split, n_test, truncated file
+# name)
 EXPECTED = {
     "asl": (R.ASL_CLASSES, None, 3, "A1.jpg"),
     "animals15": (R.ANIMALS, 6, 6, "Dog-Train (1).jpeg"),
@@ -161,8 +162,15 @@ def test_explicit_path_without_the_layout(tmp_path):
         easycls.fit("animals15", path=str(tmp_path / "missing.zip"), **TINY)
 
 
-@pytest.mark.parametrize("name, hint", [("asll", "'asl'"), ("tiny_imagenet", "'tiny-imagenet'"),
-                                        ("Animals15", "'animals15'"), ("./data/animal15.zip", "'animals15'")])
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("asll", "'asl'"),
+        ("tiny_imagenet", "'tiny-imagenet'"),
+        ("Animals15", "'animals15'"),
+        ("./data/animal15.zip", "'animals15'"),
+    ],
+)
 def test_unknown_name_suggests_closest(name, hint):
     with pytest.raises(DataError) as e:
         easycls.fit(name, **TINY)
@@ -183,12 +191,17 @@ def test_dataset_table_and_cli(downloads, tmp_path, monkeypatch):
     from easycls.cli import app
     res = CliRunner().invoke(app, ["datasets"])
     assert res.exit_code == 0, res.output
-    assert "comp5329" in res.output and "COMP5329S1A2Dataset" in res.output and "tiny-imagenet" in res.output
+    assert (
+        "comp5329" in res.output
+        and "COMP5329S1A2Dataset" in res.output
+        and "tiny-imagenet" in res.output
+    )
 
 
 @pytest.mark.parametrize("name", ["animals15", "tiny-imagenet", "comp5329"])
 def test_plain_path_holding_a_recipe_layout_uses_it(name, downloads):
-    """`fit("archive.zip")` on a known download reads its real splits, not `Training Data/` as a class."""
+    """`fit("archive.zip")` on a known download reads its real splits, not `Training Data/` as a
+    class."""
     from easycls.data.prepare import read_path
     expected = get_recipe(name).load(TrainConfig(source=name, path=str(downloads[name][0])))
     for given in downloads[name]:
@@ -212,6 +225,9 @@ def test_cli_fit_recipe_not_found_exits_with_the_message(tmp_path):
     from typer.testing import CliRunner
 
     from easycls.cli import app
-    res = CliRunner().invoke(app, ["fit", "asl", "--path", str(tmp_path / "nope"), "--no-pretrained"])
+
+    res = CliRunner().invoke(
+        app, ["fit", "asl", "--path", str(tmp_path / "nope"), "--no-pretrained"]
+    )
     assert res.exit_code == 2
     assert "does not exist" in res.output and "grassknoted/asl-alphabet" in res.output

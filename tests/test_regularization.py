@@ -1,4 +1,5 @@
-"""Each regularization knob (wd, l1, ps, label_smoothing) changes training, and in the right direction.
+"""Each regularization knob (wd, l1, ps, label_smoothing) changes training, and in the right
+direction.
 
 Every run uses the same data, seed and schedule; a knob is judged against a baseline that is
 first shown to repeat exactly, so any difference is the knob's doing. Custom `nn.Module`
@@ -33,7 +34,9 @@ def data(tmp_path_factory):
 
 def _weights(data, tmp_path, name: str, arch=tiny_cnn, **knobs) -> torch.Tensor:
     learn = fit(str(data), arch=arch, out=str(tmp_path / name), **{**BASE, **knobs})
-    return torch.cat([p.detach().flatten() for n, p in learn.model.named_parameters() if p.ndim > 1])
+    return torch.cat(
+        [p.detach().flatten() for n, p in learn.model.named_parameters() if p.ndim > 1]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Generic layouts read by `from_path`: class folders, split folders, CSV + images, and a zip of each."""
+"""Generic layouts read by `from_path`: class folders, split folders, CSV + images, and a zip of
+each."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ def test_class_folders(tmp_path):
     assert all("archive.zip!/pets/" in r for r in zipped.refs)
 
 
-@pytest.mark.parametrize("train, valid, test", [("train", "valid", "test"), ("Train", "VAL", "Test"),
-                                                ("training", "validation", "testing")])
+@pytest.mark.parametrize(
+    "train, valid, test",
+    [("train", "valid", "test"), ("Train", "VAL", "Test"), ("training", "validation", "testing")],
+)
 def test_split_folders(train, valid, test, tmp_path):
     root = tmp_path / "split"
     _classes(root / train, n=3)
@@ -79,7 +82,9 @@ def test_csv_with_images_folder_and_ids_without_extension(tmp_path):
     rows = [f"{i},{'cat' if i % 2 == 0 else 'dog'}" for i in range(6)]
     (tmp_path / "labels.csv").write_text("id,label\n" + "\n".join(rows) + "\n")
     t = from_path(tmp_path / "labels.csv")  # images/ beside the CSV is found
-    assert t.classes == ["cat", "dog"] and [r.rsplit("/", 1)[1] for r in t.refs] == [f"{i}.jpg" for i in range(6)]
+    assert t.classes == ["cat", "dog"] and [r.rsplit("/", 1)[1] for r in t.refs] == [
+        f"{i}.jpg" for i in range(6)
+    ]
 
 
 def test_multilabel_csv_with_free_text(tmp_path):

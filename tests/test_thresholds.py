@@ -126,7 +126,9 @@ def test_accepts_torch_tensors():
     p32 = tp.numpy().astype(np.float64)
     for average in AVERAGES:
         assert f1_scores(tp, ty, 0.5, average) == f1_scores(p32, y, 0.5, average)
-        assert best_global_threshold(tp, ty.int(), average) == best_global_threshold(p32, y, average)
+        assert best_global_threshold(tp, ty.int(), average) == best_global_threshold(
+            p32, y, average
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Any timm backbone: one small epoch per model family, or an early error naming the sizes that work."""
+"""Any timm backbone: one small epoch per model family, or an early error naming the sizes that
+work."""
 
 from __future__ import annotations
 

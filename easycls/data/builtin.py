@@ -199,7 +199,9 @@ def _build_digits(out: Path) -> dict[str, int]:
     return {split: len(indices) for split, indices in _split().items()}
 
 
-def _mosaic_plans(pool: np.ndarray, count: int, rng: np.random.Generator) -> list[list[tuple[int, int]]]:
+def _mosaic_plans(
+    pool: np.ndarray, count: int, rng: np.random.Generator
+) -> list[list[tuple[int, int]]]:
     """For each mosaic, (cell 0-3 in row-major order, sample index) pairs, cells ascending."""
     plans = []
     for _ in range(count):

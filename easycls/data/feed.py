@@ -112,7 +112,8 @@ class ArrayGather(_Gather):
 
 
 class ItemGather(_Gather):
-    """Items decoded on access (`pixels[i]` -> (S, S, 3) uint8), written into one block by threads."""
+    """Items decoded on access (`pixels[i]` -> (S, S, 3) uint8), written into one block by
+    threads."""
 
     def __init__(self, pixels, device: torch.device, workers: int = 1):
         super().__init__(device, None, len(pixels))
@@ -245,8 +246,12 @@ class FeedDL(TfmdDL):
     @property
     def batch_level(self) -> bool:
         """True when batches are gathered whole (else item by item, as in fastai)."""
-        return (self.bs is not None and len(self.after_item.fs) == 0 and len(self.before_batch.fs) == 0
-                and batch_gather(self.dataset, torch.device("cpu")) is not None)
+        return (
+            self.bs is not None
+            and len(self.after_item.fs) == 0
+            and len(self.before_batch.fs) == 0
+            and batch_gather(self.dataset, torch.device("cpu")) is not None
+        )
 
     def create_batches(self, samps):
         if not self.batch_level:

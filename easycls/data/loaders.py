@@ -238,8 +238,14 @@ class BatchAugment(DisplayedTransform):
 
     split_idx, order = 0, 20  # after IntToFloatTensor (10), before Normalize (99)
 
-    def __init__(self, size: int, flip: bool = True, max_rotate: float = 10.0, max_zoom: float = 1.1,
-                 max_lighting: float = 0.2):
+    def __init__(
+        self,
+        size: int,
+        flip: bool = True,
+        max_rotate: float = 10.0,
+        max_zoom: float = 1.1,
+        max_lighting: float = 0.2,
+    ):
         super().__init__()
         self.size, self.flip, self.max_rotate, self.max_zoom, self.max_lighting = (
             size, flip, max_rotate, max_zoom, max_lighting)
@@ -272,8 +278,13 @@ class BatchAugment(DisplayedTransform):
     def _augment(self, x: TensorImage) -> TensorImage:
         n = x.shape[0]
         plain = x.as_subclass(torch.Tensor)  # skip fastai's per-op dispatch on the big tensor
-        out = F.grid_sample(plain, self._grid(n, x.device), mode="bilinear", padding_mode="reflection",
-                            align_corners=True)
+        out = F.grid_sample(
+            plain,
+            self._grid(n, x.device),
+            mode="bilinear",
+            padding_mode="reflection",
+            align_corners=True,
+        )
         if self.max_lighting:
             r = lambda: torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1  # noqa: E731
             contrast = torch.exp(r() * -math.log(1 - self.max_lighting))

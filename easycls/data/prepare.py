@@ -197,8 +197,14 @@ class PreparedData:
         va_lab = [labels[i] for i in self._split_refs(True)]
         y_tr = encode_labels(tr_lab, self.vocab, self.multi_label)
         y_va = encode_labels(va_lab, self.vocab, self.multi_label)
-        return (ImageDataset(_rows(self.train_px, self.train_rows), y_tr, self.multi_label, 0, self.vocab),
-                ImageDataset(_rows(self.valid_px, self.valid_rows), y_va, self.multi_label, 1, self.vocab))
+        return (
+            ImageDataset(
+                _rows(self.train_px, self.train_rows), y_tr, self.multi_label, 0, self.vocab
+            ),
+            ImageDataset(
+                _rows(self.valid_px, self.valid_rows), y_va, self.multi_label, 1, self.vocab
+            ),
+        )
 
     def pixel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of (a sample of) the training pixels."""

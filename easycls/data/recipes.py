@@ -35,8 +35,17 @@ from .sources import (
 )
 from .tables import read_id_csv, read_label_csv
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "is_recipe", "locate", "search_places", "dataset_table", "detect",
-           "read_recipe_layout"]
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "get_recipe",
+    "is_recipe",
+    "locate",
+    "search_places",
+    "dataset_table",
+    "detect",
+    "read_recipe_layout",
+]
 
 
 @dataclass
@@ -74,7 +83,9 @@ def search_places(recipe: Recipe, path: str | os.PathLike | None = None) -> list
     """Candidate locations for a recipe's data, in search order (they may not exist)."""
     if path is not None:
         return [Path(path).expanduser()]
-    bases = [Path(os.environ["EASYCLS_DATA"]).expanduser()] if os.environ.get("EASYCLS_DATA") else []
+    bases = (
+        [Path(os.environ["EASYCLS_DATA"]).expanduser()] if os.environ.get("EASYCLS_DATA") else []
+    )
     bases += [Path.home() / "data", Path("data")]
     names = (recipe.name, *recipe.aliases)
     return [b / f"{n}{ext}" for b in bases for n in names for ext in ("", ".zip")]
@@ -149,13 +160,19 @@ def locate(recipe: Recipe, path: str | os.PathLike | None = None) -> Tree:
             return tree
     expected = " or ".join(" + ".join(m) for m in recipe.layouts)
     if path is not None:
-        found = "does not exist" if not places[0].exists() else f"does not contain the {recipe.name} layout ({expected})"
-        raise DataError(f"{places[0]} {found}. Give the dataset folder, its parent or its Kaggle zip"
+        found = (
+            "does not exist"
+            if not places[0].exists()
+            else f"does not contain the {recipe.name} layout ({expected})"
+        )
+        raise DataError(f"{places[0]} {found}. Give the dataset folder, its parent or its Kaggle "
+                        "zip"
                         + (f"; download it with: {recipe.download}" if recipe.download else ""))
     listed = "\n  ".join(str(p) for p in places)
-    raise DataError(f"dataset {recipe.name!r} not found; looked for a folder or zip holding {expected} in:\n  "
-                    f"{listed}\nDownload it with: {recipe.download}\nthen pass path=... (--path), or put it in "
-                    f"$EASYCLS_DATA/{recipe.name} (no download is attempted).")
+    raise DataError(f"dataset {recipe.name!r} not found; looked for a folder or zip holding "
+                    f"{expected} in:\n  {listed}\nDownload it with: {recipe.download}\nthen pass "
+                    f"path=... (--path), or put it in $EASYCLS_DATA/{recipe.name} (no download is "
+                    "attempted).")
 
 
 def _specific(markers: tuple[str, ...]) -> bool:
@@ -203,8 +220,12 @@ def _located(layout: Callable[[Tree, Any], ItemTable], name: str) -> Callable[[A
 def _combine(train: ItemTable, valid: ItemTable | None, test: ItemTable | None = None) -> ItemTable:
     """One table from a given train/valid (and labelled test) split; classes match by name."""
     valid_refs = valid.refs if valid else []
-    table = ItemTable(train.refs + valid_refs, train.labels + (valid.labels if valid else []),
-                      [False] * len(train.refs) + [True] * len(valid_refs) if valid else None, root=train.root)
+    table = ItemTable(
+        train.refs + valid_refs,
+        train.labels + (valid.labels if valid else []),
+        [False] * len(train.refs) + [True] * len(valid_refs) if valid else None,
+        root=train.root,
+    )
     if test is not None:
         table.test_refs, table.test_labels = test.refs, test.labels
     return table
@@ -235,7 +256,9 @@ def _animals15(tree: Tree, cfg) -> ItemTable:
     valid = from_tree(tree.sub("Validation Data"))
     test = None
     if tree.exists("Testing Data"):
-        test = _labelled_test(from_tree(tree.sub("Testing Data")), train.classes, tree.where("Testing Data"))
+        test = _labelled_test(
+            from_tree(tree.sub("Testing Data")), train.classes, tree.where("Testing Data")
+        )
     table = _combine(train, valid, test)
     table.root = tree.where()
     return table
@@ -251,7 +274,9 @@ def _word_names(text: str, wanted: set[str]) -> dict[str, str]:
     return names
 
 
-def _annotated(tree: Tree, folder: str, pairs: list[tuple[str, str]], rows: list[int], listed_in: str) -> ItemTable:
+def _annotated(
+    tree: Tree, folder: str, pairs: list[tuple[str, str]], rows: list[int], listed_in: str
+) -> ItemTable:
     """Items whose labels come from an annotation file rather than from folders."""
     refs = resolve_in_tree([f for f, _ in pairs], rows, tree.sub(folder), listed_in)
     return ItemTable(refs, [[lab] for _, lab in pairs], root=tree.where(folder))
@@ -262,7 +287,8 @@ def _tiny_imagenet(tree: Tree, cfg) -> ItemTable:
     train = from_tree(tree.sub("train"))  # train/<wnid>/images/*.JPEG; the *_boxes.txt are ignored
     unknown = sorted(set(train.classes) - set(wnids))
     if unknown:
-        raise DataError(f"train folder(s) {unknown[:10]} in {tree.where('train')} are not listed in wnids.txt")
+        raise DataError(f"train folder(s) {unknown[:10]} in {tree.where('train')} are not listed "
+                        "in wnids.txt")
     lines = [ln.split("\t") for ln in tree.read_text("val/val_annotations.txt").splitlines()]
     numbered = [(i, ln) for i, ln in enumerate(lines, 1) if len(ln) >= 2]
     valid = _annotated(tree, "val/images", [(ln[0].strip(), ln[1].strip()) for _, ln in numbered],
@@ -314,11 +340,17 @@ def _comp5329(tree: Tree, cfg) -> ItemTable:
     with tempfile.TemporaryDirectory() as tmp:
         train_csv = tree.extract("train.csv", Path(tmp))
         labels = read_label_csv(train_csv, label_delimiter=cfg.label_delimiter or " ")
-        test_ids = read_id_csv(tree.extract("test.csv", Path(tmp))) if tree.exists("test.csv") else ([], [])
+        test_ids = (
+            read_id_csv(tree.extract("test.csv", Path(tmp)))
+            if tree.exists("test.csv")
+            else ([], [])
+        )
     where = tree.where("train.csv")
     refs = resolve_in_tree(labels.files, labels.rows, tree.sub("data"), where)
     table = ItemTable(refs, labels.labels, root=tree.where())
-    table.test_refs = resolve_in_tree(test_ids[0], test_ids[1], tree.sub("data"), tree.where("test.csv"))
+    table.test_refs = resolve_in_tree(
+        test_ids[0], test_ids[1], tree.sub("data"), tree.where("test.csv")
+    )
     table.test_ids = test_ids[0]  # submission rows, in test.csv order
     return table
 
@@ -360,12 +392,17 @@ def score_test(run_dir: Path, predictor, table: ItemTable) -> None:
     good, bad = _readable([table.test_refs[i] for i in scored])
     preds = predictor.predict_many([table.test_refs[scored[j]] for j in good])
     hits = [pred == table.test_labels[scored[j]][0] for j, (pred, _) in zip(good, preds)]
-    metrics = {"test_accuracy": sum(hits) / max(len(hits), 1), "n_test": len(hits), "n_unreadable": len(bad)}
+    metrics = {
+        "test_accuracy": sum(hits) / max(len(hits), 1),
+        "n_test": len(hits),
+        "n_unreadable": len(bad),
+    }
     write_json(run_dir / "test_metrics.json", metrics)
 
 
 def write_submission(run_dir: Path, predictor, table: ItemTable) -> None:
-    """`submission.csv` (`ImageID,Labels`, labels space-separated) for every id of test.csv, in order.
+    """`submission.csv` (`ImageID,Labels`, labels space-separated) for every id of test.csv, in
+    order.
 
     An unreadable test image gets an empty Labels cell (listed in `submission.skipped.txt`)
     and a warning, so the file still has one row per id as Kaggle requires.
@@ -375,8 +412,13 @@ def write_submission(run_dir: Path, predictor, table: ItemTable) -> None:
     score_test(run_dir, predictor, table)
     if not table.test_ids:
         return
-    _, bad = write_rows(predictor, table.test_refs, run_dir / "submission.csv", fmt="ImageID,Labels",
-                        ids=table.test_ids)
+    _, bad = write_rows(
+        predictor,
+        table.test_refs,
+        run_dir / "submission.csv",
+        fmt="ImageID,Labels",
+        ids=table.test_ids,
+    )
     if bad:
         warnings.warn(f"{len(bad)} unreadable test image(s) have empty labels in submission.csv: "
                       f"{list(bad)[:5]}", stacklevel=2)
@@ -387,56 +429,93 @@ def write_submission(run_dir: Path, predictor, table: ItemTable) -> None:
 # Real datasets fine-tune ImageNet weights at sizes near the images' own; the embedded
 # datasets train small models from scratch offline in about a minute on 2 CPU cores.
 RECIPES: dict[str, Recipe] = {
-    "digits": Recipe("digits", builtin.describe("digits"), _digits,
-                     dict(arch="resnet18", epochs=5, bs=64, size=32, pretrained=False, lr=3e-3),
-                     dict(flip=False), size="1,797 images, 10 classes, 32x32"),
-    "digits-multilabel": Recipe("digits-multilabel", builtin.describe("digits-multilabel"), _digits_multilabel,
-                                dict(arch="resnet18", epochs=6, bs=64, size=48, pretrained=False, lr=3e-3),
-                                dict(flip=False), size="3,600 images, 10 labels, 64x64"),
+    "digits": Recipe(
+        "digits",
+        builtin.describe("digits"),
+        _digits,
+        dict(arch="resnet18", epochs=5, bs=64, size=32, pretrained=False, lr=3e-3),
+        dict(flip=False),
+        size="1,797 images, 10 classes, 32x32",
+    ),
+    "digits-multilabel": Recipe(
+        "digits-multilabel",
+        builtin.describe("digits-multilabel"),
+        _digits_multilabel,
+        dict(arch="resnet18", epochs=6, bs=64, size=48, pretrained=False, lr=3e-3),
+        dict(flip=False),
+        size="3,600 images, 10 labels, 64x64",
+    ),
     "asl": Recipe(
-        "asl", "ASL alphabet: photos of hand signs, 29 classes (A-Z, del, nothing, space); "
-        "scored on the 28 labelled test photos", _located(_asl, "asl"),
+        "asl",
+        "ASL alphabet: photos of hand signs, 29 classes (A-Z, del, nothing, space); "
+        "scored on the 28 labelled test photos",
+        _located(_asl, "asl"),
         dict(arch="resnet34", epochs=3, bs=64, size=128, pretrained=True),
-        layouts=(("asl_alphabet_train", "asl_alphabet_test"), ("asl_alphabet_train",)), download="kaggle datasets download -d grassknoted/asl-alphabet",
-        aliases=("asl-alphabet", "asl_alphabet"), size="87,000 images, 29 classes, 200x200, 1.1 GB",
-        after_fit=score_test),
+        layouts=(("asl_alphabet_train", "asl_alphabet_test"), ("asl_alphabet_train",)),
+        download="kaggle datasets download -d grassknoted/asl-alphabet",
+        aliases=("asl-alphabet", "asl_alphabet"),
+        size="87,000 images, 29 classes, 200x200, 1.1 GB",
+        after_fit=score_test,
+    ),
     "animals15": Recipe(
-        "animals15", "15 animal classes with given train/validation/test splits, read straight from the zip",
-        _located(_animals15, "animals15"), dict(arch="resnet50", epochs=5, bs=64, size=224, pretrained=True),
+        "animals15",
+        "15 animal classes with given train/validation/test splits, read straight from the zip",
+        _located(_animals15, "animals15"),
+        dict(arch="resnet50", epochs=5, bs=64, size=224, pretrained=True),
         layouts=(("Training Data", "Validation Data"),),
         download="kaggle datasets download -d utkarshsaxenadn/animal-image-classification-dataset",
         aliases=("animal-image-classification-dataset", "animals", "archive"),
-        size="15 classes; train, validation and test given", after_fit=score_test),
+        size="15 classes; train, validation and test given",
+        after_fit=score_test,
+    ),
     "tiny-imagenet": Recipe(
-        "tiny-imagenet", "Tiny ImageNet: 200 classes at 64x64, val labelled by val_annotations.txt; "
-        "top-1 and top-5 accuracy", _located(_tiny_imagenet, "tiny-imagenet"),
+        "tiny-imagenet",
+        "Tiny ImageNet: 200 classes at 64x64, val labelled by "
+        "val_annotations.txt; "
+        "top-1 and top-5 accuracy",
+        _located(_tiny_imagenet, "tiny-imagenet"),
         dict(arch="resnet50", epochs=10, bs=128, size=64, pretrained=True),
         layouts=(("wnids.txt", "train", "val"),),
         download="kaggle datasets download -d akash2sharma/tiny-imagenet "
-                 "(or http://cs231n.stanford.edu/tiny-imagenet-200.zip)",
-        aliases=("tiny-imagenet-200", "tiny_imagenet"), size="110,000 images, 200 classes, 64x64, 0.25 GB",
-        after_fit=score_test),
+        "(or http://cs231n.stanford.edu/tiny-imagenet-200.zip)",
+        aliases=("tiny-imagenet-200", "tiny_imagenet"),
+        size="110,000 images, 200 classes, 64x64, 0.25 GB",
+        after_fit=score_test,
+    ),
     "imagenet": Recipe(
-        "imagenet", "ImageNet-1k (ILSVRC 2012): train/val class folders, or Kaggle's layout with "
-        "LOC_val_solution.csv", _located(_imagenet, "imagenet"),
+        "imagenet",
+        "ImageNet-1k (ILSVRC 2012): train/val class folders, or Kaggle's layout with "
+        "LOC_val_solution.csv",
+        _located(_imagenet, "imagenet"),
         dict(arch="resnet50", epochs=16, bs=128, size=224, pretrained=False, lr=2e-3),
         layouts=(("LOC_val_solution.csv", "ILSVRC/Data/CLS-LOC/train"), ("train", "val")),
         download="kaggle competitions download -c imagenet-object-localization-challenge",
         aliases=("ILSVRC", "imagenet-object-localization-challenge", "imagenet1k"),
-        size="1.33M images, 1,000 classes, 155 GB", after_fit=score_test),
+        size="1.33M images, 1,000 classes, 155 GB",
+        after_fit=score_test,
+    ),
     "comp5329": Recipe(
-        "comp5329", "COMP5329 multi-label images (labels 1-19, captions ignored); writes a Kaggle "
-        "submission.csv for test.csv", _located(_comp5329, "comp5329"),
+        "comp5329",
+        "COMP5329 multi-label images (labels 1-19, captions ignored); writes a Kaggle "
+        "submission.csv for test.csv",
+        _located(_comp5329, "comp5329"),
         dict(arch="resnet50", epochs=8, bs=64, size=224, pretrained=True, multi_label=True),
         layouts=(("train.csv", "data"),),
         download="the COMP5329 assignment-2 Kaggle competition's data (COMP5329S1A2Dataset)",
-        aliases=("COMP5329S1A2Dataset", "comp5329s1a2"), size="40,000 images (30k labelled), 18 labels",
-        after_fit=write_submission),
+        aliases=("COMP5329S1A2Dataset", "comp5329s1a2"),
+        size="40,000 images (30k labelled), 18 labels",
+        after_fit=write_submission,
+    ),
 }
 
 
-_LAYOUTS = {"asl": _asl, "animals15": _animals15, "tiny-imagenet": _tiny_imagenet, "imagenet": _imagenet,
-            "comp5329": _comp5329}
+_LAYOUTS = {
+    "asl": _asl,
+    "animals15": _animals15,
+    "tiny-imagenet": _tiny_imagenet,
+    "imagenet": _imagenet,
+    "comp5329": _comp5329,
+}
 
 
 def is_recipe(name: str) -> bool:
@@ -447,15 +526,24 @@ def get_recipe(name: str) -> Recipe:
     """The recipe called `name`; an unknown name gets the closest recipe names in the error."""
     if name not in RECIPES:
         hint = closest(Path(name).stem.lower(), list(RECIPES)) or closest(name, list(RECIPES))
-        what = (f"{name!r} is neither an existing file or folder nor a dataset name" if _looks_like_path(name)
-                else f"unknown dataset {name!r}")
-        raise DataError(what + (f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ".")
-                        + f" Known datasets: {', '.join(RECIPES)}; or give a folder, zip or CSV path.")
+        what = (
+            f"{name!r} is neither an existing file or folder nor a dataset name"
+            if _looks_like_path(name)
+            else f"unknown dataset {name!r}"
+        )
+        raise DataError(
+            what
+            + (f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ".")
+            + f" Known datasets: {', '.join(RECIPES)}; or give a folder, zip or CSV "
+            "path."
+        )
     return RECIPES[name]
 
 
 def _looks_like_path(name: str) -> bool:
-    return "/" in name or "\\" in name or Path(name).suffix.lower() in (".zip", ".csv", ".tsv", ".txt")
+    return (
+        "/" in name or "\\" in name or Path(name).suffix.lower() in (".zip", ".csv", ".tsv", ".txt")
+    )
 
 
 def dataset_table() -> list[dict[str, str]]:
@@ -473,6 +561,14 @@ def dataset_table() -> list[dict[str, str]]:
                 found, where = "yes", locate(r).where()
             except DataError:
                 found, where = "no", ""
-        rows.append(dict(name=r.name, found=found, where=where, size=r.size, description=r.description,
-                         download=r.download))
+        rows.append(
+            dict(
+                name=r.name,
+                found=found,
+                where=where,
+                size=r.size,
+                description=r.description,
+                download=r.download,
+            )
+        )
     return rows

@@ -18,8 +18,22 @@ from pathlib import Path, PurePosixPath
 from .images import IMAGE_EXTENSIONS, is_image_name, zip_ref
 from .tables import read_label_csv
 
-__all__ = ["ItemTable", "DataError", "Tree", "from_path", "from_folder", "from_zip", "from_csv", "from_tree",
-           "from_listing", "list_folder", "resolve_files", "resolve_in_tree", "closest", "SPLIT_NAMES"]
+__all__ = [
+    "ItemTable",
+    "DataError",
+    "Tree",
+    "from_path",
+    "from_folder",
+    "from_zip",
+    "from_csv",
+    "from_tree",
+    "from_listing",
+    "list_folder",
+    "resolve_files",
+    "resolve_in_tree",
+    "closest",
+    "SPLIT_NAMES",
+]
 
 SPLIT_NAMES = {"train": ("train", "training"), "valid": ("valid", "val", "validation"),
                "test": ("test", "testing")}
@@ -64,8 +78,10 @@ class ItemTable:
         lost = sorted(set(self.classes) - {lab for i in keep for lab in self.labels[i]})
         if lost:  # a class must not vanish from the model with only a line in skipped.txt
             reasons = Counter(bad.values()).most_common(3)
-            raise DataError(f"every image of class(es) {lost[:10]} is unreadable ({len(bad)} unreadable in all, "
-                            f"e.g. {', '.join(f'{r}: {n}' for r, n in reasons)}; first: {self.refs[min(bad)]}); "
+            raise DataError(f"every image of class(es) {lost[:10]} is unreadable ({len(bad)} "
+                            "unreadable in all, e.g. "
+                            f"{', '.join(f'{r}: {n}' for r, n in reasons)}; first: "
+                            f"{self.refs[min(bad)]}); "
                             "replace the files or remove the class folder")
         self.skipped += [(self.refs[i], reason) for i, reason in sorted(bad.items())]
         self.refs = [self.refs[i] for i in keep]
@@ -128,7 +144,10 @@ def _zip_index(path: str, mtime_ns: int) -> tuple[frozenset[str], frozenset[str]
     folders, files = set(), set()
     for m in _zip_names(path, mtime_ns):
         parts = m.rstrip("/").split("/")
-        folders.update("/".join(parts[:i]) for i in range(1, len(parts) if not m.endswith("/") else len(parts) + 1))
+        folders.update(
+            "/".join(parts[:i])
+            for i in range(1, len(parts) if not m.endswith("/") else len(parts) + 1)
+        )
         if not m.endswith("/"):
             files.add(m)
     return frozenset(folders | files), frozenset(folders)
@@ -154,7 +173,8 @@ class Tree:
                 self._key = (str(self.base), os.stat(self.base).st_mtime_ns)
                 self._names = _zip_names(*self._key)
             except zipfile.BadZipFile as e:
-                raise DataError(f"{self.base} is not a readable zip archive ({e}); download it again") from e
+                raise DataError(f"{self.base} is not a readable zip archive ({e}); download it "
+                                "again") from e
 
     def __repr__(self) -> str:
         return f"Tree({self.where()!r})"
@@ -171,7 +191,11 @@ class Tree:
 
     def ref(self, rel: str) -> str:
         """The image reference (path or zip ref) of `rel`."""
-        return zip_ref(self.base, self.prefix + rel) if self.is_zip else str(self.base / self.prefix / rel)
+        return (
+            zip_ref(self.base, self.prefix + rel)
+            if self.is_zip
+            else str(self.base / self.prefix / rel)
+        )
 
     def _members(self) -> list[str]:
         n = len(self.prefix)
@@ -180,7 +204,11 @@ class Tree:
     def images(self) -> list[str]:
         """Image files, sorted, relative to this tree."""
         if self.is_zip:
-            return sorted(m for m in self._members() if not m.endswith("/") and is_image_name(m) and not _hidden(m))
+            return sorted(
+                m
+                for m in self._members()
+                if not m.endswith("/") and is_image_name(m) and not _hidden(m)
+            )
         root = self.base / self.prefix
         return list_folder(root) if root.is_dir() else []
 
@@ -261,8 +289,8 @@ def _class_items(files: list[str], where: str) -> tuple[list[str], list[str]]:
     """(files, labels) from `<class>/.../<file>`; top-level files are refused."""
     loose = [f for f in files if "/" not in f]
     if loose:
-        raise DataError(f"{len(loose)} image(s) directly in {where} (e.g. {loose[0]!r}); expected one "
-                        "sub-folder per class, or pass a CSV of labels")
+        raise DataError(f"{len(loose)} image(s) directly in {where} (e.g. {loose[0]!r}); expected "
+                        "one sub-folder per class, or pass a CSV of labels")
     return files, [f.split("/", 1)[0] for f in files]
 
 
@@ -274,11 +302,14 @@ def _warn_empty(all_dirs: set[str] | None, class_root: str, labels: list[str], w
     dirs = {d[n:] for d in all_dirs if d.startswith(class_root) and d[n:] and "/" not in d[n:]}
     empty = sorted(dirs - set(labels) - {s for names in SPLIT_NAMES.values() for s in names})
     if empty:
-        warnings.warn(f"{len(empty)} class folder(s) without images in {where}, ignored: {empty[:10]}",
+        warnings.warn(f"{len(empty)} class folder(s) without images in {where}, ignored: "
+                      f"{empty[:10]}",
                       stacklevel=4)
 
 
-def from_listing(files: list[str], to_ref, where: str, all_dirs: set[str] | None = None) -> ItemTable:
+def from_listing(
+    files: list[str], to_ref, where: str, all_dirs: set[str] | None = None
+) -> ItemTable:
     """Detect class folders or split folders in a listing of relative image paths.
 
     Split folders (`train/`, `valid|val|validation/`, `test/`, any case) win over class
@@ -335,16 +366,21 @@ def from_tree(tree: Tree) -> ItemTable:
     """Class folders or split folders inside a `Tree` (a folder or a zip)."""
     files = tree.images()
     if not files:
-        raise DataError(f"no images in {tree.where()}: found {tree.summary()}. Expected class folders "
-                        f"(<class>/*.jpg) or split folders (train/<class>/, valid/<class>/); image "
-                        f"extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}")
+        raise DataError(f"no images in {tree.where()}: found {tree.summary()}. Expected class "
+                        "folders (<class>/*.jpg) or split folders (train/<class>/, "
+                        f"valid/<class>/); image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}")
     table = from_listing(files, tree.ref, tree.where(), tree.dirs())
-    table.name = (tree.base.stem if tree.is_zip else tree.base.name) if not tree.prefix else tree.prefix.strip("/").split("/")[-1]
+    table.name = (
+        (tree.base.stem if tree.is_zip else tree.base.name)
+        if not tree.prefix
+        else tree.prefix.strip("/").split("/")[-1]
+    )
     return table
 
 
 def from_folder(root: str | Path) -> ItemTable:
-    """Class folders (`<class>/*.jpg`) or split folders (`train/<class>/`, `valid/<class>/`, `test/`).
+    """Class folders (`<class>/*.jpg`) or split folders (`train/<class>/`, `valid/<class>/`,
+    `test/`).
 
     Example:
         >>> table = from_folder("photos/")   # doctest: +SKIP
@@ -394,8 +430,10 @@ def resolve_in_tree(files: list[str], rows: list[int], tree: Tree, listed_in: st
     escaping = [(r, f) for f, r in zip(files, rows) if _escapes(f)]
     if escaping:
         shown = ", ".join(f"line {r}: {f!r}" for r, f in escaping[:5])
-        raise DataError(f"{len(escaping)} path(s) in {listed_in} leave the image folder {tree.where()} "
-                        f"({shown}); file names must be relative to the image folder")
+        raise DataError(
+            f"{len(escaping)} path(s) in {listed_in} leave the image folder "
+            f"{tree.where()} ({shown}); file names must be relative to the image folder"
+        )
     present = set(tree.images())
     by_stem: dict[str, str] = {}
     for rel in sorted(present):
@@ -411,8 +449,10 @@ def resolve_in_tree(files: list[str], rows: list[int], tree: Tree, listed_in: st
             refs.append(tree.ref(rel))
     if missing:
         shown = ", ".join(f"line {r}: {f!r}" for r, f in missing[:5])
-        raise DataError(f"{len(missing)} of {len(files)} images listed in {listed_in} are missing from "
-                        f"{tree.where()} ({shown}{', ...' if len(missing) > 5 else ''}); {fix}")
+        raise DataError(
+            f"{len(missing)} of {len(files)} images listed in {listed_in} are missing "
+            f"from {tree.where()} ({shown}{', ...' if len(missing) > 5 else ''}); {fix}"
+        )
     return refs
 
 
@@ -421,7 +461,9 @@ def _escapes(name: str) -> bool:
     return p.is_absolute() or ".." in p.parts or (len(name) > 1 and name[1] == ":")  # C:\...
 
 
-def from_path(source: str | Path, images: str | Path | None = None, label_delimiter: str = " ") -> ItemTable:
+def from_path(
+    source: str | Path, images: str | Path | None = None, label_delimiter: str = " "
+) -> ItemTable:
     """Dispatch on what `source` is: a CSV, a zip or a folder (generic layouts only;
     `prepare.read_path` first checks for a known download's layout)."""
     p = Path(source)

@@ -334,9 +334,20 @@ def finish(root: Path, key: str, build_dir: Path, n: int, size: int, parts: int,
     final = root / f"{key}.store"
     cachedir.remove_path(final)  # a store without a manifest: a crashed finish
     os.replace(build_dir, final)
-    cachedir.write_manifest(root, key, {
-        "kind": "store", "n": n, "size": size, "failures": failures, "created": time.time(),
-        "source": source, "quality": QUALITY, "bytes": sum(p.stat().st_size for p in final.iterdir())})
+    cachedir.write_manifest(
+        root,
+        key,
+        {
+            "kind": "store",
+            "n": n,
+            "size": size,
+            "failures": failures,
+            "created": time.time(),
+            "source": source,
+            "quality": QUALITY,
+            "bytes": sum(p.stat().st_size for p in final.iterdir()),
+        },
+    )
 
 
 def load_or_build_store(refs: Sequence[str], size: int, root: str | os.PathLike | None = None,

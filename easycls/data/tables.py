@@ -5,7 +5,8 @@ quotes (the course file ``ImageID,Labels,Caption``); ``pandas.read_csv`` raises
 ``ParserError`` on them. This reader parses line by line: a well-formed line goes
 through the ``csv`` module, any other line is split on the first separators only,
 so the last column keeps the rest (the needed columns must come before any
-free text with unquoted separators, as in the usual Kaggle shape). Every problem is collected and reported
+free text with unquoted separators, as in the usual Kaggle shape). Every problem is collected and
+reported
 once, with line numbers and what to do.
 
 Example:
@@ -34,11 +35,31 @@ __all__ = [
     "read_label_csv",
 ]
 
-FILE_COLUMNS = ("id", "image", "imageid", "image_id", "filename", "file", "fname", "path", "name", "img")
+FILE_COLUMNS = (
+    "id",
+    "image",
+    "imageid",
+    "image_id",
+    "filename",
+    "file",
+    "fname",
+    "path",
+    "name",
+    "img",
+)
 LABEL_COLUMNS = ("labels", "label", "tags", "class", "category", "target", "y")
 
 # Never guessed as the label column: reading captions as labels would "work" silently.
-_TEXT_COLUMNS = ("caption", "captions", "text", "description", "comment", "comments", "title", "notes")
+_TEXT_COLUMNS = (
+    "caption",
+    "captions",
+    "text",
+    "description",
+    "comment",
+    "comments",
+    "title",
+    "notes",
+)
 # str.splitlines() would also split on \u2028, \x1c, ... which do occur in scraped captions.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _MAX_LISTED = 10
@@ -309,7 +330,11 @@ def _label_index(sheet: _Sheet, given: str | None, file_idx: int) -> int:
     idx = _match(sheet.header, LABEL_COLUMNS, skip=file_idx)
     if idx is None:
         idx = next(
-            (i for i, h in enumerate(sheet.header) if i != file_idx and h.lower() not in _TEXT_COLUMNS),
+            (
+                i
+                for i, h in enumerate(sheet.header)
+                if i != file_idx and h.lower() not in _TEXT_COLUMNS
+            ),
             None,
         )
     if idx is None:
@@ -381,7 +406,8 @@ def _malformed_problem(sheet: _Sheet, lines: list[int], need: int) -> list[_Prob
     needed = sheet.sep.join(sheet.header[: need + 1])
     text = (
         f"{_count(lines, 'malformed row')} in {sheet.path}: {_lines(lines)}. "
-        f"Each row needs {need + 1} field(s) ({needed}) and a non-empty id; fix or delete these rows."
+        f"Each row needs {need + 1} field(s) ({needed}) and a non-empty id; fix or delete these "
+        "rows."
     )
     return [(text, lines)]
 
@@ -421,7 +447,9 @@ def _duplicate_problems(sheet: _Sheet, rows: list[_Row], file_idx: int) -> list[
 
 def _raise_if(problems: list[_Problem]) -> None:
     if problems:
-        raise TableError("\n".join(text for text, _ in problems), [n for _, ns in problems for n in ns])
+        raise TableError(
+            "\n".join(text for text, _ in problems), [n for _, ns in problems for n in ns]
+        )
 
 
 def _count(items: list, noun: str) -> str:
@@ -431,4 +459,6 @@ def _count(items: list, noun: str) -> str:
 def _lines(numbers: list[int]) -> str:
     word = "line" if len(numbers) == 1 else "lines"
     shown = ", ".join(map(str, numbers[:_MAX_LISTED]))
-    return f"{word} {shown}" + (f" ... ({len(numbers)} in all)" if len(numbers) > _MAX_LISTED else "")
+    return f"{word} {shown}" + (
+        f" ... ({len(numbers)} in all)" if len(numbers) > _MAX_LISTED else ""
+    )
