@@ -1,10 +1,18 @@
-"""Wall-time budgets: plan the number of epochs from measured step times.
+"""Wall-time budgets: plan the epochs and drive the one-cycle schedule so the run ends in time.
 
 `TimeBudget` rides on a one-cycle fit started with a generous epoch count. It sets
-`learn.n_epoch` (which fastai's `TrainEvalCallback` and `ParamScheduler` read through
-`pct_train`) to the epochs that fit the budget, re-plans at each epoch end from the
-measured epoch time, and stops the fit cleanly when the planned count is reached, so
-the schedule always completes and validation and the run directory still get written.
+`learn.n_epoch` to the epochs that fit the budget, re-plans at each epoch end from the
+measured epoch time, and owns `learn.pct_train` (the position fastai's `ParamScheduler`
+reads): after every batch the position moves on by an equal share of what is left of the
+schedule over the steps left in the plan, and never falls behind the share of the training
+time already spent. So the schedule always completes (warm-up, peak, anneal), and when the
+machine slows down the schedule is compressed instead of the deadline being missed: once
+the position reaches the end, the epoch's training stops early, its validation runs, and the
+fit ends. The final evaluation, the run directory and predictions on a test split are paid
+for from a reserve measured on the run itself (the validation pass's time per image).
+
+Under several processes the decisions are rank 0's (`agree`), taken every `check_every`
+batches so every rank stops at the same batch.
 """
 
 from __future__ import annotations
@@ -13,43 +21,92 @@ import math
 import time
 from collections.abc import Callable
 
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback, CancelFitException, CancelTrainException
 
-__all__ = ["TimeBudget", "UNBOUNDED_EPOCHS"]
+__all__ = ["TimeBudget", "UNBOUNDED_EPOCHS", "budget_origin", "count_from_process_start"]
 
 # Loop bound handed to `fit_one_cycle` under a budget; `TimeBudget` stops it far sooner.
 UNBOUNDED_EPOCHS = 100_000
 
+_from_process_start = False
+
+
+def count_from_process_start() -> None:
+    """Budgets in this process count from the process's start, not from the `fit` call.
+
+    The CLI calls this: a user who types `easycls fit --time-budget 2m` times the command,
+    imports included. In Python, a budget counts from the call to `fit`.
+    """
+    global _from_process_start
+    _from_process_start = True
+
+
+def budget_origin(t_call: float) -> float:
+    """The `time.perf_counter()` instant a budget counts from, given the `fit` call's."""
+    if not _from_process_start:
+        return t_call
+    import psutil
+
+    age = time.time() - psutil.Process().create_time()
+    return min(t_call, time.perf_counter() - max(0.0, age))
+
+
 class TimeBudget(Callback):
     """Fit as many one-cycle epochs as end within `seconds` of wall time since `t_start`.
 
-    `reserve` seconds are kept for the final evaluation and writing the run directory (the
-    measured validation time is added to it). `agree` makes every process use rank 0's plan.
+    `reserve` seconds are kept for writing the run directory; the final validation pass and
+    the prediction of `tail_items` test images are added to it at the measured validation
+    speed. `agree` makes every process use rank 0's plan.
     """
 
-    order = 55  # before SkipToEpoch (70); after TrainEvalCallback (-10) has counted the batch
+    order = 55  # after TrainEvalCallback (-10) has counted the batch; before SkipToEpoch (70)
 
-    def __init__(self, seconds: float, t_start: float, first_guess: int, *, reserve: float = 2.0,
-                 probe_batches: int = 4, agree: Callable = lambda v: v):
+    def __init__(self, seconds: float, t_start: float, first_guess: int, *, reserve: float = 3.0,
+                 probe_batches: int = 4, tail_items: int = 0, check_every: int = 1,
+                 agree: Callable = lambda v: v):
         self.seconds, self.t_start, self.planned = seconds, t_start, max(1, first_guess)
         self.reserve, self.probe, self.agree = reserve, probe_batches, agree
-        self.valid_seconds, self.replans = None, 0
+        self.tail_items, self.check_every = tail_items, max(1, check_every)
+        self.valid_seconds, self.replans, self.ended_early = None, 0, False
+        self._p = self._p0 = self._t_train0 = None
+        self._finished = False
 
-    def _left(self) -> float:
+    # time accounting ---------------------------------------------------------------------
+    def _valid_pass(self, step: float | None = None) -> float:
+        """Seconds of one validation pass: measured, else a forward pass only, about half a
+        training step's time an image."""
+        if self.valid_seconds is not None:
+            return self.valid_seconds
+        ratio = len(self.dls.valid.dataset) / max(1, len(self.dls.train.dataset))
+        return 0.5 * (step or 0.0) * self.n_iter * ratio
+
+    def _tail(self, step: float | None = None) -> float:
+        """Seconds needed after training: final evaluation, test predictions, the run directory."""
+        valid = self._valid_pass(step)
+        per_image = valid / max(1, len(self.dls.valid.dataset))
+        return self.reserve + valid + per_image * self.tail_items
+
+    def _left(self, step: float | None = None) -> float:
         used = time.perf_counter() - self.t_start
-        return self.seconds - used - self.reserve - (self.valid_seconds or 0.0)
+        return self.seconds - used - self._tail(step)
 
-    def _set_plan(self, done: float, epoch_seconds: float) -> None:
-        planned = max(math.ceil(done) or 1, int(done + self._left() / max(epoch_seconds, 1e-6)))
+    def _set_plan(self, done: float, epoch_seconds: float, step: float | None = None) -> None:
+        left = self._left(step)
+        planned = max(math.ceil(done) or 1, int(done + left / max(epoch_seconds, 1e-6)))
         planned = self.agree(planned)
         if planned != self.planned:
             self.replans += 1
         self.planned = planned
         self.learn.n_epoch = planned
 
+    # fastai events ------------------------------------------------------------------------
+    def before_fit(self):
+        self._p = self._p0 = self._t_train0 = None
+        self._finished = False
+
     def before_epoch(self):
         self.learn.n_epoch = self.planned
-        if self.epoch >= self.planned:
+        if self._finished or self.epoch >= self.planned:
             raise CancelFitException()
         self._t_epoch, self._full = time.perf_counter(), True
 
@@ -59,20 +116,48 @@ class TimeBudget(Callback):
     def before_train(self):
         self._t_probe = None
         self._full = self._full and not getattr(self.learn.dl, "skip", 0)
+        if self._t_train0 is None:
+            self._t_train0 = time.perf_counter()
+        if self._p is not None:  # fastai resets it to epoch / n_epoch: keep the schedule's
+            self.learn.pct_train = self._p
 
     def after_batch(self):
         if not self.training:
             return
+        if self._p is None:  # first batch of the fit: start from fastai's (or a resume's) place
+            self._p = self._p0 = self.learn.pct_train - 1.0 / (self.n_iter * self.n_epoch)
         if self.iter == 0:
-            # The first batch pays for warm-up; time the next ones.
-            self._t_probe = time.perf_counter()
+            self._t_probe = time.perf_counter()  # the first batch pays for warm-up
         elif self.iter == self.probe and self._t_probe is not None and self.valid_seconds is None:
             step = (time.perf_counter() - self._t_probe) / self.probe
-            n_valid = len(self.dls.valid.dataset) / max(1, len(self.dls.train.dataset))
-            # Validation is a forward pass only: about half a training step per image.
-            epoch = step * self.n_iter * (1 + 0.5 * n_valid)
-            self._set_plan(self.epoch + (self.iter + 1) / self.n_iter, epoch)
-            self.learn.pct_train = (self.epoch + (self.iter + 1) / self.n_iter) / self.planned
+            epoch = step * self.n_iter + self._valid_pass(step)
+            self._set_plan(self.epoch + (self.iter + 1) / self.n_iter, epoch, step)
+        self._advance()
+
+    def _advance(self) -> None:
+        """Move the schedule one step: an equal share of what is left, or the time spent."""
+        steps_left = (self.planned - self.epoch) * self.n_iter - (self.iter + 1)
+        p = self._p + (1.0 - self._p) / max(1, steps_left + 1)
+        if steps_left > 0 and (self.iter + 1) % self.check_every == 0:
+            p = max(p, self._p0 + (1.0 - self._p0) * self.agree(self._time_share()))
+        self._p = min(1.0, p)
+        self.learn.pct_train = self._p
+        if self._p >= 1.0 and steps_left > 0:
+            # Out of time before the plan's end: this epoch's training stops here, its
+            # validation runs, and the fit ends with the schedule complete.
+            self._finished = self.ended_early = True
+            self.planned = self.learn.n_epoch = self.epoch + 1
+            raise CancelTrainException()
+
+    def _time_share(self) -> float:
+        """The share of this process's training time spent, counting the validations the
+        plan still has to run as not available for training."""
+        now = time.perf_counter()
+        validations = self.planned - self.epoch  # this epoch's and the later ones'
+        step = (now - self._t_train0) / max(1, self.train_iter)
+        end = (self.t_start + self.seconds - self._tail(step)
+               - validations * self._valid_pass(step))
+        return (now - self._t_train0) / max(end - self._t_train0, 1e-6)
 
     def before_validate(self):
         self._t_valid = time.perf_counter()
@@ -81,5 +166,7 @@ class TimeBudget(Callback):
         self.valid_seconds = time.perf_counter() - self._t_valid
 
     def after_epoch(self):
-        if self._full:
+        if self._p is not None and self._p >= 1.0:
+            self._finished = True  # the schedule is complete: no epoch can follow
+        elif self._full:
             self._set_plan(self.epoch + 1, time.perf_counter() - self._t_epoch)

@@ -82,6 +82,7 @@ def _fit_signature() -> inspect.Signature:
 
 def fit_cmd(source: str | None = None, resume: Path | None = None, **settings: Any) -> None:
     """Train a classifier on SOURCE and write a run directory."""
+    from .budget import count_from_process_start
     from .checkpoint import CheckpointError, TrainingInterrupted
     from .data.cachedir import NoSpace
     from .data.sources import DataError
@@ -91,6 +92,7 @@ def fit_cmd(source: str | None = None, resume: Path | None = None, **settings: A
     from .runlock import RunLockError
     from .safeio import WriteError
     from .train import fit
+    count_from_process_start()  # `--time-budget 2m`: the command ends within 2 minutes
     try:
         fit(source, resume=resume, **settings)
     except NoSpace as e:  # a full disk, like WriteError: nothing half-built is left

@@ -20,7 +20,7 @@ from fastai.torch_core import set_seed
 from fastcore.basics import noop
 
 from . import distributed
-from .budget import UNBOUNDED_EPOCHS, TimeBudget
+from .budget import UNBOUNDED_EPOCHS, TimeBudget, budget_origin
 from .bundle import load, save_bundle
 from .callbacks import (
     HistoryCSV,
@@ -165,7 +165,7 @@ def _pick_lr(learn: Learner, cfg: TrainConfig, say, sess) -> LrChoice:
 
 
 def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
-           state: dict | None) -> dict:
+           state: dict | None, n_test: int = 0) -> dict:
     """fine_tune or fit_one_cycle, checkpointed and resumable; under a time budget the last
     phase's epochs are planned by `TimeBudget`. Returns the budget facts for metrics.json."""
     lr = cfg.lr * (sess.world_size if cfg.scale_lr else 1)
@@ -174,13 +174,15 @@ def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
     if cfg.time_budget:
         last = state and state["phase"] == len(phases) - 1
         guess = state["n_epoch"] if last else cfg.epochs
-        budget = TimeBudget(cfg.time_budget, t_start, guess, agree=sess.agree)
+        budget = TimeBudget(cfg.time_budget, t_start, guess, tail_items=n_test,
+                            check_every=1 if sess.world_size == 1 else 16, agree=sess.agree)
     ckpt = Checkpointer(Path(cfg.out), sess, meta, cfg.checkpoint_minutes, t_start)
     run_phases(learn, phases, ckpt, resume=state, last_phase_cbs=[budget] if budget else None,
                last_phase_epochs=UNBOUNDED_EPOCHS if budget else None)
     if not budget:
         return {}
-    return dict(time_budget_seconds=cfg.time_budget, planned_epochs=budget.planned)
+    return dict(time_budget_seconds=cfg.time_budget, planned_epochs=budget.planned,
+                budget_ended_early=budget.ended_early)
 
 
 def _resumed_config(resume: str | Path, source: str | None, settings: dict) -> TrainConfig:
@@ -275,7 +277,8 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     `claim` takes the lock of the default run directory once the data has named it."""
     say = sess.printer(cfg.quiet)
     set_seed(cfg.seed)
-    t_start = time.perf_counter()
+    # From the process's start for the CLI (imports count against a budget), else from here.
+    t_start = budget_origin(time.perf_counter())
     data = PreparedData(load_items(cfg), cfg, progress=sess.shows_progress(cfg.quiet), sess=sess)
     run_dir = Path(cfg.out) if cfg.out else _default_out(cfg, data.table)
     if claim is not None:
@@ -296,7 +299,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: resume reads it
     t_train = time.perf_counter() - (state["elapsed"] if state else 0.0)
     meta = dict(arch=cfg.arch, classes=data.vocab)
-    budget_facts = _train(learn, cfg, sess, meta, t_start, state)
+    budget_facts = _train(learn, cfg, sess, meta, t_start, state, len(data.table.test_refs))
     train_seconds = time.perf_counter() - t_train
     metrics, preds = _final_metrics(learn, data, cfg)
     metrics.update(train_seconds=round(train_seconds, 3),

@@ -52,46 +52,132 @@ class _Clock:
         return self.now
 
 
-def _run_epoch(
-    cb, learn, clock, epoch: int, step: float, n_iter: int = 10, valid: float = 0.0
-) -> None:
-    learn.epoch, learn.n_iter, learn.training = epoch, n_iter, True
-    cb.before_epoch()
-    cb.before_train()
-    for i in range(n_iter):
-        clock.now += step
-        learn.iter = i
-        cb.after_batch()
-    learn.training = False
-    cb.before_validate()
-    clock.now += valid
-    cb.after_validate()
-    cb.after_epoch()
-
-
-def test_budget_replans_when_speed_changes(monkeypatch):
+def _fake_learn(n_train: int = 80, n_valid: int = 20):
     from types import SimpleNamespace
 
-    from fastai.callback.core import CancelFitException
+    from easycls import budget as b
 
+    dls = SimpleNamespace(
+        train=SimpleNamespace(dataset=range(n_train)), valid=SimpleNamespace(dataset=range(n_valid))
+    )
+    return SimpleNamespace(dl=None, dls=dls, n_epoch=b.UNBOUNDED_EPOCHS, pct_train=0.0,
+                           train_iter=0, epoch=0, iter=0, n_iter=1, training=False)
+
+
+def _fit(cb, learn, clock, steps, n_iter: int = 10, valid: float = 0.0) -> list[float]:
+    """fastai's loop as the budget sees it, with TrainEvalCallback's bookkeeping; `steps(epoch,
+    i)` is the seconds batch i of that epoch takes. Returns the schedule position of every batch."""
+    from fastai.callback.core import CancelFitException, CancelTrainException
+
+    positions: list[float] = []
+    learn.pct_train, learn.train_iter, learn.n_iter = 0.0, 0, n_iter
+    cb.before_fit()
+    try:
+        for epoch in range(10_000):
+            learn.epoch = epoch
+            cb.before_epoch()
+            learn.pct_train, learn.training = epoch / learn.n_epoch, True  # TrainEvalCallback
+            cb.before_train()
+            try:
+                for i in range(n_iter):
+                    learn.iter = i
+                    positions.append(learn.pct_train)  # what ParamScheduler reads for this batch
+                    clock.now += steps(epoch, i)
+                    learn.pct_train += 1.0 / (n_iter * learn.n_epoch)  # TrainEvalCallback
+                    learn.train_iter += 1
+                    cb.after_batch()
+            except CancelTrainException:
+                pass
+            learn.training = False
+            cb.before_validate()
+            clock.now += valid
+            cb.after_validate()
+            cb.after_epoch()
+    except CancelFitException:
+        pass
+    return positions
+
+
+def _budget(monkeypatch, seconds: float, **kw):
     from easycls import budget as b
 
     clock = _Clock()
     monkeypatch.setattr(b.time, "perf_counter", clock)
-    dls = SimpleNamespace(
-        train=SimpleNamespace(dataset=range(80)), valid=SimpleNamespace(dataset=range(20))
-    )
-    learn = SimpleNamespace(dl=None, dls=dls, n_epoch=b.UNBOUNDED_EPOCHS, pct_train=0.0)
-    cb = b.TimeBudget(100.0, t_start=0.0, first_guess=3, reserve=0.0)
+    learn = _fake_learn()
+    cb = b.TimeBudget(seconds, t_start=0.0, first_guess=3, reserve=0.0, **kw)
     cb.learn = learn
-    _run_epoch(cb, learn, clock, 0, step=1.0)  # 10 s per epoch: ten fit in 100 s
-    assert cb.planned == learn.n_epoch == 10
-    # slowed to 20 s per epoch: 20 s done + 60 s left = 3 more
-    _run_epoch(cb, learn, clock, 1, step=2.0)
-    assert cb.planned == 5 and cb.replans >= 1
-    for e in (2, 3, 4):
-        _run_epoch(cb, learn, clock, e, step=2.0)
-    with pytest.raises(CancelFitException):  # the planned count is reached: the fit ends
-        learn.epoch = 5
-        cb.before_epoch()
+    return cb, learn, clock
+
+
+def test_budget_replans_when_speed_changes(monkeypatch):
+    cb, learn, clock = _budget(monkeypatch, 100.0)
+    # 10 s an epoch for two epochs (ten would fit), then 20 s an epoch: four more fit.
+    positions = _fit(cb, learn, clock, lambda e, i: 1.0 if e < 2 else 2.0)
+    assert cb.replans >= 2 and not cb.ended_early
+    assert learn.epoch == cb.planned == 6  # the fit stopped before a seventh epoch
     assert clock.now <= 100.0
+    assert all(a <= b for a, b in zip(positions, positions[1:]))  # the schedule never goes back
+    assert learn.pct_train == 1.0  # and it completed
+
+
+def test_steady_run_ends_its_schedule_on_the_planned_last_batch(monkeypatch):
+    cb, learn, clock = _budget(monkeypatch, 100.0)
+    positions = _fit(cb, learn, clock, lambda e, i: 1.0)
+    assert cb.planned == 10 and len(positions) == 100 and not cb.ended_early
+    assert positions[0] == 0.0 and learn.pct_train == 1.0
+    # Once the plan is settled (the probe's guess counts a validation the fake does not
+    # take), the positions are evenly spaced, like fastai's own schedule.
+    steps = [b - a for a, b in zip(positions[10:], positions[11:])]
+    assert max(steps) - min(steps) < 1e-9
+    assert clock.now == pytest.approx(100.0)
+
+
+def test_a_slowdown_in_the_last_epoch_compresses_the_schedule_and_keeps_the_deadline(monkeypatch):
+    cb, learn, clock = _budget(monkeypatch, 100.0)
+    # Ten epochs are planned from 1 s steps; the machine then slows 4x in the middle of
+    # the last one: the schedule runs on time, not on steps, and training stops in time.
+    positions = _fit(cb, learn, clock, lambda e, i: 1.0 if (e, i) < (9, 3) else 4.0)
+    assert cb.ended_early and learn.pct_train == 1.0
+    assert clock.now <= 100.0 + 4.0  # at most the one batch that was running
+    assert len(positions) < 100
+    assert all(a <= b for a, b in zip(positions, positions[1:]))
+
+
+def test_validation_and_the_test_split_are_paid_for_before_the_deadline(monkeypatch):
+    planned = {}
+    for tail in (0, 400):
+        cb, learn, clock = _budget(monkeypatch, 100.0, tail_items=tail)
+        _fit(cb, learn, clock, lambda e, i: 1.0, valid=2.0)
+        # after training: one more validation pass, plus 400 test images at 2 s / 20 images
+        tail_seconds = 2.0 + (2.0 / 20) * tail
+        assert clock.now + tail_seconds <= 100.0 + 1e-9
+        planned[tail] = cb.planned
+    assert planned[400] < planned[0]
+
+
+def test_several_processes_decide_on_rank_0s_clock_every_few_batches(monkeypatch):
+    calls = []
+
+    def agree(value):
+        calls.append(value)
+        return value
+
+    cb, learn, clock = _budget(monkeypatch, 100.0, check_every=5, agree=agree)
+    _fit(cb, learn, clock, lambda e, i: 1.0)
+    # the plan once after the probe and at every epoch end; the clock every 5th batch
+    assert len(calls) < 100 // 5 + 2 * 10 + 2
+
+
+def test_the_cli_counts_a_budget_from_the_process_start(monkeypatch):
+    import time
+
+    import psutil
+
+    from easycls import budget as b
+
+    monkeypatch.setattr(b, "_from_process_start", False)
+    now = time.perf_counter()
+    assert b.budget_origin(now) == now  # in Python: from the fit call
+    b.count_from_process_start()
+    age = time.time() - psutil.Process().create_time()
+    assert b.budget_origin(now) == pytest.approx(now - age, abs=0.5)
