@@ -52,24 +52,27 @@ def budget_origin(t_call: float) -> float:
 
 
 class TimeBudget(Callback):
-    """Fit as many one-cycle epochs as end within `seconds` of wall time since `t_start`.
+    """Train the one-cycle steps that end within `seconds` of wall time since `t_start`.
 
-    `reserve` seconds are kept for writing the run directory; the final validation pass and
-    the prediction of `tail_items` test images are added to it at the measured validation
-    speed. `agree` makes every process use rank 0's plan.
+    The plan is a number of optimizer steps, not of epochs: the last epoch may be cut short
+    so the budget is spent training rather than left over. `reserve` seconds are kept for
+    writing the run directory; the final validation pass and the prediction of `tail_items`
+    test images are added to it at the measured validation speed. `agree` makes every
+    process use rank 0's plan and clock.
     """
 
     order = 55  # after TrainEvalCallback (-10) has counted the batch; before SkipToEpoch (70)
 
-    def __init__(self, seconds: float, t_start: float, first_guess: int, *, reserve: float = 3.0,
+    def __init__(self, seconds: float, t_start: float, first_guess: int, *, reserve: float = 2.0,
                  probe_batches: int = 4, tail_items: int = 0, check_every: int = 1,
                  agree: Callable = lambda v: v):
         self.seconds, self.t_start, self.planned = seconds, t_start, max(1, first_guess)
         self.reserve, self.probe, self.agree = reserve, probe_batches, agree
         self.tail_items, self.check_every = tail_items, max(1, check_every)
         self.valid_seconds, self.replans, self.ended_early = None, 0, False
+        self.planned_steps: int | None = None
         self._p = self._p0 = self._t_train0 = None
-        self._finished = False
+        self._finished, self._n = False, 1
 
     # time accounting ---------------------------------------------------------------------
     def _valid_pass(self, step: float | None = None) -> float:
@@ -78,7 +81,7 @@ class TimeBudget(Callback):
         if self.valid_seconds is not None:
             return self.valid_seconds
         ratio = len(self.dls.valid.dataset) / max(1, len(self.dls.train.dataset))
-        return 0.5 * (step or 0.0) * self.n_iter * ratio
+        return 0.5 * (step or 0.0) * self._n * ratio
 
     def _tail(self, step: float | None = None) -> float:
         """Seconds needed after training: final evaluation, test predictions, the run directory."""
@@ -90,14 +93,36 @@ class TimeBudget(Callback):
         used = time.perf_counter() - self.t_start
         return self.seconds - used - self._tail(step)
 
-    def _set_plan(self, done: float, epoch_seconds: float, step: float | None = None) -> None:
+    def _plan_steps(self, done: int, step: float) -> int:
+        """Steps (counted from the fit's start) that end in time from `done`, at `step` s a step.
+
+        Every epoch begun costs a validation pass; the last epoch is cut short when the time
+        left cannot pay for all of it, and dropped when under a tenth of it would train.
+        """
+        n, valid = self._n, self._valid_pass(step)
         left = self._left(step)
-        planned = max(math.ceil(done) or 1, int(done + left / max(epoch_seconds, 1e-6)))
-        planned = self.agree(planned)
-        if planned != self.planned:
-            self.replans += 1
-        self.planned = planned
+        rest = (-done) % n  # steps left in the epoch under way
+        if rest:
+            if left < rest * step + valid:  # not even this epoch: stop early in it
+                return done + max(0, int((left - valid) / max(step, 1e-9)))
+            left -= rest * step + valid
+        full = int(left // (n * step + valid)) if left > 0 else 0
+        partial = int((left - full * (n * step + valid) - valid) / max(step, 1e-9))
+        partial = partial if partial >= max(1, n // 10) else 0
+        return done + rest + full * n + partial
+
+    def _set_plan(self, done: int, step: float) -> None:
+        steps = max(done + 1 if done % self._n else done, self._plan_steps(done, step))
+        steps = self.agree(max(1, steps))
+        planned = max(1, math.ceil(steps / self._n))
+        if steps != self.planned_steps:
+            self.replans += self.planned_steps is not None
+        self.planned_steps, self.planned = steps, planned
         self.learn.n_epoch = planned
+
+    def _position(self) -> int:
+        """Training steps done in this fit, counting the epochs a resume skipped."""
+        return self.epoch * self._n + self.iter + 1
 
     # fastai events ------------------------------------------------------------------------
     def before_fit(self):
@@ -108,44 +133,46 @@ class TimeBudget(Callback):
         self.learn.n_epoch = self.planned
         if self._finished or self.epoch >= self.planned:
             raise CancelFitException()
-        self._t_epoch, self._full = time.perf_counter(), True
+        self._full = True
 
     def after_cancel_epoch(self):
         self._full = False  # skipped by a resume: no timing to learn from
 
     def before_train(self):
-        self._t_probe = None
+        self._t_probe, self._t_epoch = None, time.perf_counter()
         self._full = self._full and not getattr(self.learn.dl, "skip", 0)
         if self._t_train0 is None:
-            self._t_train0 = time.perf_counter()
+            self._t_train0 = self._t_epoch
+        if self.planned_steps is None:  # `n_iter` is set once this event has run
+            self.planned_steps = self.planned * len(self.dl)
         if self._p is not None:  # fastai resets it to epoch / n_epoch: keep the schedule's
             self.learn.pct_train = self._p
 
     def after_batch(self):
         if not self.training:
             return
+        self._n = self.n_iter  # the training epoch's batches (validation sets its own n_iter)
         if self._p is None:  # first batch of the fit: start from fastai's (or a resume's) place
             self._p = self._p0 = self.learn.pct_train - 1.0 / (self.n_iter * self.n_epoch)
         if self.iter == 0:
             self._t_probe = time.perf_counter()  # the first batch pays for warm-up
         elif self.iter == self.probe and self._t_probe is not None and self.valid_seconds is None:
-            step = (time.perf_counter() - self._t_probe) / self.probe
-            epoch = step * self.n_iter + self._valid_pass(step)
-            self._set_plan(self.epoch + (self.iter + 1) / self.n_iter, epoch, step)
+            self._set_plan(self._position(), (time.perf_counter() - self._t_probe) / self.probe)
         self._advance()
 
     def _advance(self) -> None:
         """Move the schedule one step: an equal share of what is left, or the time spent."""
-        steps_left = (self.planned - self.epoch) * self.n_iter - (self.iter + 1)
+        steps_left = self.planned_steps - self._position()
         p = self._p + (1.0 - self._p) / max(1, steps_left + 1)
         if steps_left > 0 and (self.iter + 1) % self.check_every == 0:
             p = max(p, self._p0 + (1.0 - self._p0) * self.agree(self._time_share()))
-        self._p = min(1.0, p)
+        self._p = 1.0 if steps_left <= 0 else min(1.0, p)
         self.learn.pct_train = self._p
-        if self._p >= 1.0 and steps_left > 0:
-            # Out of time before the plan's end: this epoch's training stops here, its
-            # validation runs, and the fit ends with the schedule complete.
-            self._finished = self.ended_early = True
+        if self._p >= 1.0 and self.iter + 1 < self.n_iter:
+            # The schedule has ended (the plan's last step, or out of time): this epoch's
+            # training stops here, its validation runs, and the fit ends.
+            self._finished = True
+            self.ended_early = steps_left > 0
             self.planned = self.learn.n_epoch = self.epoch + 1
             raise CancelTrainException()
 
@@ -161,6 +188,7 @@ class TimeBudget(Callback):
 
     def before_validate(self):
         self._t_valid = time.perf_counter()
+        self._train_seconds = self._t_valid - self._t_epoch
 
     def after_validate(self):
         self.valid_seconds = time.perf_counter() - self._t_valid
@@ -169,4 +197,4 @@ class TimeBudget(Callback):
         if self._p is not None and self._p >= 1.0:
             self._finished = True  # the schedule is complete: no epoch can follow
         elif self._full:
-            self._set_plan(self.epoch + 1, time.perf_counter() - self._t_epoch)
+            self._set_plan((self.epoch + 1) * self._n, self._train_seconds / self._n)

@@ -61,7 +61,7 @@ def _fake_learn(n_train: int = 80, n_valid: int = 20):
         train=SimpleNamespace(dataset=range(n_train)), valid=SimpleNamespace(dataset=range(n_valid))
     )
     return SimpleNamespace(dl=None, dls=dls, n_epoch=b.UNBOUNDED_EPOCHS, pct_train=0.0,
-                           train_iter=0, epoch=0, iter=0, n_iter=1, training=False)
+                           train_iter=0, epoch=0, iter=0, training=False)
 
 
 def _fit(cb, learn, clock, steps, n_iter: int = 10, valid: float = 0.0) -> list[float]:
@@ -70,14 +70,16 @@ def _fit(cb, learn, clock, steps, n_iter: int = 10, valid: float = 0.0) -> list[
     from fastai.callback.core import CancelFitException, CancelTrainException
 
     positions: list[float] = []
-    learn.pct_train, learn.train_iter, learn.n_iter = 0.0, 0, n_iter
+    learn.pct_train, learn.train_iter = 0.0, 0
     cb.before_fit()
     try:
         for epoch in range(10_000):
             learn.epoch = epoch
             cb.before_epoch()
             learn.pct_train, learn.training = epoch / learn.n_epoch, True  # TrainEvalCallback
+            learn.dl = range(n_iter)
             cb.before_train()
+            learn.n_iter = n_iter  # fastai sets it once before_train has run
             try:
                 for i in range(n_iter):
                     learn.iter = i
@@ -88,7 +90,7 @@ def _fit(cb, learn, clock, steps, n_iter: int = 10, valid: float = 0.0) -> list[
                     cb.after_batch()
             except CancelTrainException:
                 pass
-            learn.training = False
+            learn.training, learn.n_iter = False, 3  # the validation loader's batches
             cb.before_validate()
             clock.now += valid
             cb.after_validate()
@@ -130,6 +132,15 @@ def test_steady_run_ends_its_schedule_on_the_planned_last_batch(monkeypatch):
     steps = [b - a for a, b in zip(positions[10:], positions[11:])]
     assert max(steps) - min(steps) < 1e-9
     assert clock.now == pytest.approx(100.0)
+
+
+def test_the_last_epoch_is_cut_short_rather_than_the_budget_left_unused(monkeypatch):
+    cb, learn, clock = _budget(monkeypatch, 95.0)
+    positions = _fit(cb, learn, clock, lambda e, i: 1.0)
+    # nine full epochs of 10 steps and half of a tenth: the schedule ends on its last step
+    assert len(positions) == 95 and cb.planned == 10 and cb.planned_steps == 95
+    assert learn.pct_train == 1.0 and not cb.ended_early
+    assert clock.now == pytest.approx(95.0)
 
 
 def test_a_slowdown_in_the_last_epoch_compresses_the_schedule_and_keeps_the_deadline(monkeypatch):

@@ -126,3 +126,14 @@ def test_plain_progress_lines_inside_long_epochs(tmp_path):
     lines = out.getvalue().splitlines()
     assert any(line.startswith("epoch 1/1: batch ") for line in lines)
     assert lines[-1].startswith("epoch 1/1: train_loss ")
+
+
+def test_the_decode_counter_writes_plain_lines_to_a_log(capsys):
+    """On a log file the image counter is a line every 10 %, not a rewritten line per chunk."""
+    from easycls.data.images import _progress
+
+    chunks = [[0] * 10 for _ in range(100)]  # 1,000 items in chunks of 10
+    assert sum(len(c) for c in _progress(iter(chunks), 1000, enabled=True)) == 1000
+    lines = capsys.readouterr().err.splitlines()
+    assert "\r" not in "".join(lines)
+    assert lines == [f"{n}/1000 images" for n in range(100, 1001, 100)]

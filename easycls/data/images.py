@@ -325,13 +325,18 @@ def parallel_map(
 
 
 def _progress(chunks: Iterable[list], total: int, enabled: bool) -> Iterator[list]:
-    """Yield ``chunks``, printing an ``n/total`` counter to stderr when enabled."""
-    n = 0
+    """Yield ``chunks``, printing an ``n/total`` counter to stderr when enabled: rewritten in
+    place on a terminal; where stderr is a log (CI, SLURM, a file), a plain line every 10 %."""
+    n, shown = 0, 0
+    terminal = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     for chunk in chunks:
         n += len(chunk)
-        if enabled:
-            end = "\n" if n >= total else ""
-            print(f"\r{n}/{total} images", end=end, file=sys.stderr, flush=True)
+        if enabled and terminal:
+            print(f"\r{n}/{total} images", end="\n" if n >= total else "", file=sys.stderr,
+                  flush=True)
+        elif enabled and (n >= total or n * 10 // max(1, total) > shown):
+            shown = n * 10 // max(1, total)
+            print(f"{n}/{total} images", file=sys.stderr, flush=True)
         yield chunk
 
 
