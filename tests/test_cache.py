@@ -18,6 +18,7 @@ from easycls.data.cache import (
     load_or_build,
 )
 from easycls.data.images import load_resized, zip_ref
+from easycls.data.locks import locked
 
 SIZE = 16
 
@@ -129,7 +130,7 @@ def test_second_builder_waits_then_reuses(refs):
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_build_in_child, args=(refs, queue))
-    with cache_mod.locked(root / f"{key}.lock"):  # this process is the first builder
+    with locked(root / f"{key}.lock"):  # this process is the first builder
         child.start()
         child.join(timeout=0.5)
         assert child.is_alive() and not manifest.exists()  # the second one waits

@@ -26,7 +26,7 @@ import numpy as np
 from . import cachedir
 from .cachedir import HEADROOM, cache_root, free_bytes
 from .images import UnreadableImage, load_resized, parallel_map, split_zip_ref, zip_member_info
-from .locks import locked
+from .locks import open_or_build
 
 __all__ = [
     "DecodedCache",
@@ -268,15 +268,12 @@ def load_or_build(
     root = Path(root) if root is not None else cache_root()
     root.mkdir(parents=True, exist_ok=True)
     key = cache_key(refs, size)
-    cache = open_cache(root, key, len(refs), size)
-    if cache is not None:
-        return cache
-    with locked(root / f"{key}.lock", "building the decoded-image cache"):
-        # Another process may have finished the build while we waited.
-        cache = open_cache(root, key, len(refs), size)
-        if cache is not None:
-            return cache
+
+    def build() -> DecodedCache:
         _remove_stale(root, key)
         failures = _build(refs, size, root, key, workers, progress, source)
-    npy = root / f"{key}.npy"
-    return DecodedCache(np.load(npy, mmap_mode="r"), failures, npy, built=True)
+        npy = root / f"{key}.npy"
+        return DecodedCache(np.load(npy, mmap_mode="r"), failures, npy, built=True)
+
+    return open_or_build(root / f"{key}.lock", "decoded-image cache",
+                         lambda: open_cache(root, key, len(refs), size), build)

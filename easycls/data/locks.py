@@ -22,7 +22,7 @@ try:
 except ImportError:  # Windows: no flock; concurrent builders are then unsupported
     fcntl = None
 
-__all__ = ["LockTimeout", "lock_timeout", "locked"]
+__all__ = ["LockTimeout", "lock_timeout", "locked", "open_or_build"]
 
 _DEFAULT_TIMEOUT = 2 * 3600.0
 _REPORT_EVERY = 60.0
@@ -98,3 +98,16 @@ def _wait(f, path, what, timeout, say, clock, sleep) -> None:
             say(f"waiting for another process doing {what} ({waited:.0f} s; lock {path})")
             next_report = waited + _REPORT_EVERY
         sleep(_POLL)
+
+
+def open_or_build(lock_path: str | os.PathLike, what: str, open_fn: Callable,
+                  build_fn: Callable):
+    """`open_fn()` if it finds a finished build, else `build_fn()` under the lock at
+    `lock_path`, looking again once the lock is held: another process may have finished
+    the build while this one waited, and then it is opened, not built twice."""
+    found = open_fn()
+    if found is not None:
+        return found
+    with locked(lock_path, f"building the {what}"):
+        found = open_fn()
+        return found if found is not None else build_fn()

@@ -109,11 +109,17 @@ def _cache_together(refs, size, root, sess, progress, source):
 
 
 def _finish_cache(root, key, partial, refs, size, failures, source) -> None:
-    if dcache.open_cache(root, key, len(refs), size) is not None:  # another machine's
+    _finish(partial, "decoded-image cache", lambda: dcache.open_cache(root, key, len(refs), size),
+            lambda: dcache.finish(root, key, partial, len(refs), size, failures, source))
+
+
+def _finish(partial: Path, what: str, open_fn: Callable, finish_fn: Callable) -> None:
+    """Publish a finished build, unless another machine sharing the folder already did."""
+    if open_fn() is not None:  # another machine's
         cachedir.remove_path(partial)
         return
-    with cachedir.guarded_build(root, partial, 0, "decoded-image cache"):
-        dcache.finish(root, key, partial, len(refs), size, failures, source)
+    with cachedir.guarded_build(partial.parent, partial, 0, what):
+        finish_fn()
 
 
 def _store_together(refs, size, root, sess, progress, source):
@@ -147,11 +153,8 @@ def _store_together(refs, size, root, sess, progress, source):
 
 
 def _finish_store(root, key, build_dir, refs, size, parts, source) -> None:
-    if dstore.open_store(root, key, len(refs), size) is not None:  # another machine's
-        cachedir.remove_path(build_dir)
-        return
-    with cachedir.guarded_build(root, build_dir, 0, "compact image store"):
-        dstore.finish(root, key, build_dir, len(refs), size, parts, source)
+    _finish(build_dir, "compact image store", lambda: dstore.open_store(root, key, len(refs), size),
+            lambda: dstore.finish(root, key, build_dir, len(refs), size, parts, source))
 
 
 def _merged(sess: Any, mine: dict[int, str]) -> dict[int, str]:

@@ -37,7 +37,7 @@ from PIL import Image
 from . import cachedir
 from .cache import auto_budget, cache_key, estimate_bytes
 from .images import UnreadableImage, load_resized, parallel_map
-from .locks import locked
+from .locks import open_or_build
 
 __all__ = [
     "STORE_MODES",
@@ -372,18 +372,17 @@ def load_or_build_store(refs: Sequence[str], size: int, root: str | os.PathLike 
     root = Path(root) if root is not None else cachedir.cache_root()
     root.mkdir(parents=True, exist_ok=True)
     key = store_key(refs, size)
-    store = open_store(root, key, len(refs), size)
-    if store is not None:
-        return store
-    with locked(root / f"{key}.lock", "building the compact image store"):
+
+    def build() -> JpegStore:
+        build_dir = partial_dir(root, key)
+        need = estimate_store_bytes(len(refs), size)
+        with cachedir.guarded_build(root, build_dir, need, "compact image store"):
+            cachedir.remove_path(build_dir)  # a crashed build's leftovers
+            build_part(refs, size, build_dir, 0, 1, workers, progress)
+            finish(root, key, build_dir, len(refs), size, 1, source)
         store = open_store(root, key, len(refs), size)
-        if store is None:
-            build_dir = partial_dir(root, key)
-            need = estimate_store_bytes(len(refs), size)
-            with cachedir.guarded_build(root, build_dir, need, "compact image store"):
-                cachedir.remove_path(build_dir)  # a crashed build's leftovers
-                build_part(refs, size, build_dir, 0, 1, workers, progress)
-                finish(root, key, build_dir, len(refs), size, 1, source)
-            store = open_store(root, key, len(refs), size)
-            store.built = True
-    return store
+        store.built = True
+        return store
+
+    return open_or_build(root / f"{key}.lock", "compact image store",
+                         lambda: open_store(root, key, len(refs), size), build)
