@@ -23,6 +23,7 @@ __all__ = [
     "L1Penalty",
     "JsonEvents",
     "ChannelsLastAuto",
+    "AugmentWhenLong",
     "tensorboard_callback",
     "LoaderTiming",
     "DeviceSmoothLoss",
@@ -183,6 +184,39 @@ class ChannelsLastAuto(Callback):
             on = self.dls.device.type == "cuda" or _has_depthwise_conv(self.model)
         if on:
             self.learn.model.to(memory_format=torch.channels_last)
+
+
+class AugmentWhenLong(Callback):
+    """Training augmentation on only while the fit is planned for `from_epochs` or more.
+
+    For runs whose length is planned while they train (`budget.TimeBudget` sets
+    `n_epoch`): a short run from scratch learns faster without augmentation, a long one
+    needs it (`plan.default_augment`). Checked at every batch, so a re-plan takes effect at
+    once; the decision of the last batch is `self.used`. After the fit the transform is
+    left on, as built (`learn.tta()` uses the validation loader's own, always on).
+    """
+
+    order = 60
+
+    def __init__(self, from_epochs: int):
+        self.from_epochs, self.used = from_epochs, None
+
+    def _augments(self) -> list:
+        from .data.loaders import BatchAugment
+        dl = self.dls.train
+        while hasattr(dl, "dl"):  # the training shards wrap the fastai loader
+            dl = dl.dl
+        return [t for t in dl.after_batch.fs if isinstance(t, BatchAugment)]
+
+    def before_batch(self):
+        if self.training:
+            self.used = self.n_epoch >= self.from_epochs
+            for t in self._augments():
+                t.enabled = self.used
+
+    def after_fit(self):
+        for t in self._augments():
+            t.enabled = True
 
 
 def _has_depthwise_conv(model: torch.nn.Module) -> bool:

@@ -74,8 +74,10 @@ class TrainConfig:
     ps: float = _opt(0.0, "Dropout before the head.", lo=0.0, hi=0.99)
     label_smoothing: float = _opt(0.0, "Label smoothing (single-label).", lo=0.0, hi=0.5)
     freeze_epochs: int = _opt(1, "Frozen-body epochs when fine-tuning.", lo=0, hi=1000)
-    augment: bool = _opt(True, "Training augmentation (flips, rotation, zoom, lighting).",
-                         flag="--augment/--no-augment")
+    augment: bool | None = _opt(None, "Training augmentation (flips, rotation, zoom, "
+                                "lighting). Default: on when fine-tuning and for runs of 10 or "
+                                "more epochs; off for shorter runs from scratch, which it slows.",
+                                flag="--augment/--no-augment")
     cache: bool | None = _opt(None, "Decoded-image cache: --cache is --store cache, --no-cache "
                               "is --store none.", flag="--cache/--no-cache")
     store: str = _opt("auto", "Where training pixels come from: cache (uint8), jpeg (compact "

@@ -23,6 +23,7 @@ from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget, budget_origin
 from .bundle import load, save_bundle
 from .callbacks import (
+    AugmentWhenLong,
     HistoryCSV,
     JsonEvents,
     L1Penalty,
@@ -58,7 +59,7 @@ from .learners import (
 from .lr_search import LrChoice, choose_lr
 from .metrics import confusion_matrix, multi_label_metrics, single_label_metrics
 from .models import check_size, default_size
-from .plan import default_bs
+from .plan import AUGMENT_FROM_EPOCHS, default_augment, default_bs
 from .predict import write_predictions
 from .priors import init_output_bias
 from .report import format_metrics, plot_confusion, plot_f1_threshold, plot_history
@@ -86,7 +87,10 @@ def resolve_config(source: str | None, **settings: Any) -> TrainConfig:
         base.extra = {**recipe.extra, **base.extra}
     cfg = base.updated(**given)
     # No size given nor set by a recipe: the size the model was made for (timm's config).
-    return cfg if cfg.size is not None else cfg.updated(size=default_size(cfg.arch))
+    cfg = cfg if cfg.size is not None else cfg.updated(size=default_size(cfg.arch))
+    return cfg.updated(augment=default_augment(cfg.augment, epochs=cfg.epochs,
+                                               fine_tune=bool(cfg.pretrained or cfg.weights),
+                                               time_budget=cfg.time_budget))
 
 
 def _given(settings: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +118,7 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
     norm = norm or data.pixel_stats()
     dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm)
     cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
+    cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
     cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start))
     kw = dict(pretrained=cfg.pretrained, weights=cfg.weights, wd=cfg.wd, cbs=cbs, path=run_dir)
     if data.multi_label:
@@ -181,8 +186,10 @@ def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
                last_phase_epochs=UNBOUNDED_EPOCHS if budget else None)
     if not budget:
         return {}
+    live = next((cb for cb in learn.cbs if isinstance(cb, AugmentWhenLong)), None)
+    augment = {"augment": live.used} if live is not None else {}
     return dict(time_budget_seconds=cfg.time_budget, planned_epochs=budget.planned,
-                budget_ended_early=budget.ended_early)
+                budget_ended_early=budget.ended_early, **augment)
 
 
 def _resumed_config(resume: str | Path, source: str | None, settings: dict) -> TrainConfig:

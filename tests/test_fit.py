@@ -32,7 +32,9 @@ def trained(tmp_path_factory):
     """One small run shared by the contract tests (class folders, random split)."""
     root = write_class_folders(tmp_path_factory.mktemp("d") / "pets", per_class=16)
     out = tmp_path_factory.mktemp("runs") / "run"
-    learn = easycls.fit(str(root), out=str(out), **{**TINY, "epochs": 2})
+    # Augmented, as written against: ten steps leave batch-norm's running statistics raw,
+    # and which seeds land above chance on 10 validation images shifts with the settings.
+    learn = easycls.fit(str(root), out=str(out), **{**TINY, "epochs": 2, "augment": True})
     return learn, out, root
 
 

@@ -249,6 +249,9 @@ class BatchAugment(DisplayedTransform):
         super().__init__()
         self.size, self.flip, self.max_rotate, self.max_zoom, self.max_lighting = (
             size, flip, max_rotate, max_zoom, max_lighting)
+        # Off: the stored images (with their crop margin) are only resized to `size`, the
+        # validation view. `callbacks.AugmentWhenLong` switches it while training.
+        self.enabled = True
 
     def _grid(self, n: int, device) -> torch.Tensor:
         u = lambda: torch.rand(n, 1, 1, device=device) * 2 - 1  # noqa: E731  uniform in [-1, 1]
@@ -278,6 +281,11 @@ class BatchAugment(DisplayedTransform):
     def _augment(self, x: TensorImage) -> TensorImage:
         n = x.shape[0]
         plain = x.as_subclass(torch.Tensor)  # skip fastai's per-op dispatch on the big tensor
+        if not self.enabled:
+            if plain.shape[-1] == self.size and plain.shape[-2] == self.size:
+                return x
+            return TensorImage(F.interpolate(plain, size=(self.size, self.size), mode="bilinear",
+                                             antialias=True, align_corners=False))
         out = F.grid_sample(
             plain,
             self._grid(n, x.device),

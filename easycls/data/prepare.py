@@ -155,7 +155,10 @@ class PreparedData:
             n = sum(len(labs) != 1 for labs in table.labels)
             raise DataError(f"multi_label=False, but {n} images of {cfg.source} have several "
                             "(or no) labels; drop --single-label to train a multi-label model")
-        self.store_size = train_store_size(cfg.size, cfg.augment)
+        # None: decided while training (a time budget). Stored at the size itself, so a run
+        # that stays short sees exactly the validation view; one that grows long enough to
+        # augment crops inside the image instead of inside a margin.
+        self.store_size = train_store_size(cfg.size, cfg.augment is True)
         n_valid = sum(table.is_valid)
         splits = [(len(table.refs) - n_valid, self.store_size), (n_valid, cfg.size)]
         self.store = storage.plan(store_mode(cfg), splits, self.sess)  # cache, jpeg or none
@@ -232,5 +235,5 @@ def build_dataloaders(cfg: TrainConfig, data: PreparedData | None = None, *,
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bs = cfg.bs or default_bs(len(train_ds))  # fit resolves it first, for all processes
     return make_dataloaders(train_ds, valid_ds, size=cfg.size, bs=bs, mean=mean, std=std,
-                            augment=cfg.augment, flip=cfg.extra.get("flip", True),
+                            augment=cfg.augment is not False, flip=cfg.extra.get("flip", True),
                             workers=workers, device=device, seed=cfg.seed)
