@@ -71,6 +71,7 @@ class TimeBudget(Callback):
         self.tail_items, self.check_every = tail_items, max(1, check_every)
         self.valid_seconds, self.replans, self.ended_early = None, 0, False
         self.planned_steps: int | None = None
+        self._measured = False  # a plan from measured steps exists (not the first guess)
         self._p = self._p0 = self._t_train0 = None
         self._finished, self._n = False, 1
 
@@ -117,7 +118,7 @@ class TimeBudget(Callback):
         planned = max(1, math.ceil(steps / self._n))
         if steps != self.planned_steps:
             self.replans += self.planned_steps is not None
-        self.planned_steps, self.planned = steps, planned
+        self.planned_steps, self.planned, self._measured = steps, planned, True
         self.learn.n_epoch = planned
 
     def _position(self) -> int:
@@ -156,15 +157,25 @@ class TimeBudget(Callback):
             self._p = self._p0 = self.learn.pct_train - 1.0 / (self.n_iter * self.n_epoch)
         if self.iter == 0:
             self._t_probe = time.perf_counter()  # the first batch pays for warm-up
-        elif self.iter == self.probe and self._t_probe is not None and self.valid_seconds is None:
-            self._set_plan(self._position(), (time.perf_counter() - self._t_probe) / self.probe)
+        elif self._probing():
+            # Until the first validation, re-planned every eighth of the epoch from the
+            # steps so far: the first ones run slow (warm-up), and a plan that stays short
+            # would end the schedule early and leave the budget unused.
+            self._set_plan(self._position(), (time.perf_counter() - self._t_probe) / self.iter)
         self._advance()
+
+    def _probing(self) -> bool:
+        if self._t_probe is None or self.valid_seconds is not None or self.iter < self.probe:
+            return False
+        return (self.iter - self.probe) % max(self.probe, self.n_iter // 8) == 0
 
     def _advance(self) -> None:
         """Move the schedule one step: an equal share of what is left, or the time spent."""
         steps_left = self.planned_steps - self._position()
         p = self._p + (1.0 - self._p) / max(1, steps_left + 1)
-        if steps_left > 0 and (self.iter + 1) % self.check_every == 0:
+        # The clock only once a measured plan exists: the first batches (warm-up) would
+        # make the budget look spent.
+        if steps_left > 0 and self._measured and (self.iter + 1) % self.check_every == 0:
             p = max(p, self._p0 + (1.0 - self._p0) * self.agree(self._time_share()))
         self._p = 1.0 if steps_left <= 0 else min(1.0, p)
         self.learn.pct_train = self._p

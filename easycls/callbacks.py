@@ -171,19 +171,30 @@ class ChannelsLastAuto(Callback):
     Measured on 2 CPU cores (training step, 64 px, bs 64): mobilenetv3_small_100 83 ms in
     channels_last vs 154 ms contiguous; resnet18 about 5 % slower, so CPU keeps it off for
     models without depthwise convolutions. `enabled` True/False forces it.
+
+    Batches are handed over in the model's format: a uint8 NHWC batch viewed as NCHW is
+    channels-last already, and a contiguous model fed channels-last input runs its
+    convolutions channels-last (measured: a 3-epoch resnet18 run 12 % slower on CPU).
     """
 
     order = -1  # before anything wraps the model (DDP, compile)
 
     def __init__(self, enabled: bool | None = None):
-        self.enabled = enabled
+        self.enabled, self.format = enabled, torch.contiguous_format
 
     def before_fit(self):
         on = self.enabled
         if on is None:
             on = self.dls.device.type == "cuda" or _has_depthwise_conv(self.model)
+        self.format = torch.channels_last if on else torch.contiguous_format
         if on:
             self.learn.model.to(memory_format=torch.channels_last)
+
+    def before_batch(self):
+        x = self.xb[0] if self.xb else None
+        if (isinstance(x, torch.Tensor) and x.dim() == 4
+                and not x.is_contiguous(memory_format=self.format)):
+            self.learn.xb = (x.contiguous(memory_format=self.format), *self.xb[1:])
 
 
 class AugmentWhenLong(Callback):

@@ -192,3 +192,13 @@ def test_the_cli_counts_a_budget_from_the_process_start(monkeypatch):
     b.count_from_process_start()
     age = time.time() - psutil.Process().create_time()
     assert b.budget_origin(now) == pytest.approx(now - age, abs=0.5)
+
+
+def test_a_slow_start_does_not_leave_the_budget_unused(monkeypatch):
+    cb, learn, clock = _budget(monkeypatch, 70.0)
+    # The first three batches run 3x slow (warm-up), then 1 s a step. Planned from the
+    # probe alone (batches 1-4), the run would end inside its first epoch; re-planning
+    # through the first epoch catches up and the run goes on into a second one.
+    positions = _fit(cb, learn, clock, lambda e, i: 3.0 if (e, i) < (0, 3) else 1.0, n_iter=40)
+    assert learn.pct_train == 1.0 and 60.0 <= clock.now <= 70.0
+    assert len(positions) > 40 and cb.replans >= 3

@@ -284,3 +284,26 @@ def test_device_smooth_loss_records_what_fastai_records():
         np.array(lazy.recorder.values, float), np.array(plain.recorder.values, float)
     )
     assert type(lazy.recorder.smooth_loss).__name__ == "AvgSmoothLoss"  # fastai's, back after fit
+
+
+def test_batches_reach_the_model_in_its_memory_format():
+    from types import SimpleNamespace
+
+    import torch
+
+    from easycls.callbacks import ChannelsLastAuto
+
+    nhwc = torch.zeros(2, 8, 8, 3).permute(0, 3, 1, 2)  # a uint8 store's batch, viewed NCHW
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    learn = SimpleNamespace(xb=(nhwc,), model=torch.nn.Conv2d(3, 4, 3),
+                            dls=SimpleNamespace(device=torch.device("cpu")))
+    cb = ChannelsLastAuto()
+    cb.learn = learn
+    cb.before_fit()  # CPU, no depthwise convolution: the model stays contiguous
+    cb.before_batch()
+    assert learn.xb[0].is_contiguous() and torch.equal(learn.xb[0], nhwc)
+    forced = ChannelsLastAuto(True)
+    forced.learn = learn
+    forced.before_fit()
+    forced.before_batch()
+    assert learn.xb[0].is_contiguous(memory_format=torch.channels_last)
