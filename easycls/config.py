@@ -91,8 +91,10 @@ class TrainConfig:
                                       "and for depthwise-conv models on CPU).",
                                       flag="--channels-last/--no-channels-last")
     compile: bool = _opt(False, "torch.compile the model.", flag="--compile")
-    time_budget: float | None = _opt(None, "Wall-time budget (90s, 30m, 2h): epochs are planned "
-                                     "to fit.", above=0.0, hi=365 * 86400, kind="duration")
+    time_budget: float | None = _opt(None, "Wall-time budget (90s, 30m, 2h): the training "
+                                     "steps and the one-cycle schedule are planned so the run "
+                                     "ends within it (the CLI counts from its start).",
+                                     above=0.0, hi=365 * 86400, kind="duration")
     checkpoint_minutes: float | None = _opt(None, "Also checkpoint every M minutes inside epochs.",
                                             above=0.0, hi=10_000)
     keep_checkpoint: bool = _opt(False, "Keep checkpoint.pth (optimizer state, for --resume) "
