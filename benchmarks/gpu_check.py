@@ -96,17 +96,8 @@ def loaders(source: Path, size: int, bs: int):
 
 def loader_rate(dl, passes: int = 2) -> dict:
     """Images/s and images per process-CPU-second of iterating `dl` (after a warm-up pass)."""
-    for _ in dl:
-        pass
-    n, wall, cpu = 0, time.perf_counter(), time.process_time()
-    for _ in range(passes):
-        for xb, _yb in dl:
-            n += len(xb)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return dict(images_per_s=n / wall, images_per_cpu_second=n / cpu, batch_level=dl.batch_level,
-                loader=type(dl).__name__)
+    from easycls.bench import loader_cost
+    return dict(loader_cost(dl, passes), batch_level=dl.batch_level, loader=type(dl).__name__)
 
 
 def store_loader(dl, size: int, work: Path):
