@@ -8,7 +8,7 @@ atomic, disk-full-safe or locked is a change in one place.
 |---|---|
 | `model.safetensors`, `model.json` | `bundle.save_bundle` |
 | `metrics.json`, `config.json` | `write_json`, `TrainConfig.to_json` |
-| `history.csv` | `callbacks.HistoryCSV` (`append_text`) |
+| `history.csv` | `runlog.HistoryCSV` (`append_text`) |
 | `per_class.csv` | `write_per_class` (fit and evaluate, class names) |
 | `skipped.txt` | `write_skipped` |
 | `*.png` | `report` plots (`write_figure`) |

@@ -22,16 +22,7 @@ from fastcore.basics import noop
 from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget, budget_origin
 from .bundle import load, save_bundle
-from .callbacks import (
-    AugmentWhenLong,
-    HistoryCSV,
-    JsonEvents,
-    L1Penalty,
-    PlainProgress,
-    PlainTensors,
-    tensorboard_callback,
-    wants_plain_progress,
-)
+from .callbacks import AugmentWhenLong, L1Penalty, PlainTensors
 from .checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -64,6 +55,13 @@ from .predict import write_predictions
 from .priors import init_output_bias
 from .report import format_metrics, plot_confusion, plot_f1_threshold, plot_history
 from .rundir import RunRecord, write_json, write_per_class, write_skipped
+from .runlog import (
+    HistoryCSV,
+    JsonEvents,
+    PlainProgress,
+    tensorboard_callback,
+    wants_plain_progress,
+)
 from .thresholds import per_class_report
 
 __all__ = ["fit", "resolve_config", "save"]

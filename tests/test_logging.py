@@ -115,7 +115,7 @@ def test_plain_progress_lines_inside_long_epochs(tmp_path):
     import io
 
     from easycls import fit
-    from easycls.callbacks import PlainProgress
+    from easycls.runlog import PlainProgress
     data = write_class_folders(tmp_path / "pets")
     learn = fit(str(data), out=str(tmp_path / "run"), arch="resnet18", pretrained=False,
                 epochs=1, size=16, bs=8, lr=1e-3, quiet=True)
