@@ -47,7 +47,8 @@ def _main(
 
 
 def _fail(e: Exception, code: int = 2) -> None:
-    from .distributed import Session
+    from .distributed import Session, leaving_on_error
+    leaving_on_error()  # under a launcher: leave without waiting for the other processes
     if Session.of_launch().is_main:  # every process of a launch hits the same error: say it once
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)

@@ -11,8 +11,11 @@ and `RANK`; an `Accelerator` then joins the process group: NCCL on CUDA, gloo on
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -382,6 +385,47 @@ class Session:
         return f"bs {bs} per process x {self.world_size} = {bs * self.world_size}"
 
 
+_clean_exit = True  # False once this process is leaving on an error
+EXIT_GRACE_SECONDS = 0.2
+
+
+def leaving_on_error() -> None:
+    """Say this process exits on an error: it leaves without waiting for the others (they
+    may be inside a collective it will never join; the launcher stops them)."""
+    global _clean_exit
+    _clean_exit = False
+
+
+def _note_uncaught(hook: Callable) -> Callable:
+    def excepthook(*exc_info):
+        leaving_on_error()
+        return hook(*exc_info)
+    return excepthook
+
+
+def _leave_group() -> None:
+    """Leave the process group before the interpreter tears down.
+
+    gloo's worker threads release a finished collective's tensors on their own; one that
+    does so while Python is finalizing cannot take the GIL, and the rank aborts
+    ("terminate called without an active exception": about one two-process run in six,
+    a finished job reported failed). On a clean exit a barrier waits until every rank's
+    collectives are done, then the group is destroyed while Python still runs. A process
+    leaving on an error skips the barrier: a peer may never reach it.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if _clean_exit:
+        try:
+            dist.barrier()
+        except Exception:  # a peer that failed or left: tear down all the same
+            pass
+    # The worker thread that ran the last collective drops it just after the caller has
+    # its result: give it that moment while Python can still take the GIL for it.
+    time.sleep(EXIT_GRACE_SECONDS)
+    dist.destroy_process_group()
+
+
 def session(cpu: bool | None = None, timeout: float | None = None) -> Session:
     """The session of this process; single-process unless started by a launcher.
 
@@ -410,6 +454,8 @@ def session(cpu: bool | None = None, timeout: float | None = None) -> Session:
     # Mixed precision stays with fastai's callback, so Accelerator itself runs in fp32.
     wait = InitProcessGroupKwargs(timeout=timedelta(seconds=process_group_timeout(timeout)))
     acc = Accelerator(cpu=not use_cuda, mixed_precision="no", kwargs_handlers=[wait])
+    atexit.register(_leave_group)
+    sys.excepthook = _note_uncaught(sys.excepthook)
     # On CPU accelerate may say "cpu:0"; tensors saved from there cannot be loaded again.
     device = acc.device if acc.device.type == "cuda" else torch.device("cpu")
     local = local_world_size()

@@ -235,3 +235,29 @@ def test_lr_find_under_two_processes(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert (res.stdout + res.stderr).count("(full search, ") == 1  # rank 0 says it, once
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 2  # no lr_find rows
+
+
+def test_a_rank_leaves_the_group_before_python_finalizes(monkeypatch):
+    """At exit the process group is destroyed while Python runs (gloo's threads otherwise
+    aborted finished two-process jobs); a clean exit waits for the peers, an error does not."""
+    import torch.distributed as dist
+
+    from easycls import distributed as d
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(d, "EXIT_GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(d, "_clean_exit", True)
+    d._leave_group()
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    d.leaving_on_error()  # the CLI's error exits and uncaught exceptions say so
+    d._leave_group()
+    assert calls == ["destroy"]
+    seen = []
+    hook = d._note_uncaught(lambda *exc: seen.append(exc))
+    monkeypatch.setattr(d, "_clean_exit", True)
+    hook(ValueError, ValueError("x"), None)
+    assert d._clean_exit is False and len(seen) == 1
