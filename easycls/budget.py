@@ -179,11 +179,13 @@ class TimeBudget(Callback):
             p = max(p, self._p0 + (1.0 - self._p0) * self.agree(self._time_share()))
         self._p = 1.0 if steps_left <= 0 else min(1.0, p)
         self.learn.pct_train = self._p
-        if self._p >= 1.0 and self.iter + 1 < self.n_iter:
-            # The schedule has ended (the plan's last step, or out of time): this epoch's
-            # training stops here, its validation runs, and the fit ends.
+        if self._p < 1.0:
+            return
+        self.ended_early = steps_left > 0  # out of time before the plan's last step
+        if self.iter + 1 < self.n_iter:
+            # The schedule has ended inside an epoch: its training stops here, its
+            # validation runs, and the fit ends.
             self._finished = True
-            self.ended_early = steps_left > 0
             self.planned = self.learn.n_epoch = self.epoch + 1
             raise CancelTrainException()
 

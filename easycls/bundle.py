@@ -198,8 +198,8 @@ class Predictor:
         self.model, self.meta, self.device = model, meta, device
         self.classes: list[str] = meta["classes"]
         self.size: int = meta["input_size"]
-        self._mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(meta["std"]).view(1, 3, 1, 1) * 255
+        self._mean = (torch.tensor(meta["mean"]).view(1, 3, 1, 1) * 255).to(device)
+        self._std = (torch.tensor(meta["std"]).view(1, 3, 1, 1) * 255).to(device)
 
     @property
     def multi_label(self) -> bool:
@@ -248,7 +248,7 @@ class Predictor:
     def _forward(self, pixels: list[np.ndarray]) -> np.ndarray:
         # NHWC uint8 viewed as NCHW is already channels-last: normalized in place, no copy.
         x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).to(self.device).float()
-        x = x.sub_(self._mean.to(self.device)).div_(self._std.to(self.device))
+        x = x.sub_(self._mean).div_(self._std)
         logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
         return (logits.sigmoid() if self.multi_label else logits.softmax(1)).cpu().numpy()
 

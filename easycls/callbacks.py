@@ -104,23 +104,23 @@ class AugmentWhenLong(Callback):
     order = 60
 
     def __init__(self, from_epochs: int):
-        self.from_epochs, self.used = from_epochs, None
+        self.from_epochs, self.used, self.augments = from_epochs, None, []
 
-    def _augments(self) -> list:
+    def before_fit(self):
         from .data.loaders import BatchAugment
         dl = self.dls.train
         while hasattr(dl, "dl"):  # the training shards wrap the fastai loader
             dl = dl.dl
-        return [t for t in dl.after_batch.fs if isinstance(t, BatchAugment)]
+        self.augments = [t for t in dl.after_batch.fs if isinstance(t, BatchAugment)]
 
     def before_batch(self):
         if self.training:
             self.used = self.n_epoch >= self.from_epochs
-            for t in self._augments():
+            for t in self.augments:
                 t.enabled = self.used
 
     def after_fit(self):
-        for t in self._augments():
+        for t in self.augments:
             t.enabled = True
 
 

@@ -403,6 +403,19 @@ def _note_uncaught(hook: Callable) -> Callable:
     return excepthook
 
 
+_exit_hooked = False
+
+
+def _hook_exit() -> None:
+    """Once per process (a script may call `fit` several times): leave the group at exit,
+    and note an uncaught exception as an exit on an error."""
+    global _exit_hooked
+    if not _exit_hooked:
+        atexit.register(_leave_group)
+        sys.excepthook = _note_uncaught(sys.excepthook)
+        _exit_hooked = True
+
+
 def _leave_group() -> None:
     """Leave the process group before the interpreter tears down.
 
@@ -454,8 +467,7 @@ def session(cpu: bool | None = None, timeout: float | None = None) -> Session:
     # Mixed precision stays with fastai's callback, so Accelerator itself runs in fp32.
     wait = InitProcessGroupKwargs(timeout=timedelta(seconds=process_group_timeout(timeout)))
     acc = Accelerator(cpu=not use_cuda, mixed_precision="no", kwargs_handlers=[wait])
-    atexit.register(_leave_group)
-    sys.excepthook = _note_uncaught(sys.excepthook)
+    _hook_exit()
     # On CPU accelerate may say "cpu:0"; tensors saved from there cannot be loaded again.
     device = acc.device if acc.device.type == "cuda" else torch.device("cpu")
     local = local_world_size()

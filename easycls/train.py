@@ -184,7 +184,7 @@ def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
                last_phase_epochs=UNBOUNDED_EPOCHS if budget else None)
     if not budget:
         return {}
-    live = next((cb for cb in learn.cbs if isinstance(cb, AugmentWhenLong)), None)
+    live = getattr(learn, "augment_when_long", None)  # fastai names each callback on learn
     augment = {"augment": live.used} if live is not None else {}
     return dict(time_budget_seconds=cfg.time_budget, planned_epochs=budget.planned,
                 budget_ended_early=budget.ended_early, **augment)

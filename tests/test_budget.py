@@ -40,6 +40,8 @@ def test_budget_run_records_its_plan_with_all_artifacts(tmp_path):
     assert not (out / "checkpoint.pth").exists()  # a completed run keeps no resume state
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["time_budget_seconds"] == budget and metrics["planned_epochs"] >= 1
+    # from scratch under a budget, augmentation was decided live from the plan
+    assert metrics["augment"] is (metrics["planned_epochs"] >= 10)
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == metrics["planned_epochs"]
 
@@ -167,16 +169,20 @@ def test_validation_and_the_test_split_are_paid_for_before_the_deadline(monkeypa
 
 
 def test_several_processes_decide_on_rank_0s_clock_every_few_batches(monkeypatch):
-    calls = []
+    asked = []
 
-    def agree(value):
-        calls.append(value)
+    def agree(value):  # rank 0's answer: its clock says the time is up after 30 s
+        if isinstance(value, float):
+            asked.append(value)
+            return 1.0 if clock.now >= 33.0 else value
         return value
 
     cb, learn, clock = _budget(monkeypatch, 100.0, check_every=5, agree=agree)
-    _fit(cb, learn, clock, lambda e, i: 1.0)
-    # the plan once after the probe and at every epoch end; the clock every 5th batch
-    assert len(calls) < 100 // 5 + 2 * 10 + 2
+    positions = _fit(cb, learn, clock, lambda e, i: 1.0)
+    # Locally 100 steps fit; rank 0's clock ends the schedule at the first agreed batch
+    # after 33 s, the 35th (a multiple of 5), so every rank stops at the same one.
+    assert cb.ended_early and learn.pct_train == 1.0 and len(positions) == 35
+    assert len(asked) == 35 // 5  # the clock is asked every 5th batch, from the first plan
 
 
 def test_the_cli_counts_a_budget_from_the_process_start(monkeypatch):
@@ -202,3 +208,19 @@ def test_a_slow_start_does_not_leave_the_budget_unused(monkeypatch):
     positions = _fit(cb, learn, clock, lambda e, i: 3.0 if (e, i) < (0, 3) else 1.0, n_iter=40)
     assert learn.pct_train == 1.0 and 60.0 <= clock.now <= 70.0
     assert len(positions) > 40 and cb.replans >= 3
+
+
+def test_easycls_fit_counts_its_budget_from_the_process_start(monkeypatch):
+    from typer.testing import CliRunner
+
+    import easycls.train
+    from easycls import budget as b
+    from easycls.cli import app
+
+    monkeypatch.setattr(b, "_from_process_start", False)
+    seen = []
+    monkeypatch.setattr(easycls.train, "fit",
+                        lambda *a, **k: seen.append(b._from_process_start))
+    result = CliRunner().invoke(app, ["fit", "digits", "--time-budget", "1m"])
+    assert result.exit_code == 0, result.output
+    assert seen == [True]

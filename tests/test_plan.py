@@ -69,6 +69,8 @@ def test_live_augmentation_follows_the_planned_epochs():
                                 after_batch=SimpleNamespace(fs=[object(), aug]))))
     cb = AugmentWhenLong(10)
     cb.learn = learn
+    cb.before_fit()
+    assert cb.augments == [aug]  # found once, in the training loader's batch transforms
     cb.before_batch()
     assert aug.enabled is False and cb.used is False  # a 3-epoch plan: off
     learn.n_epoch = 12  # the budget re-planned a longer run
