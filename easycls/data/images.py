@@ -52,6 +52,7 @@ _CHUNK = 64  # items per thread task: amortizes scheduling, keeps progress smoot
 # formats are compressed already (JPEG, PNG, WebP barely shrink in a zip); only flat raw
 # bitmaps compress a hundredfold, and they are small.
 _MAX_MEMBER = 1 << 30
+_READ_AT_ONCE = 64 << 20  # bytes: a file up to this size is read in one call
 _BOMB_SIZE, _BOMB_RATIO = 32 << 20, 100
 
 
@@ -145,16 +146,26 @@ def zip_member_info(ref: str) -> zipfile.ZipInfo:
 
 
 def _read_source(ref: str) -> str | io.BytesIO:
-    """Something ``Image.open`` accepts; raises UnreadableImage for absent/empty."""
+    """Something ``Image.open`` accepts; raises UnreadableImage for absent/empty.
+
+    A file of usual size is read in one call (Pillow reading it itself makes dozens of small
+    reads); a larger one (a huge TIFF, or no image at all) is left for Pillow to read as it
+    goes, which also stops early on a file that is not an image.
+    """
     parts = split_zip_ref(ref)
     try:
         if parts is None:
-            if os.path.getsize(ref) == 0:
-                raise UnreadableImage(ref, "zero-byte file")
-            return ref
-        zf = _zip_handle(parts[0])
-        _refuse_zip_bomb(ref, zf.getinfo(parts[1]))
-        data = zf.read(parts[1])
+            with open(ref, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > _READ_AT_ONCE:
+                    return ref
+                data = f.read()
+        else:
+            zf = _zip_handle(parts[0])
+            _refuse_zip_bomb(ref, zf.getinfo(parts[1]))
+            data = zf.read(parts[1])
+    except IsADirectoryError:
+        raise UnreadableImage(ref, "not a file") from None
     except (FileNotFoundError, NotADirectoryError, KeyError):
         raise UnreadableImage(ref, "missing") from None
     except PermissionError:
@@ -162,6 +173,8 @@ def _read_source(ref: str) -> str | io.BytesIO:
     except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as e:
         # Bad CRC, encrypted member, unsupported compression, damaged archive.
         raise UnreadableImage(ref, f"bad zip: {e}") from None
+    except OSError as e:  # an I/O error reading the file
+        raise UnreadableImage(ref, f"unreadable: {e.strerror or e}") from None
     if not data:
         raise UnreadableImage(ref, "zero-byte file")
     return io.BytesIO(data)
