@@ -89,7 +89,9 @@ def load(run_dir: str | Path, model: nn.Module | None = None,
     """Load a bundle written by `fit` (JSON + safetensors, no pickle, no network).
 
     Every value of `model.json` and the shapes in `model.safetensors` are checked before the
-    model is built; anything wrong raises `BundleError` naming the file and the key.
+    model is built; anything wrong raises `BundleError` naming the file and the key. The
+    loaded model is for inference: in eval mode, channels-last, each batch norm that follows
+    a convolution folded into it (`fuse.fuse_batchnorm`; same outputs, faster).
 
     Args:
         run_dir: the run directory (holds model.json and model.safetensors).

@@ -86,7 +86,7 @@ def fit_cmd(source: str | None = None, resume: Path | None = None, **settings: A
     from .budget import count_from_process_start
     from .checkpoint import CheckpointError, TrainingInterrupted
     from .data.cachedir import NoSpace
-    from .data.sources import DataError
+    from .data.items import DataError
     from .data.tables import TableError
     from .distributed import PrecisionError
     from .learners import ArchError, PretrainedUnavailable
@@ -215,7 +215,7 @@ def evaluate_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Score a trained model on labelled data: per-class table, confusion matrix or F1 curves."""
-    from .data.sources import DataError
+    from .data.items import DataError
     from .data.tables import TableError
     from .evaluate import evaluate
     try:
@@ -237,7 +237,7 @@ def thresholds_cmd(
 ) -> None:
     """Recompute a multi-label model's F1-optimal thresholds on SOURCE and store them in the
     bundle."""
-    from .data.sources import DataError
+    from .data.items import DataError
     from .data.tables import TableError
     from .retune import retune_thresholds
     if average not in (None, "samples", "micro", "macro"):

@@ -24,9 +24,9 @@ import numpy as np
 from . import thresholds as th
 from .bundle import Predictor, load
 from .data.images import open_image
+from .data.items import DataError
 from .data.loaders import encode_labels
 from .data.prepare import SPLITS, run_items
-from .data.sources import DataError
 from .metrics import multi_label_scores
 from .predict import output_name
 from .report import (

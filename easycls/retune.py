@@ -10,8 +10,8 @@ from . import thresholds as th
 from .bundle import load, read_meta
 from .config import TrainConfig
 from .data.images import check_images
+from .data.items import DataError
 from .data.prepare import load_items
-from .data.sources import DataError
 from .rundir import write_json
 
 __all__ = ["retune_thresholds"]

@@ -34,9 +34,9 @@ from .checkpoint import (
 )
 from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig, check
 from .data import storage
+from .data.items import ItemTable
 from .data.prepare import PreparedData, build_dataloaders, load_items
 from .data.recipes import get_recipe, is_recipe
-from .data.sources import ItemTable
 from .distributed import resolve_precision
 from .learners import (
     arch_name,

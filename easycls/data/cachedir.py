@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .items import DataError
 from .locks import locked
-from .sources import DataError
 
 __all__ = [
     "Entry",

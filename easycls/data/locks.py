@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .sources import DataError
+from .items import DataError
 
 try:
     import fcntl

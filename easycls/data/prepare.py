@@ -20,6 +20,7 @@ from ..distributed import Session
 from ..plan import default_bs
 from . import storage
 from .cache import Rows
+from .items import DataError, ItemTable
 from .loaders import (
     ImageDataset,
     Pixels,
@@ -30,7 +31,7 @@ from .loaders import (
     train_store_size,
 )
 from .recipes import detect, get_recipe, is_recipe, read_recipe_layout
-from .sources import DataError, ItemTable, from_path
+from .sources import from_path
 
 __all__ = ["load_items", "read_path", "random_split", "run_items", "SPLITS", "PreparedData",
            "build_dataloaders", "store_mode"]

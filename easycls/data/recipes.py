@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,17 +22,10 @@ from typing import Any
 
 from ..rundir import write_json
 from . import builtin
-from .sources import (
-    DataError,
-    ItemTable,
-    Tree,
-    closest,
-    from_csv,
-    from_folder,
-    from_tree,
-    resolve_in_tree,
-)
-from .tables import read_id_csv, read_label_csv
+from .items import DataError, ItemTable
+from .layouts import BUILTIN, LAYOUTS
+from .sources import closest
+from .tree import Tree
 
 __all__ = [
     "Recipe",
@@ -201,201 +193,41 @@ def detect(path: str | os.PathLike) -> tuple[str, Tree] | None:
 
 def read_recipe_layout(name: str, tree: Tree, cfg) -> ItemTable:
     """Read `tree` with recipe `name`'s layout (used for plain paths that hold one)."""
-    table = _LAYOUTS[name](tree, cfg)
+    table = LAYOUTS[name](tree, cfg)
     table.name = name
     return table
 
 
-def _located(layout: Callable[[Tree, Any], ItemTable], name: str) -> Callable[[Any], ItemTable]:
+def _located(name: str) -> Callable[[Any], ItemTable]:
     """A Recipe.load that finds the data first, then reads its layout."""
     def load(cfg) -> ItemTable:
-        table = layout(locate(RECIPES[name], getattr(cfg, "path", None)), cfg)
+        table = LAYOUTS[name](locate(RECIPES[name], getattr(cfg, "path", None)), cfg)
         table.name = name
         return table
     return load
 
 
-# --- reading the layouts -----------------------------------------------------------------
-
-def _combine(train: ItemTable, valid: ItemTable | None, test: ItemTable | None = None) -> ItemTable:
-    """One table from a given train/valid (and labelled test) split; classes match by name."""
-    valid_refs = valid.refs if valid else []
-    table = ItemTable(
-        train.refs + valid_refs,
-        train.labels + (valid.labels if valid else []),
-        [False] * len(train.refs) + [True] * len(valid_refs) if valid else None,
-        root=train.root,
-    )
-    if test is not None:
-        table.test_refs, table.test_labels = test.refs, test.labels
-    return table
-
-
-def _labelled_test(test: ItemTable, classes: list[str], where: str) -> ItemTable:
-    extra = sorted(set(test.classes) - set(classes))
-    if extra:
-        raise DataError(f"test class(es) {extra[:10]} in {where} have no training images")
-    return test
-
-
-def _asl(tree: Tree, cfg) -> ItemTable:
-    table = from_tree(tree.sub("asl_alphabet_train"))
-    if tree.exists("asl_alphabet_test"):
-        test = tree.sub("asl_alphabet_test")
-        refs = test.images()
-        # Test files are `<label>_test.jpg`: the label lies in the name, not in a folder.
-        labels = [Path(r).stem.rsplit("_test", 1)[0] for r in refs]
-        table.test_refs = [test.ref(r) for r in refs]
-        known = set(table.classes)  # once, not per test item
-        table.test_labels = [[lab] if lab in known else [] for lab in labels]
-    return table
-
-
-def _animals15(tree: Tree, cfg) -> ItemTable:
-    train = from_tree(tree.sub("Training Data"))
-    valid = from_tree(tree.sub("Validation Data"))
-    test = None
-    if tree.exists("Testing Data"):
-        test = _labelled_test(
-            from_tree(tree.sub("Testing Data")), train.classes, tree.where("Testing Data")
-        )
-    table = _combine(train, valid, test)
-    table.root = tree.where()
-    return table
-
-
-def _word_names(text: str, wanted: set[str]) -> dict[str, str]:
-    """`n01443537<TAB or space>goldfish, Carassius auratus` lines -> {wnid: "goldfish"}."""
-    names = {}
-    for line in text.splitlines():
-        wnid, _, words = line.strip().replace("\t", " ").partition(" ")
-        if wnid in wanted and words.strip():
-            names[wnid] = words.split(",")[0].strip()
-    return names
-
-
-def _annotated(
-    tree: Tree, folder: str, pairs: list[tuple[str, str]], rows: list[int], listed_in: str
-) -> ItemTable:
-    """Items whose labels come from an annotation file rather than from folders."""
-    refs = resolve_in_tree([f for f, _ in pairs], rows, tree.sub(folder), listed_in)
-    return ItemTable(refs, [[lab] for _, lab in pairs], root=tree.where(folder))
-
-
-def _tiny_imagenet(tree: Tree, cfg) -> ItemTable:
-    wnids = tree.read_text("wnids.txt").split()
-    train = from_tree(tree.sub("train"))  # train/<wnid>/images/*.JPEG; the *_boxes.txt are ignored
-    unknown = sorted(set(train.classes) - set(wnids))
-    if unknown:
-        raise DataError(f"train folder(s) {unknown[:10]} in {tree.where('train')} are not listed "
-                        "in wnids.txt")
-    lines = [ln.split("\t") for ln in tree.read_text("val/val_annotations.txt").splitlines()]
-    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if len(ln) >= 2]
-    valid = _annotated(tree, "val/images", [(ln[0].strip(), ln[1].strip()) for _, ln in numbered],
-                       [i for i, _ in numbered], tree.where("val/val_annotations.txt"))
-    table = _combine(train, valid)
-    if tree.exists("test/images"):
-        test = tree.sub("test/images")
-        table.test_refs = [test.ref(r) for r in test.images()]
-    words = tree.read_text("words.txt") if tree.exists("words.txt") else ""
-    table.class_names = _word_names(words, set(wnids))
-    table.root = tree.where()
-    return table
-
-
-def _imagenet_dirs(tree: Tree) -> str:
-    return "ILSVRC/Data/CLS-LOC/" if tree.exists("ILSVRC/Data/CLS-LOC/train") else ""
-
-
-def _loc_val(tree: Tree, val_dir: str) -> ItemTable:
-    """Kaggle's flat val/ folder labelled by LOC_val_solution.csv (`ImageId,PredictionString`)."""
-    lines = tree.read_text("LOC_val_solution.csv").splitlines()
-    pairs, rows = [], []
-    for i, line in enumerate(lines[1:], 2):  # the first line is the header
-        image_id, _, boxes = line.partition(",")
-        if boxes.split():
-            pairs.append((image_id.strip(), boxes.split()[0]))  # first box's synset is the label
-            rows.append(i)
-    return _annotated(tree, val_dir, pairs, rows, tree.where("LOC_val_solution.csv"))
-
-
-def _imagenet(tree: Tree, cfg) -> ItemTable:
-    base = _imagenet_dirs(tree)
-    train = from_tree(tree.sub(base + "train"))
-    val = tree.sub(base + "val")
-    flat = val.images() and all("/" not in f for f in val.images())
-    if flat and tree.exists("LOC_val_solution.csv"):
-        valid = _loc_val(tree, base + "val")
-    else:
-        valid = from_tree(val)
-    table = _combine(train, valid)
-    mapping = next((f for f in ("LOC_synset_mapping.txt", "words.txt") if tree.exists(f)), None)
-    table.class_names = _word_names(tree.read_text(mapping), set(table.classes)) if mapping else {}
-    table.root = tree.where()
-    return table
-
-
-def _comp5329(tree: Tree, cfg) -> ItemTable:
-    # The label files are read from real paths; inside a zip they are copied out first.
-    with tempfile.TemporaryDirectory() as tmp:
-        train_csv = tree.extract("train.csv", Path(tmp))
-        labels = read_label_csv(train_csv, label_delimiter=cfg.label_delimiter or " ")
-        test_ids = (
-            read_id_csv(tree.extract("test.csv", Path(tmp)))
-            if tree.exists("test.csv")
-            else ([], [])
-        )
-    where = tree.where("train.csv")
-    refs = resolve_in_tree(labels.files, labels.rows, tree.sub("data"), where)
-    table = ItemTable(refs, labels.labels, root=tree.where())
-    table.test_refs = resolve_in_tree(
-        test_ids[0], test_ids[1], tree.sub("data"), tree.where("test.csv")
-    )
-    table.test_ids = test_ids[0]  # submission rows, in test.csv order
-    return table
-
-
-def _from_builtin_csvs(root: Path) -> ItemTable:
-    train = from_csv(root / "train.csv", root / "images")
-    valid = from_csv(root / "valid.csv", root / "images")
-    return _combine(train, valid)
-
-
-def _digits(cfg) -> ItemTable:
-    table = from_folder(builtin.materialize("digits"))
-    table.name = "digits"
-    return table
-
-
-def _digits_multilabel(cfg) -> ItemTable:
-    root = builtin.materialize("digits-multilabel")
-    table = _from_builtin_csvs(root)
-    table.root, table.name = str(root), "digits-multilabel"
-    return table
-
-
 # --- after training ----------------------------------------------------------------------
 
-def _readable(refs: list[str]) -> tuple[list[int], dict[int, str]]:
-    from .images import check_images
-    bad = check_images(refs)
-    return [i for i in range(len(refs)) if i not in bad], bad
-
-
 def score_test(run_dir: Path, predictor, table: ItemTable) -> None:
-    """Write `test_metrics.json` (accuracy on the labelled test images) and `class_names.json`."""
+    """Write `test_metrics.json` (accuracy on the labelled test images) and `class_names.json`.
+
+    Each test file is read once (`Predictor.stream`); unreadable ones are counted, not scored.
+    """
     if table.class_names:
         write_json(run_dir / "class_names.json", table.class_names)
     if not table.test_refs or not table.test_labels:
         return
     scored = [i for i, labs in enumerate(table.test_labels) if labs]
-    good, bad = _readable([table.test_refs[i] for i in scored])
-    preds = predictor.predict_many([table.test_refs[scored[j]] for j in good])
-    hits = [pred == table.test_labels[scored[j]][0] for j, (pred, _) in zip(good, preds)]
+    hits, n_bad = [], 0
+    for where, probs, bad in predictor.stream([table.test_refs[i] for i in scored]):
+        decided = predictor.decide(probs)
+        hits += [pred == table.test_labels[scored[j]][0] for j, (pred, _) in zip(where, decided)]
+        n_bad += len(bad)
     metrics = {
         "test_accuracy": sum(hits) / max(len(hits), 1),
         "n_test": len(hits),
-        "n_unreadable": len(bad),
+        "n_unreadable": n_bad,
     }
     write_json(run_dir / "test_metrics.json", metrics)
 
@@ -432,7 +264,7 @@ RECIPES: dict[str, Recipe] = {
     "digits": Recipe(
         "digits",
         builtin.describe("digits"),
-        _digits,
+        BUILTIN["digits"],
         dict(arch="resnet18", epochs=5, bs=64, size=32, pretrained=False, lr=3e-3),
         dict(flip=False),
         size="1,797 images, 10 classes, 32x32",
@@ -440,7 +272,7 @@ RECIPES: dict[str, Recipe] = {
     "digits-multilabel": Recipe(
         "digits-multilabel",
         builtin.describe("digits-multilabel"),
-        _digits_multilabel,
+        BUILTIN["digits-multilabel"],
         dict(arch="resnet18", epochs=6, bs=64, size=48, pretrained=False, lr=3e-3),
         dict(flip=False),
         size="3,600 images, 10 labels, 64x64",
@@ -449,7 +281,7 @@ RECIPES: dict[str, Recipe] = {
         "asl",
         "ASL alphabet: photos of hand signs, 29 classes (A-Z, del, nothing, space); "
         "scored on the 28 labelled test photos",
-        _located(_asl, "asl"),
+        _located("asl"),
         dict(arch="resnet34", epochs=3, bs=64, size=128, pretrained=True),
         layouts=(("asl_alphabet_train", "asl_alphabet_test"), ("asl_alphabet_train",)),
         download="kaggle datasets download -d grassknoted/asl-alphabet",
@@ -460,7 +292,7 @@ RECIPES: dict[str, Recipe] = {
     "animals15": Recipe(
         "animals15",
         "15 animal classes with given train/validation/test splits, read straight from the zip",
-        _located(_animals15, "animals15"),
+        _located("animals15"),
         dict(arch="resnet50", epochs=5, bs=64, size=224, pretrained=True),
         layouts=(("Training Data", "Validation Data"),),
         download="kaggle datasets download -d utkarshsaxenadn/animal-image-classification-dataset",
@@ -473,7 +305,7 @@ RECIPES: dict[str, Recipe] = {
         "Tiny ImageNet: 200 classes at 64x64, val labelled by "
         "val_annotations.txt; "
         "top-1 and top-5 accuracy",
-        _located(_tiny_imagenet, "tiny-imagenet"),
+        _located("tiny-imagenet"),
         dict(arch="resnet50", epochs=10, bs=128, size=64, pretrained=True),
         layouts=(("wnids.txt", "train", "val"),),
         download="kaggle datasets download -d akash2sharma/tiny-imagenet "
@@ -486,7 +318,7 @@ RECIPES: dict[str, Recipe] = {
         "imagenet",
         "ImageNet-1k (ILSVRC 2012): train/val class folders, or Kaggle's layout with "
         "LOC_val_solution.csv",
-        _located(_imagenet, "imagenet"),
+        _located("imagenet"),
         dict(arch="resnet50", epochs=16, bs=128, size=224, pretrained=False, lr=2e-3),
         layouts=(("LOC_val_solution.csv", "ILSVRC/Data/CLS-LOC/train"), ("train", "val")),
         download="kaggle competitions download -c imagenet-object-localization-challenge",
@@ -498,7 +330,7 @@ RECIPES: dict[str, Recipe] = {
         "comp5329",
         "COMP5329 multi-label images (labels 1-19, captions ignored); writes a Kaggle "
         "submission.csv for test.csv",
-        _located(_comp5329, "comp5329"),
+        _located("comp5329"),
         dict(arch="resnet50", epochs=8, bs=64, size=224, pretrained=True, multi_label=True),
         layouts=(("train.csv", "data"),),
         download="the COMP5329 assignment-2 Kaggle competition's data (COMP5329S1A2Dataset)",
@@ -506,15 +338,6 @@ RECIPES: dict[str, Recipe] = {
         size="40,000 images (30k labelled), 18 labels",
         after_fit=write_submission,
     ),
-}
-
-
-_LAYOUTS = {
-    "asl": _asl,
-    "animals15": _animals15,
-    "tiny-imagenet": _tiny_imagenet,
-    "imagenet": _imagenet,
-    "comp5329": _comp5329,
 }
 
 

@@ -24,8 +24,8 @@ from . import cache as dcache
 from . import cachedir
 from . import store as dstore
 from .images import check_images
+from .items import DataError
 from .locks import locked
-from .sources import DataError
 
 __all__ = ["describe", "open_pixels", "plan"]
 
