@@ -9,14 +9,16 @@ so a small network learns it in a few epochs from scratch and accuracy is compar
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["asl_like_folder", "alternate", "machine_conditions"]
+__all__ = ["asl_like_folder", "alternate", "machine_conditions", "run_version"]
 
 N_CLASSES = 29
 
@@ -88,3 +90,39 @@ def machine_conditions() -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return dict(cores=cores, loadavg=[round(x, 2) for x in os.getloadavg()],
                 time=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def _check_source(src: str, cwd: Path) -> None:
+    """Fail unless a child with PYTHONPATH=src imports easycls from `src`."""
+    env = {**os.environ, "PYTHONPATH": src}
+    where = subprocess.run([sys.executable, "-c", "import easycls; print(easycls.__file__)"],
+                           env=env, cwd=cwd, capture_output=True, text=True, check=True)
+    if not Path(where.stdout.strip()).resolve().is_relative_to(Path(src).resolve()):
+        raise SystemExit(f"PYTHONPATH={src} imports easycls from {where.stdout.strip()}")
+
+
+_CHECKED: set[tuple[str, str]] = set()
+
+
+def run_version(src: str, args: Sequence[str], cwd: Path) -> dict:
+    """`python -m easycls ARGS` with easycls imported from the source tree `src`, on CPU.
+
+    Runs in `cwd`, which must not be a checkout: `python -m` puts the working directory
+    first on sys.path, ahead of PYTHONPATH, and would run the checkout's easycls whatever
+    `src` says (checked once per tree). Returns wall s, child CPU s and peak RSS (MB, from
+    `wait4`); raises with the end of stderr if the command fails.
+    """
+    if (src, str(cwd)) not in _CHECKED:
+        _check_source(src, cwd)
+        _CHECKED.add((src, str(cwd)))
+    env = {**os.environ, "PYTHONPATH": src, "CUDA_VISIBLE_DEVICES": ""}
+    t = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "easycls", *map(str, args)], env=env,
+                             cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"easycls {args[0]} failed with {src}: {child.stderr.read()[-2000:]}")
+    child.stderr.close()
+    return dict(wall=wall, cpu=usage.ru_utime + usage.ru_stime, maxrss_mb=usage.ru_maxrss / 1024)

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_conditions  # noqa: E402
+from common import machine_conditions, run_version  # noqa: E402
 from predict_speed import bundle  # noqa: E402
 from store_speed import photos  # noqa: E402
 
@@ -36,18 +34,10 @@ def class_folders(refs: list[str], n_classes: int, root: Path) -> Path:
 
 
 def run(src: str, run_dir: Path, data: Path, out: Path, bs: int) -> dict:
-    t = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": src, "CUDA_VISIBLE_DEVICES": ""}
-    child = subprocess.Popen([sys.executable, "-m", "easycls", "evaluate", str(run_dir),
-                              str(data), "--split", "all", "--out", str(out), "--bs", str(bs),
-                              "--quiet"], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(child.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"evaluate failed with {src}: {child.stderr.read()[-2000:]}")
-    return dict(wall_s=round(time.perf_counter() - t, 1),
-                cpu_s=round(usage.ru_utime + usage.ru_stime, 1),
-                peak_rss_mb=round(usage.ru_maxrss / 1024))
+    r = run_version(src, ["evaluate", run_dir, data, "--split", "all", "--out", out, "--bs", bs,
+                          "--quiet"], cwd=out.parent)
+    return dict(wall_s=round(r["wall"], 1), cpu_s=round(r["cpu"], 1),
+                peak_rss_mb=round(r["maxrss_mb"]))
 
 
 def main() -> None:

@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_conditions  # noqa: E402
+from common import machine_conditions, run_version  # noqa: E402
 from store_speed import photos  # noqa: E402
 
 
@@ -39,29 +37,8 @@ def bundle(out: Path, arch: str, size: int, n_classes: int = 10) -> Path:
 
 
 def run(src: str, run_dir: Path, folder: Path, out: Path) -> dict:
-    """One CLI run: wall s, child CPU s, child peak RSS (MB), from `wait4`'s rusage."""
-    t = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": src, "CUDA_VISIBLE_DEVICES": ""}
-    # cwd elsewhere: `python -m` puts the working directory first on sys.path, and from a
-    # checkout that would run the checkout's easycls whatever PYTHONPATH says.
-    child = subprocess.Popen([sys.executable, "-m", "easycls", "predict", str(run_dir),
-                              str(folder), "--csv", str(out)], env=env, cwd=out.parent,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise RuntimeError(f"easycls predict failed with {src} (exit {child.returncode})")
-    wall = time.perf_counter() - t
-    return dict(wall=wall, cpu=usage.ru_utime + usage.ru_stime, maxrss_mb=usage.ru_maxrss / 1024)
-
-
-def check_source(src: str, cwd: Path) -> None:
-    """Fail unless the child imports easycls from `src` (not the checkout, not site-packages)."""
-    env = {**os.environ, "PYTHONPATH": src}
-    where = subprocess.run([sys.executable, "-c", "import easycls; print(easycls.__file__)"],
-                           env=env, cwd=cwd, capture_output=True, text=True, check=True)
-    if not Path(where.stdout.strip()).resolve().is_relative_to(Path(src).resolve()):
-        raise SystemExit(f"PYTHONPATH={src} imports easycls from {where.stdout.strip()}")
+    """One CLI run: wall s, child CPU s, child peak RSS (MB)."""
+    return run_version(src, ["predict", run_dir, folder, "--csv", out], cwd=out.parent)
 
 
 def link_files(refs: list[str], folder: Path) -> Path:
@@ -88,8 +65,6 @@ def main() -> None:
         run_dir = bundle(tmp / "run", args.arch, args.size)
         many, one = link_files(refs, tmp / "many"), link_files(refs[:1], tmp / "one")
         versions = {"old": args.old, "new": args.new}
-        for src in versions.values():
-            check_source(src, tmp)
         res: dict = {k: {"many": [], "one": []} for k in versions}
         for r in range(args.rounds):
             for name in (list(versions) if r % 2 == 0 else list(versions)[::-1]):
