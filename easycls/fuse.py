@@ -134,11 +134,17 @@ def fuse_batchnorm(model: nn.Module, size: int, rtol: float = 1e-4) -> tuple[nn.
     """
     if model.training:
         raise ValueError("fuse_batchnorm folds the running statistics: call model.eval() first")
+    if not any(_norm_replacement(m) is not None for m in model.modules()):
+        return model, 0  # a transformer, say: no copy, no trial run
     device = next(model.parameters(), torch.empty(0)).device
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     try:
+        names = {m: name for name, m in model.named_modules(remove_duplicate=False)}
+        pairs = [(names[c], names[b]) for c, b in _pairs(model, x.clone())]
+        if not pairs:
+            return model, 0
         fused = copy.deepcopy(model)
-        n = _fold(fused, _pairs(fused, x.clone()))
+        n = _fold(fused, [(fused.get_submodule(c), fused.get_submodule(b)) for c, b in pairs])
         if n == 0:
             return model, 0
         with torch.inference_mode():
