@@ -11,7 +11,6 @@ import difflib
 import os
 import socket
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,17 +20,11 @@ import timm
 import torch
 from fastai.learner import Learner
 from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
-from fastai.metrics import (
-    AccumMetric,
-    F1ScoreMulti,
-    PrecisionMulti,
-    RecallMulti,
-    accuracy,
-    top_k_accuracy,
-)
+from fastai.metrics import F1ScoreMulti, PrecisionMulti, RecallMulti
 from fastai.torch_core import params
 from torch import nn
 
+from .metrics import TopKAccuracy
 from .models import ArchError, SizeError, check_size, custom_arch_name, default_size, size_kwargs
 
 __all__ = ["create_model", "single_label_learner", "multi_label_learner", "model_splitter",
@@ -163,11 +156,8 @@ def single_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = 
         >>> learn = single_label_learner(dls, "resnet18", n_out=10, pretrained=False)
     """
     model = create_model(arch, n_out, pretrained, weights, ps)
-    metrics = [AccumMetric(accuracy, flatten=False, name="accuracy")]
-    if n_out >= 10:
-        metrics.append(
-            AccumMetric(partial(top_k_accuracy, k=5), flatten=False, name="top5_accuracy")
-        )
+    # Running counts, not fastai's AccumMetric, which keeps every prediction (N x C floats)
+    metrics = [TopKAccuracy(1)] + ([TopKAccuracy(5)] if n_out >= 10 else [])
     loss = CrossEntropyLossFlat(label_smoothing=label_smoothing)
     return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights))
 

@@ -1,15 +1,78 @@
-"""Final validation metrics from gathered predictions (the `metrics.json` contract)."""
+"""Validation metrics (the `metrics.json` contract), and the fastai pieces that gather them
+batch by batch.
+
+Single-label validation keeps counts, not predictions: fastai's `AccumMetric` and
+`get_preds` hold every probability (N x C floats: 200 MB for ImageNet's 50,000 x 1,000
+validation images, on every process, twice over while they are concatenated). Each batch is
+gathered across processes as fastai gathers it (`learn.to_detach`), counted, and dropped.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastai.callback.core import Callback
+from fastai.learner import Metric
 
 from . import thresholds as th
+from .tally import SingleLabelTally
 
 __all__ = ["single_label_metrics", "multi_label_metrics", "multi_label_scores",
-           "confusion_matrix"]
+           "confusion_matrix", "TopKAccuracy", "TallyValidation"]
+
+
+class TopKAccuracy(Metric):
+    """fastai metric: share of images whose class is among the `k` most probable (k=1:
+    accuracy), from running counts of the gathered batches.
+
+    Example:
+        >>> learn.metrics = [TopKAccuracy(1), TopKAccuracy(5)]  # doctest: +SKIP
+    """
+
+    def __init__(self, k: int = 1):
+        self.k = k
+        self.reset()
+
+    def reset(self) -> None:
+        self.hits = self.n = 0
+
+    def accumulate(self, learn) -> None:
+        pred, targ = learn.to_detach(learn.pred, cpu=False), learn.to_detach(learn.y, cpu=False)
+        if self.k == 1:  # the same argmax as fastai's `accuracy`
+            hit = pred.argmax(-1) == targ
+        else:
+            hit = (pred.topk(min(self.k, pred.shape[-1]), dim=-1).indices == targ[:, None]).any(-1)
+        self.hits += int(hit.sum())
+        self.n += len(targ)
+
+    @property
+    def value(self) -> float | None:
+        return self.hits / self.n if self.n else None
+
+    @property
+    def name(self) -> str:
+        return "accuracy" if self.k == 1 else f"top{self.k}_accuracy"
+
+
+class TallyValidation(Callback):
+    """Counts a validation pass into a `SingleLabelTally` (softmax of the gathered logits).
+
+    Example:
+        >>> tally = SingleLabelTally(len(learn.dls.vocab))
+        >>> learn.get_preds(with_preds=False, with_targs=False,
+        ...                 cbs=[TallyValidation(tally)])  # doctest: +SKIP
+        >>> tally.metrics()["accuracy"], tally.confusion
+    """
+
+    def __init__(self, tally: SingleLabelTally):
+        self.tally = tally
+
+    def after_batch(self) -> None:
+        if self.training:
+            return
+        logits, targ = self.learn.to_detach(self.learn.pred), self.learn.to_detach(self.learn.y)
+        self.tally.update(logits.float().softmax(-1).numpy(), targ.numpy())
 
 
 def single_label_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict:

@@ -48,7 +48,8 @@ class RunRecord:
     normalization: tuple[list[float], list[float]]  # (mean, std) of the inputs
     multi_label: bool
     metrics: dict                  # metrics.json
-    valid_preds: tuple | None = None  # (probabilities, targets) on the validation split
+    valid_preds: tuple | None = None  # multi-label: (probabilities, targets) on validation
+    confusion: Any = None              # single-label: validation confusion counts (true x pred)
 
     @property
     def bundle_meta(self) -> dict:

@@ -48,7 +48,7 @@ from .learners import (
     single_label_learner,
 )
 from .lr_search import LrChoice, choose_lr
-from .metrics import confusion_matrix, multi_label_metrics, single_label_metrics
+from .metrics import TallyValidation, multi_label_metrics
 from .models import check_size, default_size
 from .plan import AUGMENT_FROM_EPOCHS, default_augment, default_bs
 from .predict import write_predictions
@@ -62,6 +62,7 @@ from .runlog import (
     tensorboard_callback,
     wants_plain_progress,
 )
+from .tally import SingleLabelTally
 from .thresholds import per_class_report
 
 __all__ = ["fit", "resolve_config", "save"]
@@ -214,12 +215,18 @@ def _resumed_config(resume: str | Path, source: str | None, settings: dict) -> T
     return stored.updated(out=str(resume), **{k: v for k, v in given.items() if k in RESUMABLE})
 
 
-def _final_metrics(learn: Learner, data: PreparedData, cfg: TrainConfig) -> tuple[dict, tuple]:
-    """metrics.json's validation metrics, and the (probs, targets) they came from."""
-    probs, targets = learn.get_preds(ds_idx=1)
+def _final_metrics(learn: Learner, data: PreparedData, cfg: TrainConfig) -> dict:
+    """metrics.json's validation metrics, and what the run's report needs of the predictions:
+    multi-label, the (probs, targets) the thresholds were tuned on (N x labels); single-label,
+    the confusion matrix only, counted batch by batch (no N x classes array is kept)."""
     if data.multi_label:
-        return multi_label_metrics(probs, targets, cfg.threshold_average), (probs, targets)
-    return single_label_metrics(probs, targets), (probs, targets)
+        probs, targets = learn.get_preds(ds_idx=1)
+        metrics = multi_label_metrics(probs, targets, cfg.threshold_average)
+        return dict(metrics=metrics, valid_preds=(probs, targets))
+    tally = SingleLabelTally(len(data.vocab))
+    # A prediction pass as fastai knows it (loggers stay out of it), storing nothing itself.
+    learn.get_preds(ds_idx=1, with_preds=False, with_targs=False, cbs=[TallyValidation(tally)])
+    return dict(metrics=tally.metrics(), confusion=tally.confusion)
 
 
 def _check_early(cfg: TrainConfig, arch_obj: Any, sess) -> None:
@@ -306,11 +313,12 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     meta = dict(arch=cfg.arch, classes=data.vocab)
     budget_facts = _train(learn, cfg, sess, meta, t_start, state, len(data.table.test_refs))
     train_seconds = time.perf_counter() - t_train
-    metrics, preds = _final_metrics(learn, data, cfg)
+    final = _final_metrics(learn, data, cfg)
+    metrics = final.pop("metrics")
     metrics.update(train_seconds=round(train_seconds, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts,
                    lr_choice=lr_choice.how, lr_search_seconds=round(lr_choice.seconds, 3))
-    learn.easycls = RunRecord(run_dir, cfg, data.vocab, norm, data.multi_label, metrics, preds)
+    learn.easycls = RunRecord(run_dir, cfg, data.vocab, norm, data.multi_label, metrics, **final)
     set_thresholds(learn, metrics.get("thresholds"))  # learn.predict decides as easycls.load's
     sess.release(learn)  # from here on rank 0 uses `learn` alone (predict, show_results, ...)
     sess.on_main(lambda: _write_run(learn, data))
@@ -369,9 +377,7 @@ def _write_threshold_report(rec: RunRecord) -> None:
 
 
 def _write_confusion(rec: RunRecord) -> None:
-    probs, targets = rec.valid_preds
-    cm = confusion_matrix(targets.numpy(), probs.argmax(1).numpy(), len(rec.vocab))
-    plot_confusion(cm, rec.vocab, rec.run_dir / "confusion_matrix.png")
+    plot_confusion(rec.confusion, rec.vocab, rec.run_dir / "confusion_matrix.png")
 
 
 def _predict_test(run_dir: Path, refs: list[str]) -> None:
