@@ -8,6 +8,7 @@ so a small network learns it in a few epochs from scratch and accuracy is compar
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["asl_like_folder", "alternate", "machine_conditions", "run_version"]
+__all__ = ["asl_like_folder", "alternate", "machine_conditions", "run_version", "each_way"]
 
 N_CLASSES = 29
 
@@ -126,3 +127,15 @@ def run_version(src: str, args: Sequence[str], cwd: Path) -> dict:
         raise RuntimeError(f"easycls {args[0]} failed with {src}: {child.stderr.read()[-2000:]}")
     child.stderr.close()
     return dict(wall=wall, cpu=usage.ru_utime + usage.ru_stime, maxrss_mb=usage.ru_maxrss / 1024)
+
+
+def each_way(child: str, args: Sequence, ways: Sequence[str]) -> dict[str, dict]:
+    """Run the script `child` once per way, each in a fresh process (`python -c child *args
+    way`), and collect the JSON object each prints on its last line."""
+    out = {}
+    for way in ways:
+        res = subprocess.run([sys.executable, "-c", child, *map(str, args), way],
+                             capture_output=True, text=True, check=True)
+        out[way] = json.loads(res.stdout.strip().splitlines()[-1])
+        print(way, out[way], flush=True)
+    return out

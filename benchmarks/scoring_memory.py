@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import each_way  # noqa: E402
 
 _CHILD = r"""
 import json, resource, sys
@@ -48,12 +51,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--classes", type=int, default=1000)
     args = ap.parse_args()
-    out = {}
-    for way in ("all-at-once", "running"):
-        res = subprocess.run([sys.executable, "-c", _CHILD, str(args.n), str(args.classes), way],
-                             capture_output=True, text=True, env=os.environ, check=True)
-        out[way] = json.loads(res.stdout.strip().splitlines()[-1])
-        print(out[way], flush=True)
+    out = each_way(_CHILD, [args.n, args.classes], ("all-at-once", "running"))
     print(json.dumps(dict(n=args.n, classes=args.classes, **out, loadavg=os.getloadavg())))
 
 

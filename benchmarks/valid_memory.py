@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_conditions  # noqa: E402
+from common import each_way, machine_conditions  # noqa: E402
 
 _CHILD = r"""
 import json, resource, sys
@@ -54,12 +53,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50000)
     ap.add_argument("--classes", type=int, default=1000)
     args = ap.parse_args()
-    res = {}
-    for way in ("all_at_once", "running"):
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(args.n), str(args.classes), way],
-                             capture_output=True, text=True, check=True)
-        res[way] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(way, res[way], flush=True)
+    res = each_way(_CHILD, [args.n, args.classes], ("all_at_once", "running"))
     print(json.dumps(dict(n=args.n, classes=args.classes, **res, **machine_conditions()),
                      indent=1))
 
