@@ -20,8 +20,9 @@ from .data.images import split_zip_ref
 from .data.tables import TableError, read_id_csv
 from .safeio import printable, write_text
 
-__all__ = ["predict_files", "write_predictions", "write_submission", "submission_columns",
-           "output_name", "SUBMISSION_FORMATS", "prediction_fields"]
+__all__ = ["decisions", "predict_files", "write_predictions", "write_submission",
+           "submission_columns", "output_name", "SUBMISSION_FORMATS", "prediction_fields",
+           "Decisions"]
 
 # Named formats; any other "IDCOLUMN,LABELCOLUMN" header works too.
 SUBMISSION_FORMATS = {
@@ -44,9 +45,16 @@ def _csv_text(header: list[str], rows: list[list]) -> str:
     return buf.getvalue()
 
 
-def _decisions(predictor: Predictor, refs: Sequence[str], bs: int, threshold: float | None
-               ) -> tuple[dict[int, tuple], dict[int, str]]:
-    """{index: decision} for readable images, {index: reason} for the others."""
+Decisions = tuple[dict[int, tuple], dict[int, str]]
+
+
+def decisions(predictor: Predictor, refs: Sequence[str], bs: int = 64,
+              threshold: float | None = None) -> Decisions:
+    """({index: decision} for readable images, {index: reason} for the others), one pass.
+
+    Hand the result to `write_predictions` and `write_submission` (`decided=`) to write
+    both files from one pass over the images.
+    """
     decided, bad = {}, {}
     for where, probs, failed in predictor.stream(refs, bs=bs):
         decided.update(zip(where, predictor.decide(probs, threshold)))
@@ -72,16 +80,17 @@ def _top_k(predictor: Predictor, refs: Sequence[str], bs: int, k: int
 
 
 def predict_files(predictor: Predictor, refs: Sequence[str], bs: int = 64,
-                  threshold: float | None = None, top_k: int | None = None
-                  ) -> tuple[list[dict], dict[int, str]]:
+                  threshold: float | None = None, top_k: int | None = None,
+                  decided: Decisions | None = None) -> tuple[list[dict], dict[int, str]]:
     """Rows {file, label(s), probability} for readable images, and {index: reason} for the rest.
 
     With `top_k`, each row holds the `top_k` most probable classes and their probabilities
-    (label_1, probability_1, ...) instead of the decision.
+    (label_1, probability_1, ...) instead of the decision. `decided`: the `decisions` of
+    `refs` already made (no image is read again).
     """
     if top_k:
         return _top_k(predictor, refs, bs, top_k)
-    decided, bad = _decisions(predictor, refs, bs, threshold)
+    decided, bad = decided or decisions(predictor, refs, bs, threshold)
     rows = []
     for i, (label, prob) in sorted(decided.items()):
         if predictor.multi_label:
@@ -105,10 +114,11 @@ def prediction_fields(predictor: Predictor, top_k: int | None = None) -> list[st
 
 
 def write_predictions(predictor: Predictor, refs: Sequence[str], out_csv: str | Path, bs: int = 64,
-                      threshold: float | None = None, top_k: int | None = None
-                      ) -> tuple[list[dict], dict[int, str]]:
-    """Predict `refs` into `out_csv`; unreadable images are listed in `<out_csv>.skipped.txt`."""
-    rows, bad = predict_files(predictor, refs, bs, threshold, top_k)
+                      threshold: float | None = None, top_k: int | None = None,
+                      decided: Decisions | None = None) -> tuple[list[dict], dict[int, str]]:
+    """Predict `refs` into `out_csv`; unreadable images are listed in `<out_csv>.skipped.txt`.
+    `decided`: as in `predict_files`."""
+    rows, bad = predict_files(predictor, refs, bs, threshold, top_k, decided)
     out_csv = Path(out_csv)
     fields = prediction_fields(predictor, top_k)
     write_text(out_csv, _csv_text(fields, [[r[k] for k in fields] for r in rows]))
@@ -167,6 +177,7 @@ def write_submission(
     bs: int = 64,
     threshold: float | None = None,
     ids: Sequence[str] | None = None,
+    decided: Decisions | None = None,
 ) -> tuple[int, dict[str, str]]:
     """Write a competition submission: one row per id, labels space-separated if multi-label.
 
@@ -181,6 +192,7 @@ def write_submission(
         bs: batch size; threshold: one multi-label threshold instead of the tuned ones.
         ids: the id of each ref, in row order (instead of `order`), when the ids are known
             already (a recipe's test.csv read from a zip).
+        decided: the `decisions` of `refs` already made (no image is read again).
 
     Returns:
         (rows written, {id: reason} for unreadable images, whose label cell is empty).
@@ -196,16 +208,19 @@ def write_submission(
         ids, index = _match_order(refs, order, id_col)
     else:
         ids, index = [_basename(r) for r in refs], list(range(len(refs)))
-    used = sorted(set(index))
-    found, bad = _decisions(predictor, [refs[i] for i in used], bs, threshold)
-    decided = {used[k]: d for k, d in found.items()}
+    if decided is None:
+        used = sorted(set(index))
+        found, failed = decisions(predictor, [refs[i] for i in used], bs, threshold)
+        decided = ({used[k]: d for k, d in found.items()},
+                   {used[k]: why for k, why in failed.items()})
+    decided, bad = decided
     labels = [decided[i][0] if i in decided else "" for i in index]
     write_text(out_csv, _csv_text([id_col, label_col], [
         [x, " ".join(lab) if isinstance(lab, list) else lab] for x, lab in zip(ids, labels)]))
     first: dict[int, int] = {}
     for row, i in enumerate(index):
         first.setdefault(i, row)
-    reasons = {ids[first[used[k]]]: why for k, why in bad.items()}
+    reasons = {ids[first[i]]: why for i, why in bad.items() if i in first}
     if reasons:
         write_text(Path(out_csv).with_suffix(".skipped.txt"),
                    "".join(f"{x}\t{why}\n" for x, why in reasons.items()))

@@ -51,7 +51,7 @@ from .lr_search import LrChoice, choose_lr
 from .metrics import TallyValidation, multi_label_metrics
 from .models import check_size, default_size
 from .plan import AUGMENT_FROM_EPOCHS, default_augment, default_bs
-from .predict import write_predictions
+from .predict import decisions, write_predictions
 from .priors import init_output_bias
 from .report import format_metrics, plot_confusion, plot_f1_threshold, plot_history
 from .rundir import RunRecord, write_json, write_per_class, write_skipped
@@ -359,12 +359,20 @@ def _write_run(learn: Learner, data: PreparedData) -> None:
         _write_confusion(rec)
     if data.table.skipped:
         write_skipped(run_dir / "skipped.txt", data.table.skipped)
-    if data.table.test_refs:
-        _predict_test(run_dir, data.table.test_refs)
     cfg = rec.config
     recipe = get_recipe(cfg.source) if is_recipe(cfg.source) else None
-    if recipe is not None and recipe.after_fit is not None:  # test scores, Kaggle submissions
-        recipe.after_fit(run_dir, load(run_dir), data.table)
+    after_fit = recipe.after_fit if recipe is not None else None  # test scores, submissions
+    if not (data.table.test_refs or after_fit):
+        return
+    # One load and one pass over the test images, for test_predictions.csv and the recipe
+    # (the time budget reserved one pass).
+    predictor, test = load(run_dir), None
+    if data.table.test_refs:
+        test = decisions(predictor, data.table.test_refs)
+        write_predictions(predictor, data.table.test_refs, run_dir / "test_predictions.csv",
+                          decided=test)
+    if after_fit is not None:
+        after_fit(run_dir, predictor, data.table, test)
 
 
 def _write_threshold_report(rec: RunRecord) -> None:
@@ -378,7 +386,3 @@ def _write_threshold_report(rec: RunRecord) -> None:
 
 def _write_confusion(rec: RunRecord) -> None:
     plot_confusion(rec.confusion, rec.vocab, rec.run_dir / "confusion_matrix.png")
-
-
-def _predict_test(run_dir: Path, refs: list[str]) -> None:
-    write_predictions(load(run_dir), refs, run_dir / "test_predictions.csv")

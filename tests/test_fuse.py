@@ -48,11 +48,16 @@ def test_timm_cnns_lose_every_norm_and_keep_their_outputs(arch):
 
 
 def test_timm_norm_act_keeps_its_activation():
-    model = _trained_stats(timm.create_model("resnet10t", pretrained=False, num_classes=5), 32)
-    fused, _ = fuse_batchnorm(model, 32)
-    # BatchNormAct2d-style stems and the plain norms of resnet blocks: where an activation
-    # was part of the norm it is still there, and the logits match.
-    assert any(isinstance(m, nn.ReLU) for m in fused.modules())
+    from timm.layers.norm_act import BatchNormAct2d
+    model = _trained_stats(timm.create_model("efficientnet_b0", pretrained=False,
+                                             num_classes=5), 32)
+    norm_acts = {name: m for name, m in model.named_modules() if isinstance(m, BatchNormAct2d)}
+    fused, n = fuse_batchnorm(model, 32)
+    assert norm_acts and n == _norms(model)
+    # Each BatchNormAct2d is now its dropout + activation, in the same place.
+    for name, m in norm_acts.items():
+        there = fused.get_submodule(name)
+        assert isinstance(there, nn.Sequential) and type(there[1]) is type(m.act), name
     assert _same(model, fused, 32) < 1e-4
 
 

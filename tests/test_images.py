@@ -154,3 +154,19 @@ def test_zip_refs_read_same_pixels(tmp_path):
 )
 def test_is_image_name(name, ok):
     assert is_image_name(name) is ok
+
+
+def test_a_file_larger_than_one_read_is_streamed_to_the_same_pixels(tmp_path, monkeypatch):
+    from easycls.data import images
+    from easycls.data.images import load_resized
+    a = np.random.default_rng(0).integers(0, 256, (50, 40, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "x.jpg", quality=90)
+    whole = load_resized(str(tmp_path / "x.jpg"), 16)
+    opened = []
+    real_open = images.Image.open
+    monkeypatch.setattr(images.Image, "open", lambda src, *a: opened.append(src) or real_open(src))
+    monkeypatch.setattr(images, "_READ_AT_ONCE", 100)  # this file is larger: Pillow reads it
+    np.testing.assert_array_equal(load_resized(str(tmp_path / "x.jpg"), 16), whole)
+    assert opened == [str(tmp_path / "x.jpg")]  # given the path, not bytes read beforehand
+    with pytest.raises(UnreadableImage, match="not a file"):
+        load_resized(str(tmp_path), 16)

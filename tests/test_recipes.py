@@ -13,6 +13,7 @@ from conftest import TINY
 
 import easycls
 from easycls.config import TrainConfig
+from easycls.data.prepare import load_items
 from easycls.data.recipes import RECIPES, dataset_table, get_recipe, locate
 from easycls.data.sources import DataError
 
@@ -70,8 +71,6 @@ def _check_run(name: str, out: Path, learn) -> None:
         rows = list(csv.DictReader((out / "submission.csv").open()))
         assert [r["ImageID"] for r in rows] == [f"{15 + k}.jpg" for k in range(4)]  # test.csv order
         # each row holds the saved model's own decision for that test image
-        from easycls.config import TrainConfig
-        from easycls.data.prepare import load_items
         refs = load_items(TrainConfig.from_json(out / "config.json")).test_refs
         decided = easycls.load(out, device="cpu").predict_many(refs)
         assert [r["Labels"] for r in rows] == [" ".join(labels) for labels, _ in decided]
@@ -80,7 +79,14 @@ def _check_run(name: str, out: Path, learn) -> None:
         assert len(rows) == n_test and {r["label"] for r in rows} <= set(classes)
     if name in ("asl", "animals15"):
         scored = json.loads((out / "test_metrics.json").read_text())
-        assert scored["n_test"] == n_test and 0 <= scored["test_accuracy"] <= 1
+        assert scored["n_test"] == n_test
+        # the saved model's own decisions on the labelled test images, against their labels
+        table = load_items(TrainConfig.from_json(out / "config.json"))
+        labelled = [i for i, labs in enumerate(table.test_labels) if labs]
+        decided = easycls.load(out, device="cpu").predict_many(
+            [table.test_refs[i] for i in labelled])
+        hits = [label == table.test_labels[i][0] for i, (label, _) in zip(labelled, decided)]
+        assert scored["test_accuracy"] == pytest.approx(sum(hits) / len(hits))
     if name in ("tiny-imagenet", "imagenet"):
         names = json.loads((out / "class_names.json").read_text())
         assert names["n01443537"] == "goldfish" and names["n02124075"] == "Egyptian cat"
@@ -100,6 +106,20 @@ def _fit(name: str, path: Path, out: Path):
 def test_recipe_from_extracted_folder(name, downloads, tmp_path):
     learn = _fit(name, downloads[name][0], tmp_path / "run")
     _check_run(name, tmp_path / "run", learn)
+
+
+@pytest.mark.parametrize("name", ["asl", "comp5329"])
+def test_fit_decodes_each_test_image_once(name, downloads, tmp_path, monkeypatch):
+    """test_predictions.csv, the test score and the submission share one pass."""
+    from collections import Counter
+
+    from easycls import bundle
+    decoded, real = Counter(), bundle.load_resized
+    monkeypatch.setattr(bundle, "load_resized",
+                        lambda ref, size: decoded.update([ref]) or real(ref, size))
+    _fit(name, downloads[name][0], tmp_path / "run")
+    test_refs = load_items(TrainConfig.from_json(tmp_path / "run" / "config.json")).test_refs
+    assert test_refs and decoded == Counter(test_refs)  # every test image, once
 
 
 @pytest.mark.slow

@@ -50,8 +50,9 @@ class Recipe:
         download: what to run to get the data (shown when it is not found).
         aliases: other folder or zip names the download usually has.
         size: images, classes and download size, for `easycls datasets`.
-        after_fit: `(run_dir, predictor, table) -> None`, run by `fit` on the main
-            process after the run directory is written (test scores, submissions).
+        after_fit: `(run_dir, predictor, table, test) -> None`, run by `fit` on the main
+            process after the run directory is written (test scores, submissions); `test`
+            is `predict.decisions` over `table.test_refs` (None without test images).
     """
 
     name: str
@@ -63,7 +64,7 @@ class Recipe:
     download: str = ""
     aliases: tuple[str, ...] = ()
     size: str = ""
-    after_fit: Callable[[Path, Any, ItemTable], None] | None = None
+    after_fit: Callable[[Path, Any, ItemTable, Any], None] | None = None
 
 
 # --- finding the data --------------------------------------------------------------------
@@ -201,47 +202,53 @@ def read_recipe_layout(name: str, tree: Tree, cfg) -> ItemTable:
 def _located(name: str) -> Callable[[Any], ItemTable]:
     """A Recipe.load that finds the data first, then reads its layout."""
     def load(cfg) -> ItemTable:
-        table = LAYOUTS[name](locate(RECIPES[name], getattr(cfg, "path", None)), cfg)
-        table.name = name
-        return table
+        return read_recipe_layout(name, locate(RECIPES[name], getattr(cfg, "path", None)), cfg)
     return load
 
 
 # --- after training ----------------------------------------------------------------------
 
-def score_test(run_dir: Path, predictor, table: ItemTable) -> None:
+def _test_decisions(predictor, table: ItemTable, test):
+    """`test` ((decisions, unreadable) over `table.test_refs`) or, if not given, made now."""
+    if test is not None:
+        return test
+    from ..predict import decisions  # predict imports the model stack
+    return decisions(predictor, table.test_refs)
+
+
+def score_test(run_dir: Path, predictor, table: ItemTable, test=None) -> None:
     """Write `test_metrics.json` (accuracy on the labelled test images) and `class_names.json`.
 
-    Each test file is read once (`Predictor.stream`); unreadable ones are counted, not scored.
+    `test`: the `predict.decisions` over `table.test_refs` that `fit` made for
+    `test_predictions.csv` (no image is read twice); unreadable images are counted, not scored.
     """
     if table.class_names:
         write_json(run_dir / "class_names.json", table.class_names)
     if not table.test_refs or not table.test_labels:
         return
+    decided, bad = _test_decisions(predictor, table, test)
     scored = [i for i, labs in enumerate(table.test_labels) if labs]
-    hits, n_bad = [], 0
-    for where, probs, bad in predictor.stream([table.test_refs[i] for i in scored]):
-        decided = predictor.decide(probs)
-        hits += [pred == table.test_labels[scored[j]][0] for j, (pred, _) in zip(where, decided)]
-        n_bad += len(bad)
+    hits = [decided[i][0] == table.test_labels[i][0] for i in scored if i in decided]
     metrics = {
         "test_accuracy": sum(hits) / max(len(hits), 1),
         "n_test": len(hits),
-        "n_unreadable": n_bad,
+        "n_unreadable": sum(i in bad for i in scored),
     }
     write_json(run_dir / "test_metrics.json", metrics)
 
 
-def write_submission(run_dir: Path, predictor, table: ItemTable) -> None:
+def write_submission(run_dir: Path, predictor, table: ItemTable, test=None) -> None:
     """`submission.csv` (`ImageID,Labels`, labels space-separated) for every id of test.csv, in
-    order.
+    order (`test` as in `score_test`).
 
     An unreadable test image gets an empty Labels cell (listed in `submission.skipped.txt`)
     and a warning, so the file still has one row per id as Kaggle requires.
     """
     from ..predict import write_submission as write_rows  # predict imports the model stack
 
-    score_test(run_dir, predictor, table)
+    if table.test_refs:
+        test = _test_decisions(predictor, table, test)
+    score_test(run_dir, predictor, table, test)
     if not table.test_ids:
         return
     _, bad = write_rows(
@@ -250,6 +257,7 @@ def write_submission(run_dir: Path, predictor, table: ItemTable) -> None:
         run_dir / "submission.csv",
         fmt="ImageID,Labels",
         ids=table.test_ids,
+        decided=test,
     )
     if bad:
         warnings.warn(f"{len(bad)} unreadable test image(s) have empty labels in submission.csv: "
