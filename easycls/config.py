@@ -57,7 +57,10 @@ class TrainConfig:
                             "was made for, from timm's pretrained config).", lo=8, hi=4096)
     pretrained: bool = _opt(True, "Fine-tune ImageNet weights, or train from scratch.",
                             flag="--pretrained/--no-pretrained")
-    weights: str | None = _opt(None, "Local timm-compatible weights file.", kind="file")
+    weights: str | None = _opt(None, "Weights to start from: an easycls run directory or bundle "
+                               "folder (its normalization, arch and size come along), or a "
+                               "timm-compatible .safetensors or .pth file. Only the head may "
+                               "differ from the model.", kind="path")
     valid_pct: float = _opt(0.2, "Validation share when the data has no split.", lo=0.01, hi=0.9)
     seed: int = _opt(42, "Random seed (split, model init, data order).", lo=0, hi=2**32 - 1)
     out: str | None = _opt(None, "Run directory (default runs/<source>-<arch>-<time>).",

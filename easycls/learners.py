@@ -26,6 +26,7 @@ from torch import nn
 
 from .metrics import TopKAccuracy
 from .models import ArchError, SizeError, check_size, custom_arch_name, default_size, size_kwargs
+from .weights import head_module, load_start, start_weights
 
 __all__ = ["create_model", "single_label_learner", "multi_label_learner", "model_splitter",
            "model_normalization", "check_arch", "ArchError", "PretrainedUnavailable", "SizeError",
@@ -89,26 +90,26 @@ def _unavailable(name: str, why: str) -> PretrainedUnavailable:
 
 
 def create_model(arch: ArchSpec, n_out: int, pretrained: bool = True, weights: str | None = None,
-                 ps: float = 0.0, size: int | None = None) -> nn.Module:
+                 ps: float = 0.0, size: int | None = None,
+                 classes: list[str] | None = None) -> nn.Module:
     """A classifier with `n_out` outputs, built for input `size` where timm needs to know it.
+
+    `weights` (a run directory, bundle folder, .safetensors or .pth file) load strictly
+    except for the head (`weights.load_start`); the head loads too when it fits and the
+    source's classes are `classes`.
 
     Example:
         >>> model = create_model("vit_tiny_patch16_224", n_out=10, pretrained=False, size=64)
     """
-    if isinstance(arch, nn.Module):
-        return arch
-    if not isinstance(arch, str):
-        return arch(n_out)
-    check_arch(arch)
-    kwargs = dict(num_classes=n_out, drop_rate=ps, **size_kwargs(arch, size))
     if weights:
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"weights file {weights} does not exist")
-        return timm.create_model(
-            arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs
-        )
-    if not pretrained:
-        return timm.create_model(arch, pretrained=False, **kwargs)
+        src = start_weights(weights)  # before the model: a missing file fails at once
+        model = _plain_model(arch, n_out, ps, size)
+        load_start(model, src, arch_name(arch), classes)
+        return model
+    if not isinstance(arch, str) or not pretrained:
+        return _plain_model(arch, n_out, ps, size)
+    kwargs = dict(num_classes=n_out, drop_rate=ps, **size_kwargs(arch, size))
+    check_arch(arch)
     cached = _cached_weights(arch)
     if cached:
         return timm.create_model(
@@ -122,6 +123,17 @@ def create_model(arch: ArchSpec, n_out: int, pretrained: bool = True, weights: s
         raise _unavailable(arch, f"the download failed ({type(e).__name__}: {e})") from e
 
 
+def _plain_model(arch: ArchSpec, n_out: int, ps: float, size: int | None) -> nn.Module:
+    """The model with its initial weights: a user module as given, else built for `n_out`."""
+    if isinstance(arch, nn.Module):
+        return arch
+    if not isinstance(arch, str):
+        return arch(n_out)
+    check_arch(arch)
+    return timm.create_model(arch, pretrained=False, num_classes=n_out, drop_rate=ps,
+                             **size_kwargs(arch, size))
+
+
 def model_normalization(model: nn.Module) -> tuple[list[float], list[float]] | None:
     """The mean/std the pretrained weights expect (timm's `pretrained_cfg`), if known."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -130,18 +142,9 @@ def model_normalization(model: nn.Module) -> tuple[list[float], list[float]] | N
     return None
 
 
-def _head(model: nn.Module) -> nn.Module:
-    if hasattr(model, "get_classifier"):
-        head = model.get_classifier()
-        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-            return head
-    children = [c for c in model.children() if any(True for _ in c.parameters())]
-    return children[-1] if children else model
-
-
 def model_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
     """Two parameter groups, body then head, so fastai's `freeze` trains only the head."""
-    head_ids = {id(p) for p in params(_head(model))}
+    head_ids = {id(p) for p in params(head_module(model))}
     body = [p for p in params(model) if id(p) not in head_ids]
     head = [p for p in params(model) if id(p) in head_ids]
     return [body, head] if body else [head]
@@ -155,7 +158,7 @@ def single_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = 
     Example:
         >>> learn = single_label_learner(dls, "resnet18", n_out=10, pretrained=False)
     """
-    model = create_model(arch, n_out, pretrained, weights, ps)
+    model = create_model(arch, n_out, pretrained, weights, ps, classes=_vocab(dls))
     # Running counts, not fastai's AccumMetric, which keeps every prediction (N x C floats)
     metrics = [TopKAccuracy(1)] + ([TopKAccuracy(5)] if n_out >= 10 else [])
     loss = CrossEntropyLossFlat(label_smoothing=label_smoothing)
@@ -207,13 +210,18 @@ def multi_label_learner(
     Example:
         >>> learn = multi_label_learner(dls, "resnet18", n_out=18, pretrained=False)
     """
-    model = create_model(arch, n_out, pretrained, weights, ps)
+    model = create_model(arch, n_out, pretrained, weights, ps, classes=_vocab(dls))
     metrics = [F1ScoreMulti(average="samples"), F1ScoreMulti(average="micro"),
                PrecisionMulti(average="micro"), RecallMulti(average="micro")]
     for m, name in zip(metrics, ("f1_samples", "f1_micro", "precision_micro", "recall_micro")):
         m._name = name
     loss = MultiLabelLoss(pos_weight=pos_weight)
     return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights))
+
+
+def _vocab(dls) -> list[str] | None:
+    vocab = getattr(dls, "vocab", None)
+    return [str(c) for c in vocab] if vocab is not None else None
 
 
 def _learner(dls, model, loss, metrics, wd, cbs, path, frozen: bool) -> Learner:

@@ -64,6 +64,7 @@ from .runlog import (
 )
 from .tally import SingleLabelTally
 from .thresholds import per_class_report
+from .weights import check_fits, start_weights
 
 __all__ = ["fit", "resolve_config", "save"]
 
@@ -85,11 +86,23 @@ def resolve_config(source: str | None, **settings: Any) -> TrainConfig:
         base = base.updated(**defaults)
         base.extra = {**recipe.extra, **base.extra}
     cfg = base.updated(**given)
+    cfg = _source_defaults(cfg, given)
     # No size given nor set by a recipe: the size the model was made for (timm's config).
     cfg = cfg if cfg.size is not None else cfg.updated(size=default_size(cfg.arch))
     return cfg.updated(augment=default_augment(cfg.augment, epochs=cfg.epochs,
                                                fine_tune=bool(cfg.pretrained or cfg.weights),
                                                time_budget=cfg.time_budget))
+
+
+def _source_defaults(cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
+    """With a run's or bundle's weights, its model.json's arch and input size unless given
+    (the size also unless a recipe set one)."""
+    src = start_weights(cfg.weights) if cfg.weights else None
+    if src is None or src.meta is None:
+        return cfg
+    arch = {"arch": src.arch} if src.arch and "arch" not in given else {}
+    size = {"size": src.meta["input_size"]} if cfg.size is None else {}
+    return cfg.updated(**arch, **size)
 
 
 def _given(settings: dict[str, Any]) -> dict[str, Any]:
@@ -112,14 +125,19 @@ def _default_out(cfg: TrainConfig, table: ItemTable) -> Path:
 def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Path,
                    history_start: int = 0) -> tuple[Learner, tuple[list[float], list[float]]]:
     """The Learner and the (mean, std) its inputs are normalized with."""
-    model = create_model(arch, len(data.vocab), cfg.pretrained, cfg.weights, cfg.ps, cfg.size)
-    norm = model_normalization(model) if (cfg.pretrained or cfg.weights) else None
+    src = start_weights(cfg.weights) if cfg.weights else None
+    model = create_model(arch, len(data.vocab), cfg.pretrained, cfg.weights, cfg.ps, cfg.size,
+                         classes=data.vocab)
+    # A run's weights: its own normalization (model.json); ImageNet weights: timm's config.
+    norm = src.normalization if src is not None else None
+    norm = norm or (model_normalization(model) if (cfg.pretrained or src) else None)
     norm = norm or data.pixel_stats()
     dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm)
     cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
     cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
     cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start))
-    kw = dict(pretrained=cfg.pretrained, weights=cfg.weights, wd=cfg.wd, cbs=cbs, path=run_dir)
+    # The model holds its starting weights already; `pretrained` makes the factory freeze it.
+    kw = dict(pretrained=bool(cfg.pretrained or src), wd=cfg.wd, cbs=cbs, path=run_dir)
     if data.multi_label:
         targets = data.datasets[0].targets
         pos_weight = _pos_weight(targets) if cfg.class_weights == "auto" else None
@@ -235,6 +253,8 @@ def _check_early(cfg: TrainConfig, arch_obj: Any, sess) -> None:
     if isinstance(arch_obj, str):
         check_arch(arch_obj)
         check_size(arch_obj, cfg.size)
+    if cfg.weights and (isinstance(arch_obj, (str, torch.nn.Module))):
+        check_fits(arch_obj, start_weights(cfg.weights), cfg.size)
 
 
 def fit(source: str | None = None, *, resume: str | None = None, **settings: Any) -> Learner:
@@ -336,9 +356,10 @@ def _summary(data: PreparedData, cfg: TrainConfig, sess) -> str:
     kind = "multi-label" if data.multi_label else "single-label"
     skipped = f", {len(data.table.skipped)} unreadable skipped" if data.table.skipped else ""
     pixels = storage.describe(data.store)
+    start = f"; {start_weights(cfg.weights).describe()}" if cfg.weights else ""
     return (f"{cfg.source}: {len(data.table.refs) - n_valid} train / {n_valid} valid images, "
             f"{len(data.vocab)} classes ({kind}){skipped}; {cfg.arch} at {cfg.size}px, "
-            f"{sess.batch_sizes(cfg.bs)}, pixels from the {pixels}")
+            f"{sess.batch_sizes(cfg.bs)}, pixels from the {pixels}{start}")
 
 
 def save(learn: Learner, out: str | Path) -> Path:
