@@ -224,6 +224,28 @@ def evaluate_cmd(
         _fail(e)
 
 
+@app.command("check")
+def check_cmd(
+    source: Annotated[str, typer.Argument(
+        help="Data as `fit` takes it: folder, split folders, .zip, CSV or dataset name.")],
+    images: Annotated[Path | None, typer.Option(help="Image folder for a CSV source.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Report folder (default checks/<data>-<time>).")] = None,
+    max_distance: Annotated[int, typer.Option(
+        min=0, max=32, help="Perceptual-hash bits two near-duplicates may differ by.")] = 10,
+    quiet: Quiet = False,
+) -> None:
+    """Find duplicates, train/valid/test leakage, unreadable or odd images and class imbalance;
+    write check.json, check.md and a grid of the worst cases."""
+    from .check import check
+    from .data.items import DataError
+    from .data.tables import TableError
+    try:
+        check(source, images=images, out=out, max_distance=max_distance, progress=not quiet)
+    except (DataError, TableError, FileNotFoundError) as e:
+        _fail(e)
+
+
 @app.command("thresholds")
 def thresholds_cmd(
     run_dir: RunDir,
