@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import _remove_duplicate_names, load_model
 from safetensors.torch import save as st_save
@@ -21,13 +20,8 @@ from torch import nn
 
 from . import __version__
 from .bundle_schema import CUSTOM, BundleError, check_meta, read_json_object
-from .data.images import (
-    IMAGE_EXTENSIONS,
-    UnreadableImage,
-    available_cores,
-    load_resized,
-    resize_square,
-)
+from .data.images import IMAGE_EXTENSIONS, UnreadableImage, available_cores, to_pixels
+from .decide import Decider
 from .fuse import fuse_batchnorm
 from .models import build_custom, size_kwargs
 from .safeio import ensure_room, write_bytes, write_text
@@ -240,35 +234,18 @@ def _done(batch: tuple, empty: np.ndarray) -> tuple[list[int], np.ndarray, dict[
     return where, (empty if probs is None else probs.cpu().numpy()), bad
 
 
-class Predictor:
-    """Applies a trained bundle to images: same resizing and normalization as validation."""
+class Predictor(Decider):
+    """Applies a trained bundle to images: same resizing and normalization as validation.
+    Classes, thresholds and decisions come from `decide.Decider`."""
 
     def __init__(self, model: nn.Module, meta: dict, device: torch.device):
-        self.model, self.meta, self.device = model, meta, device
-        self.classes: list[str] = meta["classes"]
-        self.size: int = meta["input_size"]
+        super().__init__(meta)
+        self.model, self.device = model, device
         self._cpu_chunk: int | None = None  # images per model call on a CPU, set on first use
-
-    @property
-    def multi_label(self) -> bool:
-        return bool(self.meta.get("multi_label"))
-
-    def thresholds(self, override: float | None = None) -> np.ndarray:
-        """Per-class decision thresholds (multi-label): stored tuned ones unless overridden."""
-        if override is not None:
-            return np.full(len(self.classes), float(override))
-        tuned = self.meta.get("thresholds") or {}
-        per_class = tuned.get("per_class") or [tuned.get("global", 0.5)] * len(self.classes)
-        return np.asarray(per_class, dtype=np.float64)
-
-    def _pixels(self, image) -> np.ndarray:
-        if isinstance(image, Image.Image):
-            return resize_square(image.convert("RGB"), self.size)
-        return load_resized(str(image), self.size)
 
     def _pixels_or_error(self, image) -> np.ndarray | UnreadableImage:
         try:
-            return self._pixels(image)
+            return to_pixels(image, self.size)
         except UnreadableImage as e:
             return e
 
@@ -338,25 +315,3 @@ class Predictor:
                 raise UnreadableImage(str(images[i]), reason)
             outs.append(probs)
         return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), np.float32)
-
-    def decide(self, probs: np.ndarray, threshold: float | None = None) -> list:
-        """Single-label: (label, probability) per row. Multi-label: (labels, probabilities)."""
-        if not self.multi_label:
-            idx = probs.argmax(1)
-            return [(self.classes[i], float(p[i])) for i, p in zip(idx, probs)]
-        th = self.thresholds(threshold)
-        at_least_one = bool((self.meta.get("thresholds") or {}).get("at_least_one"))
-        rows = []
-        for p in probs:
-            on = np.flatnonzero(p >= th)
-            if at_least_one and on.size == 0:
-                on = np.array([p.argmax()])
-            rows.append(([self.classes[i] for i in on], [float(p[i]) for i in on]))
-        return rows
-
-    def predict(self, image, threshold: float | None = None):
-        """One image (path or PIL) -> (label, probability); multi-label: (labels, probabilities)."""
-        return self.decide(self.probabilities([image]), threshold)[0]
-
-    def predict_many(self, images: Sequence, bs: int = 64, threshold: float | None = None) -> list:
-        return self.decide(self.probabilities(list(images), bs), threshold)

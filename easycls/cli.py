@@ -341,16 +341,23 @@ def bench_cmd(
 @app.command("export")
 def export_cmd(
     run_dir: RunDir,
-    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
-    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/onnx).")] = None,
+    format: Annotated[str, typer.Option(
+        "--format", help="onnx (with a torch-free predict.py), torchscript, or pt2 (a "
+        "torch.export ExportedProgram).")] = "onnx",
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default RUN_DIR/FORMAT).")] = None,
 ) -> None:
-    """Write model.onnx and a torch-free predict.py, checked against PyTorch."""
+    """Write the model as ONNX, TorchScript or ExportedProgram, checked against PyTorch."""
     from .export import ExportError, export
     try:
         r = export(run_dir, out, format=format)
     except (ExportError, ImportError, ValueError) as e:
         _fail(e)
-    typer.echo(f"wrote {r.model} and {r.script}; max |ONNX - PyTorch| = {r.max_diff:.2g} "
+    if r.note:
+        typer.echo(f"note: {r.note}")
+    wrote = ", ".join(str(p) for p in (r.model, r.script, r.readme) if p is not None)
+    label = {"onnx": "ONNX", "torchscript": "TorchScript", "pt2": "ExportedProgram"}[r.format]
+    typer.echo(f"wrote {wrote}; max |{label} - PyTorch| = {r.max_diff:.2g} "
                f"on {r.checked} {r.checked_on} images")
 
 

@@ -1,44 +1,56 @@
-"""Export a run to ONNX, with a torch-free `predict.py` beside it, and check the result.
+"""Export a run: ONNX (with a torch-free `predict.py`), TorchScript or a torch.export
+ExportedProgram, each checked against PyTorch before it is kept.
 
-The graph takes what the validation preprocessing produces, uint8 pixels (batch, size, size, 3)
-from `load_resized`, and does the rest inside: normalization, the model, softmax or sigmoid.
-Decoding and resizing stay outside (Pillow): beside `predict.py` goes a verbatim copy of
-`easycls/data/images.py` (it needs only numpy and Pillow), so both read images the same way.
+Every format holds the same graph (`exporters.Pipeline`): uint8 pixels (batch, size, size, 3),
+as the validation preprocessing makes them (`load_resized`), in; normalization, the model and
+softmax or sigmoid inside; probabilities out. Decoding and resizing stay outside (Pillow):
+beside an ONNX `predict.py` go verbatim copies of `easycls/data/images.py`,
+`easycls/decide.py` and `easycls/onnx_predictor.py` (numpy, Pillow and onnxruntime only).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import io
 import json
-import re
 import shutil
 import sys
 import tempfile
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import nn
 
 from . import __version__
+from . import decide as decide_module
+from . import onnx_predictor as onnx_predictor_module
 from .bundle import Predictor, load
 from .data import images as image_module
-from .data.images import split_zip_ref
+from .data.images import load_resized, split_zip_ref
+from .exporters import (
+    Pipeline,
+    load_pt2,
+    load_torchscript,
+    onnx_graph,
+    write_pt2,
+    write_torchscript,
+)
 
 __all__ = ["export", "ExportError", "ExportResult", "FORMATS"]
 
-FORMATS = ("onnx",)
-OPSET = 17
+FORMATS = ("onnx", "torchscript", "pt2")
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}
 TOLERANCE = 1e-4
-_TEMPLATE = Path(__file__).with_name("static") / "predict_onnx.py.in"
+_STATIC = Path(__file__).with_name("static")
+_COPIED = {"easycls_images.py": image_module, "easycls_decide.py": decide_module,
+           "easycls_onnx.py": onnx_predictor_module}
 _PREPROCESSING_NOTE = (
     "input 'pixels': uint8 (batch, input_size, input_size, 3) RGB. Make it as easycls does "
-    "(load_resized in easycls_images.py): decode with Pillow (JPEG draft at input_size), "
+    "(load_resized in easycls/data/images.py, copied as easycls_images.py beside an ONNX "
+    "export): decode with Pillow (JPEG draft at input_size), "
     "apply the EXIF orientation, convert to RGB (16-bit scaled to 8, alpha composited on "
     "white), resize the centered square crop of side min(w, h) to input_size with Pillow "
     "BILINEAR. The graph normalizes ((x - 255 * mean) / (255 * std), NCHW) and applies "
@@ -53,149 +65,177 @@ class ExportError(RuntimeError):
 class ExportResult:
     """What `export` wrote and how well it agrees with PyTorch."""
 
-    model: Path              # model.onnx
-    script: Path             # predict.py (easycls_images.py beside it)
-    max_diff: float          # max |ONNX - PyTorch| probability over the checked images
+    model: Path              # model.onnx, model.pt or model.pt2
+    script: Path | None      # predict.py (ONNX only)
+    readme: Path             # README.md: how to load the model
+    max_diff: float          # max |exported - PyTorch| probability over the checked images
     checked: int             # how many images were checked
     checked_on: str          # "validation" or "generated"
-
-
-class _Pipeline(nn.Module):
-    """uint8 NHWC pixels -> probabilities, the same arithmetic as `Predictor.probabilities`."""
-
-    def __init__(self, model: nn.Module, meta: dict):
-        super().__init__()
-        self.model, self.multi_label = model, bool(meta.get("multi_label"))
-        self.register_buffer("mean", torch.tensor(meta["mean"]).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(meta["std"]).view(1, 3, 1, 1) * 255)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = (pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
-        logits = self.model(x).float()
-        return logits.sigmoid() if self.multi_label else logits.softmax(1)
+    format: str = "onnx"
+    exporter: str = "dynamo"  # ONNX: "dynamo" or "legacy"; else "torchscript" / "torch.export"
+    note: str | None = None  # why the legacy ONNX exporter was used
 
 
 def export(run_dir: str | Path, out: str | Path | None = None, *, format: str = "onnx",
            model: nn.Module | None = None, max_check: int = 64,
            tolerance: float = TOLERANCE) -> ExportResult:
-    """Write `model.onnx` and a torch-free `predict.py` for a run, and check them against PyTorch.
+    """Write a run's model in `format`, with a README on loading it, checked against PyTorch.
 
     Args:
         run_dir: the run directory written by `fit`.
-        out: where to write (default `RUN_DIR/onnx`).
-        format: only "onnx".
+        out: where to write (default `RUN_DIR/<format>`).
+        format: "onnx" (with a torch-free predict.py), "torchscript" or "pt2".
         model: an instance of the architecture, for runs of a custom `nn.Module`.
         max_check: how many validation images (or generated ones) to compare on.
-        tolerance: the largest allowed |ONNX - PyTorch| probability difference.
+        tolerance: the largest allowed |exported - PyTorch| probability difference.
 
     Raises:
-        ExportError: an operator ONNX lacks, or a difference above `tolerance`.
+        ExportError: the model cannot be exported, or it disagrees by more than `tolerance`
+            (the written model is then removed).
 
     Example:
-        >>> r = export("runs/digits-resnet18")
+        >>> r = export("runs/digits-resnet18", format="pt2")
         >>> r.max_diff < 1e-4
         True
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
-    _require_onnx()
+    if format == "onnx":
+        _require("onnx", "onnxruntime", "onnxscript")
     predictor = load(run_dir, model=model, device="cpu")
-    out = Path(out) if out is not None else Path(run_dir) / "onnx"
+    out = Path(out) if out is not None else Path(run_dir) / format
     out.mkdir(parents=True, exist_ok=True)
-    onnx_path, script = out / "model.onnx", out / "predict.py"
-    _write_onnx(predictor, onnx_path)
-    script.write_text(_TEMPLATE.read_text().replace("@VERSION@", __version__))
-    shutil.copyfile(image_module.__file__, out / "easycls_images.py")
-    try:
-        diff, n, kind = _check(predictor, run_dir, script, onnx_path, max_check)
-    except BaseException:
-        onnx_path.unlink(missing_ok=True)
-        raise
+    pipeline = Pipeline(predictor.model, predictor.meta).eval()
+    path = out / MODEL_FILES[format]
+    with tempfile.TemporaryDirectory() as tmp:
+        refs, kind = check_images(run_dir, predictor.size, max_check, Path(tmp))
+        try:
+            result = _WRITERS[format](pipeline, predictor, run_dir, path)
+            diff = float(np.abs(result.runner(refs) - predictor.probabilities(refs)).max())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
     if not diff <= tolerance:  # also catches NaN
-        onnx_path.unlink(missing_ok=True)
-        raise ExportError(f"the ONNX model disagrees with PyTorch: max |difference| {diff:.3g} > "
-                          f"{tolerance:g} on {n} {kind} images; model.onnx was removed")
-    return ExportResult(onnx_path, script, diff, n, kind)
+        path.unlink(missing_ok=True)
+        raise ExportError(f"the {format} model disagrees with PyTorch: max |difference| "
+                          f"{diff:.3g} > {tolerance:g} on {len(refs)} {kind} images; "
+                          f"{path.name} was removed")
+    readme = _write_readme(out, format, predictor.meta, result.exporter)
+    return ExportResult(path, result.script, readme, diff, len(refs), kind, format,
+                        result.exporter, result.note)
 
 
-def _require_onnx() -> None:
-    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+def _require(*modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(f"export needs {' and '.join(missing)}: pip install 'easycls[export]'")
 
 
-# ---------------------------------------------------------------- writing
+@dataclass
+class _Written:
+    runner: Callable[[list[str]], np.ndarray]  # image files -> probabilities, the format's way
+    exporter: str
+    script: Path | None = None
+    note: str | None = None
 
 
-def _write_onnx(predictor: Predictor, path: Path) -> None:
-    """Trace the pipeline with a dynamic batch axis, then attach the metadata."""
+# ---------------------------------------------------------------- the formats
+
+
+def _write_onnx(pipeline: Pipeline, predictor: Predictor, run_dir: str | Path,
+                path: Path) -> _Written:
+    """model.onnx with its metadata, predict.py and the modules it imports, metrics.json."""
     import onnx
     meta = predictor.meta
-    pipeline = _Pipeline(predictor.model, meta).eval()
-    dummy = torch.zeros(2, predictor.size, predictor.size, 3, dtype=torch.uint8)
-    buf = io.BytesIO()
     try:
-        # The TorchScript exporter (dynamo=False) works offline with onnx alone; the dynamo one
-        # needs onnxscript. Its graph dump on failure goes to stderr, our message says it better.
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(pipeline, (dummy,), buf, dynamo=False, opset_version=OPSET,
-                              input_names=["pixels"], output_names=["probabilities"],
-                              dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}})
-    except Exception as e:  # the exporter's errors have no common base class
-        raise ExportError(_unsupported(meta["arch"], e)) from e
-    proto = onnx.load_from_string(buf.getvalue())
-    proto.doc_string = f"easycls {meta['arch']} classifier; {_PREPROCESSING_NOTE}"
+        graph = onnx_graph(pipeline, meta["arch"], predictor.size)
+    except RuntimeError as e:
+        raise ExportError(str(e)) from e
+    graph.proto.doc_string = f"easycls {meta['arch']} classifier; {_PREPROCESSING_NOTE}"
     for key, value in _metadata(meta).items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))
+        graph.proto.metadata_props.add(key=key, value=value)
+    onnx.save(graph.proto, str(path))
+    script = path.with_name("predict.py")
+    script.write_text((_STATIC / "predict_onnx.py.in").read_text().replace("@VERSION@",
+                                                                           __version__))
+    for name, module in _COPIED.items():
+        shutil.copyfile(module.__file__, path.with_name(name))
+    metrics = Path(run_dir) / "metrics.json"
+    if metrics.is_file():  # so the folder serves on its own (`easycls serve FOLDER`)
+        shutil.copyfile(metrics, path.with_name("metrics.json"))
+    module = _import_script(script)
+    model = module.Model(path)
+    return _Written(lambda refs: model.probabilities(refs, bs=len(refs)), graph.exporter,
+                    script, graph.note)
 
 
-def _unsupported(arch: str, e: Exception) -> str:
-    found = re.search(r"operator '([\w:.]+)'", str(e))
-    if found:
-        return (f"{arch} cannot be exported to ONNX: operator {found.group(1)} is not supported "
-                f"(opset {OPSET}). Replace it in the model, or serve the run with `easycls serve`.")
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return f"{arch} cannot be exported to ONNX: {first}"
+def _write_torch(writer: Callable, loader: Callable, exporter: str) -> Callable:
+    def write(pipeline: Pipeline, predictor: Predictor, run_dir: str | Path,
+              path: Path) -> _Written:
+        try:
+            writer(pipeline, predictor.size, path, predictor.meta)
+        except Exception as e:  # noqa: BLE001 - tracing and torch.export raise many types
+            raise ExportError(f"{predictor.meta['arch']} cannot be exported as {exporter}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+                              ) from e
+        run = loader(path)
+        return _Written(lambda refs: run(_pixels(refs, predictor.size)), exporter)
+    return write
+
+
+_WRITERS = {"onnx": _write_onnx,
+            "torchscript": _write_torch(write_torchscript, load_torchscript, "torchscript"),
+            "pt2": _write_torch(write_pt2, load_pt2, "torch.export")}
+
+
+def _pixels(refs: list[str], size: int) -> np.ndarray:
+    return np.stack([load_resized(r, size) for r in refs])
 
 
 def _metadata(meta: dict) -> dict[str, str]:
-    """ONNX metadata_props: JSON-encoded values, plus the preprocessing stated in words."""
-    keys = ("arch", "classes", "multi_label", "thresholds", "input_size", "mean", "std")
-    props = {k: json.dumps(meta.get(k)) for k in keys}
-    props["easycls_version"] = json.dumps(__version__)
+    """ONNX metadata_props: model.json key by key (JSON-encoded), plus the preprocessing."""
+    props = {k: json.dumps(v) for k, v in meta.items()}
+    props.setdefault("easycls_version", json.dumps(__version__))
     props["preprocessing"] = _PREPROCESSING_NOTE
     return props
+
+
+def _write_readme(out: Path, format: str, meta: dict, exporter: str) -> Path:
+    how = {"dynamo": "the torch.export-based exporter", "legacy": "the legacy TorchScript-based "
+           "exporter"}.get(exporter, exporter)
+    text = (_STATIC / f"README_{format}.md.in").read_text()
+    for key, value in {"@ARCH@": meta["arch"], "@VERSION@": __version__, "@EXPORTER@": how,
+                       "@SIZE@": str(meta["input_size"]), "@N@": str(len(meta["classes"])),
+                       "@PREPROCESSING@": "Preprocessing: " + _PREPROCESSING_NOTE[
+                           _PREPROCESSING_NOTE.index("Make it"):]}.items():
+        text = text.replace(key, value)
+    (out / "README.md").write_text(text)
+    return out / "README.md"
 
 
 # ---------------------------------------------------------------- checking
 
 
-def _check(predictor: Predictor, run_dir: str | Path, script: Path, onnx_path: Path,
-           limit: int) -> tuple[float, int, str]:
-    """Max |ONNX - PyTorch| over up to `limit` images, each side with its own preprocessing."""
-    module = _import_script(script)
+def check_images(run_dir: str | Path, size: int, limit: int, folder: Path
+                 ) -> tuple[list[str], str]:
+    """Up to `limit` validation images of the run, or generated ones written into `folder`
+    when the run's data is not at hand; and which of the two ("validation", "generated")."""
     refs = _validation_refs(run_dir, limit)
-    with tempfile.TemporaryDirectory() as tmp:
-        kind = "validation" if refs else "generated"
-        refs = refs or _generated(Path(tmp), predictor.size, limit)
-        onnx_model = module.Model(onnx_path)
-        pixels = np.stack([module.load_resized(r, onnx_model.size) for r in refs])
-        ours = onnx_model.probabilities(pixels, bs=len(refs))  # another batch size than traced
-        theirs = predictor.probabilities(refs)
-    return float(np.abs(ours - theirs).max()), len(refs), kind
+    return (refs, "validation") if refs else (_generated(folder, size, limit), "generated")
 
 
 def _import_script(path: Path):
-    """predict.py as a module, with its own easycls_images (not a cached one)."""
-    sys.modules.pop("easycls_images", None)
+    """predict.py as a module, with its own copied modules (not cached ones)."""
+    copies = [name.removesuffix(".py") for name in _COPIED]
+    for name in copies:
+        sys.modules.pop(name, None)
     spec = importlib.util.spec_from_file_location("easycls_exported_predict", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     finally:
-        sys.modules.pop("easycls_images", None)
+        for name in copies:
+            sys.modules.pop(name, None)
         with contextlib.suppress(ValueError):
             sys.path.remove(str(path.resolve().parent))
     return module
@@ -203,7 +243,7 @@ def _import_script(path: Path):
 
 def _validation_refs(run_dir: str | Path, limit: int) -> list[str]:
     """Up to `limit` readable validation image files of the run, spread over the split."""
-    from .data.images import check_images
+    from .data.images import check_images as unreadable
     try:
         from .data.prepare import run_items
         _, refs, _ = run_items(run_dir)
@@ -211,7 +251,7 @@ def _validation_refs(run_dir: str | Path, limit: int) -> list[str]:
         return []
     refs = [r for r in refs if split_zip_ref(r) is None]  # predict.py reads files, not zips
     refs = refs[::max(1, len(refs) // limit)][:limit]
-    bad = check_images(refs)
+    bad = unreadable(refs)
     return [r for i, r in enumerate(refs) if i not in bad]
 
 

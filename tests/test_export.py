@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,10 +112,17 @@ def assert_same_as_easycls(run: Path, script: Path, folder: Path, n: int) -> flo
 # ---------------------------------------------------------------- fast: bundles, no training
 
 
+LEGACY_WARNING = "legacy TorchScript-based ONNX export"
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     run = make_bundle(tmp_path_factory.mktemp("runs") / "single", ["cat", "dog", "fox", "owl"])
-    return run, export(run, max_check=8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = export(run, max_check=8)
+    assert not [w for w in seen if LEGACY_WARNING in str(w.message)]
+    return run, result
 
 
 def test_export_writes_model_and_metadata(single):
@@ -132,6 +140,11 @@ def test_export_writes_model_and_metadata(single):
     assert "BILINEAR" in props["preprocessing"] and "thresholds" in props
     batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param == "batch"  # dynamic batch axis
+    # the supported, torch.export-based exporter made it (no fallback, no legacy warning)
+    assert result.exporter == "dynamo" and result.note is None
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 18
+    readme = result.readme.read_text()
+    assert result.readme == run / "onnx" / "README.md" and "OnnxPredictor" in readme
 
 
 def test_onnx_runs_any_batch_size_like_torch(single):
@@ -183,6 +196,24 @@ def test_unsupported_operator_is_named(tmp_path):
         export(run, model=Tiny(op=op))
 
 
+def _branch(x):
+    if x.abs().sum() >= 0:  # data-dependent control flow: torch.export cannot capture it
+        return x * 2
+    return x
+
+
+def test_a_model_torch_export_cannot_capture_falls_back_to_the_legacy_exporter(tmp_path):
+    run = make_bundle(tmp_path / "custom", ["x", "y", "z"], model=Tiny(op=_branch))
+    result = export(run, model=Tiny(op=_branch), max_check=4)
+    assert result.exporter == "legacy" and result.max_diff < 1e-4
+    assert result.note.startswith("custom:Tiny: the torch.export-based ONNX exporter failed (")
+    assert "data-dependent" in result.note and "legacy" in result.note
+    assert "\n" not in result.note and len(result.note) < 300
+    assert "legacy TorchScript-based exporter" in result.readme.read_text()
+    session = ort.InferenceSession(str(result.model), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "batch"
+
+
 def test_disagreement_fails_and_removes_the_model(single, tmp_path):
     run, _ = single
     with pytest.raises(ExportError, match=r"disagrees with PyTorch: max \|difference\|"):
@@ -190,17 +221,62 @@ def test_disagreement_fails_and_removes_the_model(single, tmp_path):
     assert not (tmp_path / "strict" / "model.onnx").exists()
 
 
-def test_cli_export_reports_the_difference(single, tmp_path):
-    result = CliRunner().invoke(app, ["export", str(single[0]), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 0, result.output
-    assert "max |ONNX - PyTorch| = " in result.stdout and "on 64 generated images" in result.stdout
-    assert (tmp_path / "o" / "model.onnx").is_file() and (tmp_path / "o" / "predict.py").is_file()
-
-
 def test_cli_export_custom_arch_is_a_clear_error(tmp_path):
     run = make_bundle(tmp_path / "custom", ["x", "y", "z"], model=Tiny())
     result = CliRunner().invoke(app, ["export", str(run)])
     assert result.exit_code == 2 and "custom model (custom:Tiny)" in result.output
+
+
+# Loads both torch formats as their READMEs say, with torch alone, in a fresh process.
+LOAD_TORCH_FORMATS = """
+import json, sys
+import numpy as np, torch
+pixels = torch.from_numpy(np.load(sys.argv[1]))
+ts_files, pt2_files = {"model.json": ""}, {"model.json": ""}
+scripted = torch.jit.load(sys.argv[2], _extra_files=ts_files).eval()
+program = torch.export.load(sys.argv[3], extra_files=pt2_files)
+with torch.inference_mode():
+    np.save(sys.argv[4], np.stack([scripted(pixels).numpy(), program.module()(pixels).numpy()]))
+print(json.dumps({"classes": [json.loads(f["model.json"])["classes"]
+                              for f in (ts_files, pt2_files)],
+                  "easycls_loaded": "easycls" in sys.modules}))
+"""
+
+
+@pytest.fixture(scope="module")
+def torch_formats(tmp_path_factory):
+    run = make_bundle(tmp_path_factory.mktemp("runs") / "fmt", ["ant", "bee", "cat"])
+    scripted = export(run, format="torchscript", max_check=4)
+    out = tmp_path_factory.mktemp("out")
+    cli = CliRunner().invoke(app, ["export", str(run), "--format", "pt2", "--out", str(out)])
+    assert cli.exit_code == 0, cli.output
+    return run, scripted, out / "model.pt2", cli.stdout
+
+
+def test_torchscript_and_pt2_are_written_and_checked(torch_formats):
+    run, scripted, pt2, printed = torch_formats
+    assert scripted.model == run / "torchscript" / "model.pt" and scripted.max_diff < 1e-4
+    assert scripted.exporter == "torchscript" and scripted.script is None
+    assert "max |ExportedProgram - PyTorch| = " in printed and "on 64 generated images" in printed
+    assert pt2.is_file() and f"wrote {pt2}, {pt2.with_name('README.md')};" in printed
+    assert "torch.export.load" in pt2.with_name("README.md").read_text()
+    assert "torch.jit.load" in scripted.readme.read_text()
+
+
+@pytest.mark.slow
+def test_torchscript_and_pt2_load_in_a_fresh_process_and_agree(torch_formats, tmp_path):
+    run, scripted, pt2, _ = torch_formats
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "px.npy", pixels)
+    done = subprocess.run([sys.executable, "-c", LOAD_TORCH_FORMATS, tmp_path / "px.npy",
+                           scripted.model, pt2, tmp_path / "out.npy"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout.splitlines()[-1])
+    assert facts == {"classes": [["ant", "bee", "cat"]] * 2, "easycls_loaded": False}
+    want = load(run, device="cpu").probabilities(list(pixels))  # batch 5: not the traced 2
+    got = np.load(tmp_path / "out.npy")
+    assert got.shape == (2, 5, 3) and np.abs(got - want).max() < 1e-4
 
 
 def test_unknown_format(single):

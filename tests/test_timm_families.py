@@ -4,12 +4,14 @@ work."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 from conftest import write_class_folders
 
 import easycls
+from easycls.export import export
 from easycls.models import SizeError, check_size, default_size
 
 pytestmark = pytest.mark.slow
@@ -42,8 +44,13 @@ def tiny_folders(tmp_path_factory):
     return write_class_folders(tmp_path_factory.mktemp("fam") / "pets", per_class=4)
 
 
+# These must go through the torch.export-based ONNX exporter, with no legacy warning.
+DYNAMO_ONLY = {"resnet18", "efficientnet_b0", "convnext_atto", "vit_tiny_patch16_224"}
+LEGACY_WARNING = "legacy TorchScript-based ONNX export"
+
+
 @pytest.mark.parametrize("arch", FAMILIES)
-def test_each_family_trains_one_epoch_and_reloads(arch, tiny_folders, tmp_path):
+def test_each_family_trains_one_epoch_reloads_and_exports(arch, tiny_folders, tmp_path):
     out = tmp_path / "run"
     easycls.fit(str(tiny_folders), arch=arch, out=str(out), **TINY_RUN)
     meta = json.loads((out / "model.json").read_text())
@@ -51,6 +58,18 @@ def test_each_family_trains_one_epoch_and_reloads(arch, tiny_folders, tmp_path):
     # The bundle loads at the size it was trained at (img_size for fixed-size models).
     label, prob = easycls.load(out, device="cpu").predict(next((tiny_folders / "dog").iterdir()))
     assert label in ("cat", "dog", "fox") and 0 <= prob <= 1
+    # ONNX through the supported exporter, or a one-line note naming the family and why not.
+    pytest.importorskip("onnxscript")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = export(out, max_check=8)
+    assert result.max_diff < 1e-4 and result.checked_on == "validation"
+    if arch in DYNAMO_ONLY or result.exporter == "dynamo":
+        assert result.exporter == "dynamo" and result.note is None
+        assert not [w for w in seen if LEGACY_WARNING in str(w.message)]
+    else:
+        assert result.exporter == "legacy" and result.note.startswith(f"{arch}: ")
+        assert "\n" not in result.note
 
 
 def test_custom_module_trains_and_reloads_by_import_path(tiny_folders, tmp_path):

@@ -34,6 +34,7 @@ __all__ = [
     "parallel_map",
     "resize_square",
     "split_zip_ref",
+    "to_pixels",
     "to_rgb",
     "zip_member_info",
     "zip_ref",
@@ -290,6 +291,20 @@ def load_resized(ref: str, size: int) -> np.ndarray:
         (64, 64, 3)
     """
     return resize_square(open_image(ref, draft=size), size)
+
+
+def to_pixels(image: str | os.PathLike | Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """A model's input pixels: uint8 ``(size, size, 3)`` from a file or zip reference
+    (`load_resized`), a PIL image (converted to RGB, then `resize_square`) or such an array
+    already made (passed through)."""
+    if isinstance(image, np.ndarray):
+        if image.shape != (size, size, 3) or image.dtype != np.uint8:
+            raise ValueError(f"pixels must be uint8 {(size, size, 3)}, not {image.dtype} "
+                             f"{image.shape}")
+        return image
+    if isinstance(image, Image.Image):
+        return resize_square(image.convert("RGB"), size)
+    return load_resized(str(image), size)
 
 
 def resize_square(img: Image.Image, size: int) -> np.ndarray:
