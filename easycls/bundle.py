@@ -238,6 +238,8 @@ class Predictor(Decider):
     """Applies a trained bundle to images: same resizing and normalization as validation.
     Classes, thresholds and decisions come from `decide.Decider`."""
 
+    runtime = "torch"
+
     def __init__(self, model: nn.Module, meta: dict, device: torch.device):
         super().__init__(meta)
         self.model, self.device = model, device

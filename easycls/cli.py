@@ -46,11 +46,15 @@ def _main(
     pass
 
 
-def _fail(e: Exception, code: int = 2) -> None:
-    from .distributed import Session, leaving_on_error
-    leaving_on_error()  # under a launcher: leave without waiting for the other processes
-    if Session.of_launch().is_main:  # every process of a launch hits the same error: say it once
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+def _fail(e: Exception, code: int = 2, launched: bool = True) -> None:
+    """One red line and exit `code`. `launched=False`: a command no launcher starts in several
+    processes (serve), which then imports nothing of torch to say so."""
+    if launched:
+        from .distributed import Session, leaving_on_error
+        leaving_on_error()  # under a launcher: leave without waiting for the other processes
+        if not Session.of_launch().is_main:  # every process hits the same error: say it once
+            raise typer.Exit(code)
+    typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
 
 
@@ -363,7 +367,12 @@ def export_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    run_dir: RunDir,
+    run_dir: Annotated[Path, typer.Argument(
+        help="Run directory written by `easycls fit`, or a folder written by `easycls export`.",
+        exists=True, file_okay=False)],
+    onnx: Annotated[bool, typer.Option(
+        "--onnx", help="Serve RUN_DIR/onnx/model.onnx on onnxruntime, without torch (an "
+        "export folder is served so anyway).")] = False,
     host: Annotated[str, typer.Option(
         help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
@@ -380,9 +389,13 @@ def serve_cmd(
     try:
         from .serve import serve
     except ImportError as e:
-        _fail(ImportError(f"serve needs FastAPI and uvicorn: pip install 'easycls[serve]' ({e})"))
-    serve(run_dir, host, port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
-          max_mb=max_mb, say=typer.echo)
+        _fail(ImportError(f"serve needs FastAPI and uvicorn: pip install 'easycls[serve]' ({e})"),
+              launched=False)
+    try:
+        serve(run_dir, host, port, onnx=onnx, token=token, max_batch=max_batch,
+              max_wait_ms=max_wait_ms, max_mb=max_mb, say=typer.echo)
+    except (FileNotFoundError, ImportError) as e:
+        _fail(e, launched=False)
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="List or clear the decoded-image caches and "

@@ -43,6 +43,8 @@ class OnnxPredictor(Decider):
         >>> label, prob = p.predict("seven.png")
     """
 
+    runtime = "onnxruntime"
+
     def __init__(self, path: str | Path, threads: int | None = None):
         options = ort.SessionOptions()
         if threads:

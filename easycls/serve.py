@@ -1,5 +1,10 @@
 """`easycls serve`: a web page and a REST API over a run directory (FastAPI + uvicorn).
 
+The app runs on a backend: the torch `Predictor` of a run (`bundle.load`), or an exported
+ONNX model on onnxruntime (`onnx_predictor.OnnxPredictor`), in which case nothing here
+imports torch. Both have the same interface (`probabilities`, `decide`, `classes`, `meta`),
+so the endpoints, limits, batching and upload handling below are one copy for both.
+
 Requests are decoded in worker threads and queued; one inference thread takes what has
 arrived (up to `max_batch` images, waiting at most `max_wait_ms` for more) and runs it as one
 batch, so concurrent clients share forward passes and the event loop never runs the model.
@@ -26,10 +31,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from .bundle import Predictor, load, read_meta
 from .data.images import resize_square, to_rgb
+from .decide import Decider
 
-__all__ = ["create_app", "serve", "Batcher", "UploadError", "decode_upload"]
+__all__ = ["create_app", "serve", "open_backend", "Batcher", "UploadError", "decode_upload"]
 
 MAX_MB = 10.0
 MAX_FILES = 64
@@ -195,7 +200,31 @@ async def read_files(request: Request, max_bytes: int) -> list[tuple[str, bytes]
 # ---------------------------------------------------------------- the app
 
 
-def _rows(predictor: Predictor, names: list[str], probs: np.ndarray, top_k: int) -> list[dict]:
+# ---------------------------------------------------------------- the backend
+
+
+def open_backend(path: str | Path, onnx: bool = False, device: str | None = None
+                 ) -> Decider:
+    """What to serve: an export folder (model.onnx, no model.json) or, with `onnx`, a run's
+    `onnx/model.onnx` runs on onnxruntime, importing no torch; else the run's torch bundle.
+
+    Raises:
+        FileNotFoundError: `onnx` asked for, and the run has not been exported.
+    """
+    path = Path(path)
+    folder = path if (path / "model.onnx").is_file() else path / "onnx"
+    exported = (path / "model.onnx").is_file() and not (path / "model.json").is_file()
+    if onnx or exported:
+        if not (folder / "model.onnx").is_file():
+            raise FileNotFoundError(f"{path} holds no onnx/model.onnx: export it first with "
+                                    f"`easycls export {path}`, or serve it without --onnx")
+        from .onnx_predictor import OnnxPredictor
+        return OnnxPredictor(folder / "model.onnx")
+    from .bundle import load
+    return load(path, device=device)
+
+
+def _rows(predictor: Decider, names: list[str], probs: np.ndarray, top_k: int) -> list[dict]:
     rows = []
     for name, p, (label, prob) in zip(names, probs, predictor.decide(probs)):
         top = [{"label": predictor.classes[i], "probability": float(p[i])}
@@ -207,21 +236,25 @@ def _rows(predictor: Predictor, names: list[str], probs: np.ndarray, top_k: int)
     return rows
 
 
-def _model_info(run_dir: Path, predictor: Predictor) -> dict:
+def _model_info(run_dir: Path, predictor: Decider) -> dict:
     metrics = run_dir / "metrics.json"
-    return {"name": run_dir.resolve().name, "model": read_meta(run_dir),
+    return {"name": run_dir.resolve().name, "model": predictor.meta,
             "thresholds": predictor.thresholds().tolist() if predictor.multi_label else None,
             "metrics": json.loads(metrics.read_text()) if metrics.is_file() else None}
 
 
-def create_app(run_dir: str | Path, *, predictor: Predictor | None = None, token: str | None = None,
-               max_batch: int = 32, max_wait_ms: float = 5.0, max_mb: float = MAX_MB,
-               max_pixels: int | None = None, device: str | None = None) -> FastAPI:
+def create_app(run_dir: str | Path, *, predictor: Decider | None = None,
+               onnx: bool = False, token: str | None = None, max_batch: int = 32,
+               max_wait_ms: float = 5.0, max_mb: float = MAX_MB, max_pixels: int | None = None,
+               device: str | None = None) -> FastAPI:
     """The FastAPI app serving a run: `/` (page), `/predict`, `/model`, `/healthz`, `/docs`.
 
     Args:
-        run_dir: the run directory written by `fit`.
-        predictor: an already loaded `Predictor` (e.g. `load(dir, model=...)` for a custom arch).
+        run_dir: the run directory written by `fit`, or a folder written by `easycls export`.
+        predictor: an already loaded `Predictor` (e.g. `load(dir, model=...)` for a custom arch)
+            or `OnnxPredictor`.
+        onnx: serve the run's exported `onnx/model.onnx` on onnxruntime, without torch (an
+            export folder is served so anyway); see `open_backend`.
         token: if given, `/predict` and `/model` need `Authorization: Bearer <token>`.
         max_batch, max_wait_ms: server-side batching (`max_batch=1` turns it off).
         max_mb: the largest request body; max_pixels: the largest image (default Pillow's).
@@ -230,7 +263,7 @@ def create_app(run_dir: str | Path, *, predictor: Predictor | None = None, token
         >>> app = create_app("runs/digits-resnet18", token="s3cret")
     """
     run_dir = Path(run_dir)
-    predictor = predictor or load(run_dir, device=device)
+    predictor = predictor or open_backend(run_dir, onnx=onnx, device=device)
     # The images arrive decoded and resized already: one worker just turns them into arrays.
     batcher = Batcher(lambda ims: predictor.probabilities(ims, bs=max(1, len(ims)), workers=1),
                       max_batch, max_wait_ms / 1000)
@@ -265,8 +298,10 @@ def create_app(run_dir: str | Path, *, predictor: Predictor | None = None, token
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        """Liveness, and how many batches and images the server has run."""
-        return {"status": "ok", "batches": batcher.batches, "images": batcher.images}
+        """Liveness, the runtime (torch or onnxruntime), and how many batches and images the
+        server has run."""
+        return {"status": "ok", "runtime": predictor.runtime, "batches": batcher.batches,
+                "images": batcher.images}
 
     @app.get("/model")
     async def model(request: Request) -> dict:
@@ -294,11 +329,13 @@ _PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-d
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
-          token: str | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
-          max_mb: float = MAX_MB, say: Callable[[str], None] = print) -> None:
+          onnx: bool = False, token: str | None = None, max_batch: int = 32,
+          max_wait_ms: float = 5.0, max_mb: float = MAX_MB,
+          say: Callable[[str], None] = print) -> None:
     """Serve a run until interrupted (see `create_app` for the options)."""
     import uvicorn
-    app = create_app(run_dir, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                     max_mb=max_mb)
-    say(f"serving {run_dir} on http://{host}:{port}/ (API docs at /docs; Ctrl+C stops)")
+    app = create_app(run_dir, onnx=onnx, token=token, max_batch=max_batch,
+                     max_wait_ms=max_wait_ms, max_mb=max_mb)
+    say(f"serving {run_dir} ({app.state.predictor.runtime}) on http://{host}:{port}/ "
+        "(API docs at /docs; Ctrl+C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -53,9 +53,24 @@ def run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(run):
-    with TestClient(create_app(run, token="s3cret", max_mb=1.0, device="cpu")) as c:
+def exported(run) -> Path:
+    """The run exported to ONNX (run/onnx), for the onnxruntime server."""
+    pytest.importorskip("onnxscript")
+    from easycls.export import export
+    return export(run, max_check=4).model.parent
+
+
+# Every test of `client` runs on both servers: the torch one and the onnxruntime one.
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def client(request, run):
+    if request.param == "onnx":
+        request.getfixturevalue("exported")
+    app = create_app(run, onnx=request.param == "onnx", token="s3cret", max_mb=1.0,
+                     device="cpu")
+    with TestClient(app) as c:
         c.headers["Authorization"] = "Bearer s3cret"
+        assert c.get("/healthz").json()["runtime"] == {"torch": "torch",
+                                                       "onnx": "onnxruntime"}[request.param]
         yield c
 
 
@@ -73,7 +88,7 @@ def test_predict_several_files_like_the_predictor(client, run, tmp_path):
         (tmp_path / f"{i}.png").write_bytes(d)
         label, prob = predictor.predict(tmp_path / f"{i}.png")
         assert row["file"] == f"{i}.png" and row["label"] == label
-        assert abs(row["probability"] - prob) < 1e-6
+        assert abs(row["probability"] - prob) < 1e-5
         probs = [t["probability"] for t in row["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True)
         assert row["top"][0]["label"] == label
@@ -179,6 +194,73 @@ def test_uploads_never_touch_the_disk(run, monkeypatch):
     assert r.status_code == 200, r.text
 
 
+# The onnxruntime server in a process where torch cannot be imported: its answers to good
+# and bad uploads, and what it imported.
+HEAVY = ("torch", "torchvision", "fastai", "timm", "accelerate", "pandas", "sklearn",
+         "matplotlib", "safetensors", "onnx")
+TORCH_FREE_SERVER = f"""
+import json, sys
+for m in {HEAVY}:
+    sys.modules[m] = None
+from fastapi.testclient import TestClient
+from easycls.serve import create_app
+uploads = json.loads(sys.stdin.read())
+answers = []
+with TestClient(create_app(sys.argv[1], onnx=True, max_mb=1.0)) as c:
+    for files in uploads:
+        r = c.post("/predict", files=[("files", (n, bytes.fromhex(d), "image/png"))
+                                      for n, d in files])
+        answers.append([r.status_code, r.json()])
+    answers.append([200, c.get("/model").json()])
+    answers.append([200, c.get("/healthz").json()["runtime"]])
+heavy = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in {HEAVY})
+print(json.dumps({{"answers": answers, "heavy": heavy}}))
+"""
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_onnx_server_answers_like_the_torch_server_without_torch(run, exported):
+    uploads = [[("a.png", png(seed=1)), ("b.jpg", png(seed=2, size=(90, 50), fmt="JPEG"))],
+               [("c.png", png(seed=3, size=(33, 70)))],
+               [("notes.png", b"just some text\n" * 10)], [("cut.jpg", truncated())],
+               [("bomb.png", bomb())], [("big.png", png(size=(800, 800)))]]
+    wire = json.dumps([[(n, d.hex()) for n, d in files] for files in uploads])
+    done = subprocess.run([sys.executable, "-c", TORCH_FREE_SERVER, str(run)], input=wire,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["heavy"] == []  # torch never imported (and could not have been)
+    *answers, (_, model), (_, runtime) = out["answers"]
+    assert runtime == "onnxruntime"
+    with TestClient(create_app(run, max_mb=1.0, device="cpu")) as c:
+        assert c.get("/model").json() == model
+        for files, (status, body) in zip(uploads, answers):
+            r = post(c, *files)
+            assert r.status_code == status
+            if status != 200:
+                assert r.json() == body  # the same refusal, word for word
+                continue
+            theirs = r.json()["predictions"]
+            assert [row["label"] for row in body["predictions"]] == [t["label"] for t in theirs]
+            got = [[t["probability"] for t in row["top"]] for row in body["predictions"]]
+            want = [[t["probability"] for t in row["top"]] for row in theirs]
+            assert np.abs(np.array(got) - np.array(want)).max() < 1e-4
+    assert [s for s, _ in answers] == [200, 200, 415, 400, 400, 413]
+
+
+def test_onnx_without_an_export_is_one_clear_line(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=2)
+    bare = save_bundle(model, tmp_path / "bare", arch="test_resnet", classes=["a", "b"],
+                       size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    from typer.testing import CliRunner
+
+    from easycls.cli import app
+    result = CliRunner().invoke(app, ["serve", str(bare), "--onnx"])
+    assert result.exit_code == 2
+    assert "holds no onnx/model.onnx: export it first with `easycls export" in result.output
+
+
 def test_core_does_not_import_the_serve_extra():
     code = ("import sys, easycls, easycls.cli, easycls.predict\n"
             "print(sorted({'fastapi', 'uvicorn', 'starlette', 'onnx'} & set(sys.modules)))")
@@ -250,11 +332,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(digits_run):
+# `easycls serve --onnx` as a user runs it, in a process where torch cannot be imported.
+SERVE_WITHOUT_TORCH = ("import sys\n"
+                       f"for m in {HEAVY}:\n"
+                       "    sys.modules[m] = None\n"
+                       "from easycls.cli import main\n"
+                       "sys.argv = ['easycls', *sys.argv[1:]]\n"
+                       "main()\n")
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def server(request, digits_run):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "easycls", "serve", str(digits_run),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    args = ["serve", str(digits_run), "--port", str(port)]
+    if request.param == "onnx":
+        pytest.importorskip("onnxscript")
+        from easycls.export import export
+        if not (digits_run / "onnx" / "model.onnx").is_file():
+            export(digits_run)
+        cmd = [sys.executable, "-c", SERVE_WITHOUT_TORCH, *args, "--onnx"]
+    else:
+        cmd = [sys.executable, "-m", "easycls", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     import httpx
     try:
@@ -265,6 +364,8 @@ def server(digits_run):
             except httpx.TransportError:
                 assert proc.poll() is None, proc.stdout.read().decode()
                 time.sleep(0.2)
+        runtime = httpx.get(url + "healthz").json()["runtime"]
+        assert runtime == {"torch": "torch", "onnx": "onnxruntime"}[request.param]
         yield url
     finally:
         proc.terminate()
@@ -274,7 +375,7 @@ def server(digits_run):
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(),
                     reason="needs Debian's chromium (.ci/run installs it)")
-def test_page_labels_uploaded_digits(server, digits_folder, digits_run, tmp_path):
+def test_page_labels_uploaded_digits(server, digits_folder, digits_run, tmp_path, request):
     sync_api = pytest.importorskip("playwright.sync_api")
     images = []
     for digit in ("7", "3", "5"):  # enlarged, as a photo would be; the server resizes back
@@ -297,5 +398,6 @@ def test_page_labels_uploaded_digits(server, digits_folder, digits_run, tmp_path
         assert "accuracy" in page.locator("#metrics").inner_text()
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
         browser.close()
-    if os.environ.get("EASYCLS_DOCS_SCREENSHOT"):  # refresh the picture in docs/use.md
+    torch_server = request.node.callspec.params["server"] == "torch"
+    if os.environ.get("EASYCLS_DOCS_SCREENSHOT") and torch_server:  # docs/use.md's picture
         shutil.copy(tmp_path / "serve.png", REPO / "docs" / "img" / "serve.png")
