@@ -31,7 +31,9 @@ __all__ = ["OnnxPredictor", "read_onnx_meta"]
 def read_onnx_meta(session: ort.InferenceSession) -> dict:
     """model.json as `easycls export` stored it in the ONNX metadata (JSON-encoded values)."""
     props = session.get_modelmeta().custom_metadata_map
-    return {k: json.loads(v) for k, v in props.items() if k != "preprocessing"}
+    # "preprocessing" is words; onnxruntime's quantization tools add their own "onnx.*" marks.
+    return {k: json.loads(v) for k, v in props.items()
+            if k != "preprocessing" and not k.startswith("onnx.")}
 
 
 class OnnxPredictor(Decider):

@@ -317,3 +317,89 @@ def test_multi_label_run_round_trip(tmp_path):
     assert result.max_diff < 1e-4
     assert_same_as_easycls(out, result.script, held_out(tmp_path / "imgs"), 50)
 
+
+
+# ---------------------------------------------------------------- int8
+
+
+def _graph_ops(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_int8_without_the_data_is_dynamic_and_reported(single, tmp_path):
+    run, _ = single
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path), "--quantize",
+                                      "int8", "--min-agreement", "0"])
+    assert result.exit_code == 0, result.output
+    q8 = tmp_path / "model_int8.onnx"
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith(f"wrote {q8} "))
+    assert "(dynamic: the run's training images are not at hand)" in line
+    assert "on 64 generated images" in line and "images/s on this machine" in line
+    assert "DynamicQuantizeLinear" in _graph_ops(q8) and "QuantizeLinear" not in _graph_ops(q8)
+    session = ort.InferenceSession(str(q8), providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["classes"]) == ["cat", "dog", "fox", "owl"]  # metadata kept
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    got = session.run(["probabilities"], {"pixels": pixels})[0]
+    want = load(run, device="cpu").probabilities(list(pixels))
+    assert got.shape == (3, 4) and np.abs(got - want).max() < 0.05
+    assert "model_int8.onnx" in (tmp_path / "README.md").read_text()
+
+
+def test_int8_arguments_are_checked(single):
+    with pytest.raises(ValueError, match="--quantize int8 is for ONNX models, not --format pt2"):
+        export(single[0], format="pt2", quantize="int8")
+    with pytest.raises(ValueError, match="unknown quantization 'int4'"):
+        export(single[0], quantize="int4")
+
+
+class Tie(torch.nn.Module):
+    """Classes 0 and 1 differ by a bias of 1e-6 only: float picks 1, int8 (whose bias
+    cannot hold 1e-6) sees a tie and picks 0. Every image disagrees."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            self.head.weight[1] = self.head.weight[0]
+            self.head.weight[2] = 0
+            self.head.bias.copy_(torch.tensor([0.0, 1e-6, -10.0]))
+
+    def forward(self, x):
+        return self.head(self.conv(x).relu().mean((2, 3)))
+
+
+def test_int8_below_the_agreement_asked_for_is_refused(tmp_path):
+    from easycls.quantize import QuantizeError, quantize_int8
+    torch.manual_seed(0)
+    run = make_bundle(tmp_path / "tie", ["a", "b", "c"], model=Tie())
+    result = export(run, model=Tie(), max_check=4)
+    images = [str(p) for p in sorted(held_out(tmp_path / "imgs", 12).iterdir())]
+    with pytest.raises(QuantizeError, match=r"agrees with the float one on 0\.00% of 6 "
+                                            r"generated images, below the 99\.00%"):
+        quantize_int8(result.model, images[:6], images[6:], "generated", 0.99)
+    assert not result.model.with_name("model_int8.onnx").exists()
+    kept = quantize_int8(result.model, images[:6], images[6:], "generated", 0.0)
+    assert kept.method == "static" and kept.calibrated_on == 6 and kept.agreement == 0.0
+    assert "QuantizeLinear" in _graph_ops(kept.path)
+
+
+def test_throughput_alternates_and_keeps_each_best_round():
+    from easycls.quantize import throughput
+    ticks, calls = iter(range(100)), []
+    clock = lambda: float(next(ticks))  # noqa: E731 - a fake clock: one second per reading
+    runs = {"float": lambda b: calls.append(("float", len(b))),
+            "int8": lambda b: calls.append(("int8", len(b)))}
+    speed = throughput(runs, np.zeros((40, 2, 2, 3), np.uint8), rounds=2, clock=clock)
+    assert [c[0] for c in calls] == ["float"] * 2 + ["int8"] * 2 + ["float"] * 2 + ["int8"] * 2
+    assert [c[1] for c in calls[:2]] == [32, 8] and speed == {"float": 40.0, "int8": 40.0}
+
+
+@pytest.mark.slow
+def test_int8_of_a_trained_digits_run_is_static_and_agrees(digits_run, tmp_path):
+    result = export(digits_run, tmp_path / "onnx", quantize="int8")
+    q = result.quantized
+    assert q.method == "static" and q.calibrated_on == 300 and q.compared_kind == "validation"
+    assert q.agreement >= 0.99 and q.compared_on > 300
+    assert q.float_images_per_s > 0 and q.int8_images_per_s > 0
+    assert "QuantizeLinear" in _graph_ops(q.path)
