@@ -49,8 +49,8 @@ def test_stream_matches_one_by_one_and_skips_unreadable(predictor, files):
 
 def test_predict_files_reads_each_file_once(predictor, files, monkeypatch):
     calls = []
-    real = bundle_mod.load_resized
-    monkeypatch.setattr(bundle_mod, "load_resized", lambda ref, size: calls.append(ref)
+    real = bundle_mod.to_pixels  # the predictor's one image-to-pixels step
+    monkeypatch.setattr(bundle_mod, "to_pixels", lambda ref, size: calls.append(ref)
                         or real(ref, size))
     rows, bad = predict_files(predictor, files, bs=4)
     assert sorted(calls) == sorted(files)

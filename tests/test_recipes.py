@@ -114,8 +114,8 @@ def test_fit_decodes_each_test_image_once(name, downloads, tmp_path, monkeypatch
     from collections import Counter
 
     from easycls import bundle
-    decoded, real = Counter(), bundle.load_resized
-    monkeypatch.setattr(bundle, "load_resized",
+    decoded, real = Counter(), bundle.to_pixels  # the predictor's one image-to-pixels step
+    monkeypatch.setattr(bundle, "to_pixels",
                         lambda ref, size: decoded.update([ref]) or real(ref, size))
     _fit(name, downloads[name][0], tmp_path / "run")
     test_refs = load_items(TrainConfig.from_json(tmp_path / "run" / "config.json")).test_refs
