@@ -119,6 +119,9 @@ class TrainConfig:
                                       hi=7 * 86400, kind="duration")
     extra: dict[str, Any] = _opt(None, "Recipe-specific settings (set by the recipe).",
                                  factory=dict)
+    fastai: dict[str, Any] = _opt(None, "The fastai pieces given to fit (callbacks, loss, "
+                                  "metrics, optimizer, splitter), by import path.",
+                                  factory=dict)
 
     def to_json(self, path: str | Path) -> None:
         write_file(path, self.to_text())
@@ -138,8 +141,10 @@ class TrainConfig:
             data = json.loads(Path(path).read_bytes())
         except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError included
             raise ConfigError(f"{path} cannot be read as JSON ({e})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("extra", {}), dict):
-            raise ConfigError(f"{path} must hold a JSON object of settings (with 'extra' an "
+        bad = [k for k in _RECORDS if not isinstance(data.get(k, {}), dict)] if isinstance(
+            data, dict) else ["extra"]
+        if bad:
+            raise ConfigError(f"{path} must hold a JSON object of settings (with '{bad[0]}' an "
                               "object), as `easycls fit` writes it")
         try:
             return cls().updated(**{k: v for k, v in data.items() if k in _FIELDS})
@@ -158,8 +163,11 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TYPES = typing.get_type_hints(TrainConfig)
 
-# The settings a user passes (`extra` is filled by recipes, not by hand).
-OPTIONS = tuple(name for name in _FIELDS if name != "extra")
+# Records filled by fit, not options: `extra` by recipes, `fastai` from fit's fastai pieces.
+_RECORDS = ("extra", "fastai")
+
+# The settings a user passes.
+OPTIONS = tuple(name for name in _FIELDS if name not in _RECORDS)
 
 # Defaults a recipe may set; anything the user passes wins over them.
 RECIPE_DEFAULTS = ("arch", "epochs", "bs", "size", "pretrained", "lr", "valid_pct", "multi_label")
@@ -202,7 +210,7 @@ def check(name: str, value: Any) -> Any:
     """`value` as setting `name` takes it; None (not given) passes as is."""
     if name not in _FIELDS:
         raise ConfigError(f"unknown setting {name!r}; valid settings: {', '.join(_FIELDS)}")
-    if value is None or name == "extra":
+    if value is None or name in _RECORDS:
         return value
     value = _typed(name, value)
     meta = _FIELDS[name].metadata

@@ -30,7 +30,8 @@ from .weights import head_module, load_start, start_weights
 
 __all__ = ["create_model", "single_label_learner", "multi_label_learner", "model_splitter",
            "model_normalization", "check_arch", "ArchError", "PretrainedUnavailable", "SizeError",
-           "arch_name", "default_size", "check_size", "MultiLabelLoss", "set_thresholds"]
+           "arch_name", "default_size", "check_size", "MultiLabelLoss", "set_thresholds",
+           "ClassifierLearner"]
 
 ArchSpec = str | nn.Module | Callable[[int], nn.Module]
 
@@ -152,8 +153,13 @@ def model_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
 
 def single_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = True,
                          weights: str | None = None, ps: float = 0.0, label_smoothing: float = 0.0,
-                         wd: float | None = None, cbs=None, path: str | Path = ".") -> Learner:
+                         wd: float | None = None, cbs=None, path: str | Path = ".",
+                         **fastai_kw) -> Learner:
     """Softmax classifier Learner with accuracy (and top-5 accuracy at 10+ classes).
+
+    `fastai_kw` are the user's fastai pieces (`pieces.Pieces.learner_kwargs`): `loss_func`
+    replaces the default loss, `metrics` are added to the default ones (replace them with
+    `default_metrics=False`), `opt_func`, `splitter` and `moms` go to the Learner.
 
     Example:
         >>> learn = single_label_learner(dls, "resnet18", n_out=10, pretrained=False)
@@ -162,7 +168,8 @@ def single_label_learner(dls, arch: ArchSpec, n_out: int, *, pretrained: bool = 
     # Running counts, not fastai's AccumMetric, which keeps every prediction (N x C floats)
     metrics = [TopKAccuracy(1)] + ([TopKAccuracy(5)] if n_out >= 10 else [])
     loss = CrossEntropyLossFlat(label_smoothing=label_smoothing)
-    return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights))
+    return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights),
+                    **fastai_kw)
 
 
 class MultiLabelLoss(BCEWithLogitsLossFlat):
@@ -204,8 +211,11 @@ def multi_label_learner(
     wd: float | None = None,
     cbs=None,
     path: str | Path = ".",
+    **fastai_kw,
 ) -> Learner:
-    """Sigmoid/BCE multi-label Learner with precision, recall and F1 at 0.5 per epoch.
+    """Sigmoid/BCE multi-label Learner with precision, recall and F1 per epoch (at 0.5 while
+    training; at the tuned thresholds once `fit` has set them). `fastai_kw`: as
+    `single_label_learner`'s.
 
     Example:
         >>> learn = multi_label_learner(dls, "resnet18", n_out=18, pretrained=False)
@@ -216,7 +226,8 @@ def multi_label_learner(
     for m, name in zip(metrics, ("f1_samples", "f1_micro", "precision_micro", "recall_micro")):
         m._name = name
     loss = MultiLabelLoss(pos_weight=pos_weight)
-    return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights))
+    return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights),
+                    **fastai_kw)
 
 
 def _vocab(dls) -> list[str] | None:
@@ -224,10 +235,33 @@ def _vocab(dls) -> list[str] | None:
     return [str(c) for c in vocab] if vocab is not None else None
 
 
-def _learner(dls, model, loss, metrics, wd, cbs, path, frozen: bool) -> Learner:
+class ClassifierLearner(Learner):
+    """fastai's Learner, whose optimizer is rebuilt when its `splitter` is replaced.
+
+    fastai builds the optimizer once, from the parameter groups of the splitter of that
+    moment; a splitter set later (`learn.splitter = three_groups`) would otherwise leave
+    the old groups in place, and `fit_one_cycle(1, slice(1e-5, 1e-3))` would spread its
+    learning rates over them.
+    """
+
+    @property
+    def splitter(self):
+        return self.__dict__.get("_splitter", params)
+
+    @splitter.setter
+    def splitter(self, fn) -> None:
+        if self.__dict__.get("_splitter") is not fn:
+            self.__dict__["opt"] = None  # the next fit builds it from the new groups
+        self.__dict__["_splitter"] = fn
+
+
+def _learner(dls, model, loss, own_metrics, wd, cbs, path, frozen: bool, *, loss_func=None,
+             metrics=(), default_metrics: bool = True, splitter=None, **fastai_kw) -> Learner:
     kw = {} if wd is None else {"wd": wd}
-    learn = Learner(dls, model, loss_func=loss, metrics=metrics, splitter=model_splitter, cbs=cbs,
-                    path=path, model_dir=".", **kw)
+    metrics = (list(own_metrics) if default_metrics else []) + list(metrics)
+    learn = ClassifierLearner(dls, model, loss_func=loss_func or loss, metrics=metrics,
+                              splitter=splitter or model_splitter, cbs=cbs, path=path,
+                              model_dir=".", **kw, **fastai_kw)
     if frozen:
         learn.freeze()
     return learn

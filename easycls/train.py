@@ -50,6 +50,7 @@ from .learners import (
 from .lr_search import LrChoice, choose_lr
 from .metrics import TallyValidation, multi_label_metrics
 from .models import check_size, default_size
+from .pieces import Pieces, logs_only, missing_on_resume, split_pieces
 from .plan import AUGMENT_FROM_EPOCHS, default_augment, default_bs
 from .predict import decisions, write_predictions
 from .priors import init_output_bias
@@ -123,8 +124,10 @@ def _default_out(cfg: TrainConfig, table: ItemTable) -> Path:
 
 
 def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Path,
-                   history_start: int = 0) -> tuple[Learner, tuple[list[float], list[float]]]:
+                   history_start: int = 0, pieces: Pieces | None = None,
+                   ) -> tuple[Learner, tuple[list[float], list[float]]]:
     """The Learner and the (mean, std) its inputs are normalized with."""
+    pieces = pieces or Pieces()
     src = start_weights(cfg.weights) if cfg.weights else None
     model = create_model(arch, len(data.vocab), cfg.pretrained, cfg.weights, cfg.ps, cfg.size,
                          classes=data.vocab)
@@ -136,8 +139,12 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
     cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
     cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
     cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start))
+    # The user's own: those that only log run where the run's own writers do.
+    cbs += [cb for cb in pieces.cbs if not logs_only(cb)] + sess.main_only(
+        [cb for cb in pieces.cbs if logs_only(cb)])
     # The model holds its starting weights already; `pretrained` makes the factory freeze it.
-    kw = dict(pretrained=bool(cfg.pretrained or src), wd=cfg.wd, cbs=cbs, path=run_dir)
+    kw = dict(pretrained=bool(cfg.pretrained or src), wd=cfg.wd, cbs=cbs, path=run_dir,
+              **pieces.learner_kwargs())
     if data.multi_label:
         targets = data.datasets[0].targets
         pos_weight = _pos_weight(targets) if cfg.class_weights == "auto" else None
@@ -209,11 +216,13 @@ def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
                 budget_ended_early=budget.ended_early, **augment)
 
 
-def _resumed_config(resume: str | Path, source: str | None, settings: dict) -> TrainConfig:
+def _resumed_config(resume: str | Path, source: str | None, settings: dict,
+                    pieces: Pieces | None = None) -> TrainConfig:
     """The config.json of the run to continue, with the settings that may change on resume.
 
     Raises:
-        ConfigError: naming the settings given with a different value that cannot change.
+        ConfigError: naming the settings given with a different value that cannot change,
+            or the fastai pieces of the run that are not given again.
     """
     path = Path(resume) / "config.json"
     if not path.is_file():
@@ -230,21 +239,35 @@ def _resumed_config(resume: str | Path, source: str | None, settings: dict) -> T
         raise ConfigError(f"resume={str(resume)!r} continues the run as its config.json says; "
                           f"these settings cannot change on resume: {shown}. Settings that can: "
                           f"{', '.join(RESUMABLE)}")
+    missing = missing_on_resume(stored.fastai, pieces or Pieces())
+    if missing:
+        raise ConfigError(f"resume={str(resume)!r}: the run was trained with fastai pieces that "
+                          f"config.json can only name; give them to fit again: "
+                          f"{'; '.join(missing)}")
     return stored.updated(out=str(resume), **{k: v for k, v in given.items() if k in RESUMABLE})
 
 
-def _final_metrics(learn: Learner, data: PreparedData, cfg: TrainConfig) -> dict:
+def _final_metrics(learn: Learner, data: PreparedData, cfg: TrainConfig,
+                   pieces: Pieces | None = None) -> dict:
     """metrics.json's validation metrics, and what the run's report needs of the predictions:
     multi-label, the (probs, targets) the thresholds were tuned on (N x labels); single-label,
-    the confusion matrix only, counted batch by batch (no N x classes array is kept)."""
+    the confusion matrix only, counted batch by batch (no N x classes array is kept). The
+    user's own metrics are scored in the same pass (fastai's Recorder feeds them)."""
     if data.multi_label:
-        probs, targets = learn.get_preds(ds_idx=1)
+        # Probabilities whatever the loss (a user's loss may have no `activation`).
+        probs, targets = learn.get_preds(ds_idx=1, act=torch.sigmoid)
         metrics = multi_label_metrics(probs, targets, cfg.threshold_average)
-        return dict(metrics=metrics, valid_preds=(probs, targets))
-    tally = SingleLabelTally(len(data.vocab))
-    # A prediction pass as fastai knows it (loggers stay out of it), storing nothing itself.
-    learn.get_preds(ds_idx=1, with_preds=False, with_targs=False, cbs=[TallyValidation(tally)])
-    return dict(metrics=tally.metrics(), confusion=tally.confusion)
+        out = dict(metrics=metrics, valid_preds=(probs, targets))
+    else:
+        tally = SingleLabelTally(len(data.vocab))
+        # A prediction pass as fastai knows it (loggers stay out of it), storing nothing itself.
+        learn.get_preds(ds_idx=1, with_preds=False, with_targs=False,
+                        cbs=[TallyValidation(tally)])
+        out = dict(metrics=tally.metrics(), confusion=tally.confusion)
+    for m in pieces.metrics if pieces else []:
+        if m.name not in out["metrics"] and m.value is not None:
+            out["metrics"][m.name] = float(m.value)
+    return out
 
 
 def _check_early(cfg: TrainConfig, arch_obj: Any, sess) -> None:
@@ -268,6 +291,9 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
         **settings: any `TrainConfig` option (arch, epochs, lr, bs, size, pretrained, ...);
             `arch` may also be an `nn.Module` or a callable `n_classes -> nn.Module`.
             A recipe's defaults fill what is not given.
+            fastai's own pieces, with fastai's names (`pieces.PIECES`): `cbs` (added to
+            easycls's callbacks; loggers on rank 0 only), `loss_func`, `metrics` (added to
+            easycls's; `default_metrics=False` replaces them), `opt_func`, `splitter`, `moms`.
 
     Returns:
         The trained fastai Learner; `learn.easycls` is the run's record (run_dir, config,
@@ -280,6 +306,7 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
         >>> learn = fit("digits")
         >>> learn.easycls.metrics["accuracy"]
     """
+    pieces, settings = split_pieces(settings)
     # The process group's timeout: set before any setting is checked, so taken as given.
     sess = distributed.session(timeout=settings.get("dist_timeout"))
     with ExitStack() as held:  # the run directory's lock, held for the life of the run
@@ -292,19 +319,20 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
                 raise CheckpointError(f"{resume} is not a folder: give the run directory of the "
                                       "run to continue")
             claim(resume)
-            cfg = _resumed_config(resume, source, settings)
+            cfg = _resumed_config(resume, source, settings, pieces)
         else:
-            cfg = resolve_config(source, **settings)
+            cfg = resolve_config(source, **settings).updated(fastai=pieces.record())
             if cfg.out:
                 claim(cfg.out, cfg.overwrite)
         arch = settings.get("arch")
         arch_obj = arch if arch is not None and not isinstance(arch, str) else cfg.arch
         _check_early(cfg, arch_obj, sess)
         later = None if cfg.out else (lambda run_dir: claim(run_dir, cfg.overwrite))
-        return _fit(cfg, arch_obj, sess, resume is not None, later)
+        return _fit(cfg, arch_obj, sess, resume is not None, later, pieces)
 
 
-def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner:
+def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
+         pieces: Pieces) -> Learner:
     """`fit` once its settings are checked and, with `out` given, its directory is held;
     `claim` takes the lock of the default run directory once the data has named it."""
     say = sess.printer(cfg.quiet)
@@ -325,7 +353,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
         t_start -= state["elapsed"]
         sess.on_main(lambda: trim_history(run_dir / "history.csv", state["history_rows"]))
     history_start = state["history_rows"] if state else 0
-    learn, norm = _build_learner(data, cfg, arch_obj, sess, run_dir, history_start)
+    learn, norm = _build_learner(data, cfg, arch_obj, sess, run_dir, history_start, pieces)
     lr_choice = _pick_lr(learn, cfg, say, sess)
     cfg = cfg.updated(lr=lr_choice.lr)
     sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: resume reads it
@@ -333,7 +361,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     meta = dict(arch=cfg.arch, classes=data.vocab)
     budget_facts = _train(learn, cfg, sess, meta, t_start, state, len(data.table.test_refs))
     train_seconds = time.perf_counter() - t_train
-    final = _final_metrics(learn, data, cfg)
+    final = _final_metrics(learn, data, cfg, pieces)
     metrics = final.pop("metrics")
     metrics.update(train_seconds=round(train_seconds, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts,

@@ -26,7 +26,8 @@ def _cli_fit_params() -> set[str]:
 
 
 def test_cli_options_fit_keywords_and_config_fields_are_one_set():
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}  # extra: recipes only
+    # extra and fastai are records that fit fills, not options
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra", "fastai"}
     assert set(config.OPTIONS) == fields
     assert _cli_fit_params() == fields | {"resume"}
     sig = inspect.signature(easycls.fit)
