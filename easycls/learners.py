@@ -20,11 +20,10 @@ import timm
 import torch
 from fastai.learner import Learner
 from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
-from fastai.metrics import F1ScoreMulti, PrecisionMulti, RecallMulti
 from fastai.torch_core import params
 from torch import nn
 
-from .metrics import TopKAccuracy
+from .metrics import MultiLabelScore, TopKAccuracy
 from .models import ArchError, SizeError, check_size, custom_arch_name, default_size, size_kwargs
 from .weights import head_module, load_start, start_weights
 
@@ -221,10 +220,8 @@ def multi_label_learner(
         >>> learn = multi_label_learner(dls, "resnet18", n_out=18, pretrained=False)
     """
     model = create_model(arch, n_out, pretrained, weights, ps, classes=_vocab(dls))
-    metrics = [F1ScoreMulti(average="samples"), F1ScoreMulti(average="micro"),
-               PrecisionMulti(average="micro"), RecallMulti(average="micro")]
-    for m, name in zip(metrics, ("f1_samples", "f1_micro", "precision_micro", "recall_micro")):
-        m._name = name
+    metrics = [MultiLabelScore(k) for k in ("f1_samples", "f1_micro", "precision_micro",
+                                            "recall_micro")]
     loss = MultiLabelLoss(pos_weight=pos_weight)
     return _learner(dls, model, loss, metrics, wd, cbs, path, pretrained or bool(weights),
                     **fastai_kw)

@@ -19,7 +19,7 @@ from . import thresholds as th
 from .tally import SingleLabelTally
 
 __all__ = ["single_label_metrics", "multi_label_metrics", "multi_label_scores",
-           "confusion_matrix", "TopKAccuracy", "TallyValidation"]
+           "confusion_matrix", "TopKAccuracy", "TallyValidation", "MultiLabelScore"]
 
 
 class TopKAccuracy(Metric):
@@ -53,6 +53,45 @@ class TopKAccuracy(Metric):
     @property
     def name(self) -> str:
         return "accuracy" if self.k == 1 else f"top{self.k}_accuracy"
+
+
+class MultiLabelScore(Metric):
+    """fastai metric: one of `multi_label_scores` (`f1_samples`, `f1_micro`,
+    `precision_micro`, ...) at the thresholds the Learner decides with: its loss's tuned
+    `thresholds` once `fit` has set them (so `learn.validate()` agrees with metrics.json and
+    with `predict`), else the loss's `thresh` (0.5).
+
+    Example:
+        >>> learn.metrics = [MultiLabelScore("f1_samples")]  # doctest: +SKIP
+    """
+
+    def __init__(self, key: str = "f1_samples"):
+        self.key = key
+        self.reset()
+
+    def reset(self) -> None:
+        self.probs, self.targs, self.th = [], [], (0.5, False)
+
+    def accumulate(self, learn) -> None:
+        pred, targ = learn.to_detach(learn.pred), learn.to_detach(learn.y)
+        self.probs.append(pred.float().sigmoid().numpy())
+        self.targs.append(targ.numpy() > 0.5)
+        loss = learn.loss_func
+        tuned = getattr(loss, "thresholds", None)
+        self.th = (getattr(loss, "thresh", 0.5) if tuned is None else np.asarray(tuned),
+                   bool(getattr(loss, "at_least_one", False)))
+
+    @property
+    def value(self) -> float | None:
+        if not self.probs:
+            return None
+        scores = multi_label_scores(np.concatenate(self.probs).astype(np.float64),
+                                    np.concatenate(self.targs), *self.th)
+        return float(scores[self.key])
+
+    @property
+    def name(self) -> str:
+        return self.key
 
 
 class TallyValidation(Callback):

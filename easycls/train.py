@@ -170,6 +170,25 @@ def _progress(learn: Learner, silent: bool) -> None:
         learn.add_cb(PlainProgress())
 
 
+def _progress_after_fit(learn: Learner) -> None:
+    """`quiet` is `fit`'s alone: the returned Learner logs and shows progress as fastai's."""
+    learn.logger = print
+    if not any(isinstance(cb, (ProgressCallback, PlainProgress)) for cb in learn.cbs):
+        learn.add_cb(PlainProgress() if wants_plain_progress() else ProgressCallback())
+
+
+_RECORDED = ("lrs", "iters", "losses", "values", "hps", "metric_names")
+
+
+def _keep_recorder(learn: Learner):
+    """A function that puts back what fastai's Recorder holds now (the last training fit's
+    losses, lrs, validation rows): the final validation and test passes are fits of their
+    own, which reset it, and `learn.recorder.plot_loss()` would draw nothing."""
+    rec = learn.recorder
+    saved = {k: getattr(rec, k) for k in _RECORDED if hasattr(rec, k)}
+    return lambda: [setattr(rec, k, v) for k, v in saved.items()]
+
+
 def _writer_callbacks(cfg: TrainConfig, run_dir: Path, history_start: int) -> list:
     cbs = [HistoryCSV(run_dir / "history.csv", start=history_start)]
     cbs += [JsonEvents(cfg.log_json)] if cfg.log_json else []
@@ -360,6 +379,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
     t_train = time.perf_counter() - (state["elapsed"] if state else 0.0)
     meta = dict(arch=cfg.arch, classes=data.vocab)
     budget_facts = _train(learn, cfg, sess, meta, t_start, state, len(data.table.test_refs))
+    put_back_recorder = _keep_recorder(learn)
     train_seconds = time.perf_counter() - t_train
     final = _final_metrics(learn, data, cfg, pieces)
     metrics = final.pop("metrics")
@@ -376,6 +396,9 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
     sess.printer(quiet=False)(f"done: {format_metrics(metrics)}; run directory: {run_dir}"
                               if cfg.quiet else
                               f"done: {format_metrics(metrics)}\nrun directory: {run_dir}")
+    put_back_recorder()
+    if cfg.quiet and sess.is_main:
+        _progress_after_fit(learn)
     return learn
 
 

@@ -104,7 +104,7 @@ class LoadImage(DisplayedTransform):
         if isinstance(o, torch.Tensor):  # CHW, as fastai tensors are
             o = o.detach().cpu().permute(1, 2, 0).numpy() if o.ndim == 3 else o.cpu().numpy()
         if isinstance(o, np.ndarray):
-            o = Image.fromarray(o.astype(np.uint8))
+            o = Image.fromarray(_uint8(o))
         if isinstance(o, Image.Image):
             return resize_square(o.convert("RGB"), self.size)  # as bundle.Predictor does
         raise TypeError(f"cannot read an image from {type(o).__name__}: give a path, a PIL "
@@ -114,17 +114,51 @@ class LoadImage(DisplayedTransform):
         return LoadImage(None, self.size)
 
 
+def _uint8(a: np.ndarray) -> np.ndarray:
+    """An image array as uint8: floats in [0, 1] scaled to 0-255, integers in 0-255 as they
+    are; anything else is refused rather than wrapped around or cut (a black image)."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind == "f":
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+            raise ValueError(f"a float image array must hold values in [0, 1] (this one: "
+                             f"{np.nanmin(a):g} to {np.nanmax(a):g}); for 0-255 values pass "
+                             "uint8 (array.astype(np.uint8))")
+        return np.rint(a * 255.0).astype(np.uint8)
+    if a.dtype.kind in "iub" and (not a.size or (a.min() >= 0 and a.max() <= 255)):
+        return a.astype(np.uint8)
+    raise ValueError(f"cannot read an image from a {a.dtype} array: give uint8 values "
+                     "(0-255) or floats in [0, 1]")
+
+
+def _labels(o, labels_of, vocab, multi_label: bool) -> list[str]:
+    """The labels of an image given by path (`dls.test_dl(files, with_labels=True)`): the
+    run's own record of it (`labels_of`), else, single-label, its folder's name when that
+    is a class (fastai's `parent_label`)."""
+    found = labels_of(o) if labels_of is not None else None
+    if found is None and not multi_label and Path(o).parent.name in vocab:
+        found = [Path(o).parent.name]
+    if found is None:
+        raise ValueError(f"cannot tell the label of {o}: it is not one of the run's images"
+                         + ("" if multi_label else " and its folder is not a class name")
+                         + "; leave out with_labels=True, or label it with a folder per class")
+    return found
+
+
 class IndexedCategorize(Categorize):
-    """fastai's `Categorize` over item indices: `targets[i]` is a class index into `vocab`."""
+    """fastai's `Categorize` over item indices: `targets[i]` is a class index into `vocab`;
+    an image path gets its label from `labels_of` or its folder (`_labels`)."""
 
-    input_types = _INDEX
+    input_types = (*_INDEX, str, Path)
 
-    def __init__(self, targets: np.ndarray | None, vocab):
+    def __init__(self, targets: np.ndarray | None, vocab, labels_of=None):
         super().__init__(vocab=list(vocab), sort=False)
-        self.store, self.c = targets, len(self.vocab)
+        self.store, self.c, self.labels_of = targets, len(self.vocab), labels_of
 
     def encodes(self, o) -> TensorCategory:
-        return TensorCategory(int(self.store[int(o)]))
+        if isinstance(o, _INDEX):
+            return TensorCategory(int(self.store[int(o)]))
+        return TensorCategory(self.vocab.o2i[_labels(o, self.labels_of, self.vocab, False)[0]])
 
     def emptied(self) -> IndexedCategorize:
         return IndexedCategorize(None, self.vocab)
@@ -133,13 +167,16 @@ class IndexedCategorize(Categorize):
 class IndexedMultiCategorize(EncodedMultiCategorize):
     """fastai's `EncodedMultiCategorize` over item indices: `targets[i]` is a multi-hot row."""
 
-    input_types = _INDEX
+    input_types = (*_INDEX, str, Path)
 
-    def __init__(self, targets: np.ndarray | None, vocab):
+    def __init__(self, targets: np.ndarray | None, vocab, labels_of=None):
         super().__init__(vocab=list(vocab))
-        self.store = targets
+        self.store, self.labels_of = targets, labels_of
 
     def encodes(self, o) -> TensorMultiCategory:
+        if not isinstance(o, _INDEX):
+            return TensorMultiCategory(torch.as_tensor(encode_labels(
+                [_labels(o, self.labels_of, self.vocab, True)], list(self.vocab), True)[0]))
         return TensorMultiCategory(torch.as_tensor(np.asarray(self.store[int(o)]),
                                                    dtype=torch.float32))
 
@@ -157,9 +194,9 @@ class ImageDataset(Datasets):
 
     def __init__(self, pixels: Pixels | None = None, targets: np.ndarray | None = None,
                  multi_label: bool = False, split_idx: int | None = None, vocab=None, *,
-                 tls=None, n_inp: int | None = None, **kwargs):
+                 tls=None, n_inp: int | None = None, labels_of=None, **kwargs):
         if tls is None:  # built from pixels; fastai's own copies (subset, new) pass `tls`
-            tls = _tls(pixels, targets, multi_label, split_idx, vocab)
+            tls = _tls(pixels, targets, multi_label, split_idx, vocab, labels_of)
         super().__init__(tls=tls, n_inp=n_inp or 1, **kwargs)
 
     @property
@@ -182,11 +219,12 @@ class ImageDataset(Datasets):
 
 
 def _tls(pixels: Pixels, targets: np.ndarray, multi_label: bool, split_idx: int | None,
-         vocab) -> list[TfmdLists]:
+         vocab, labels_of=None) -> list[TfmdLists]:
     n = len(pixels)
     if vocab is None:  # no class names given: the indices stand for themselves
         vocab = [str(i) for i in range(targets.shape[1] if multi_label else int(targets.max()) + 1)]
-    y_tfm = (IndexedMultiCategorize if multi_label else IndexedCategorize)(targets, vocab)
+    y_tfm = (IndexedMultiCategorize if multi_label else IndexedCategorize)(targets, vocab,
+                                                                          labels_of)
     # Plain int items: fastai's `L(dl.items)` (ClassificationInterpretation) wraps arrays whole.
     return [TfmdLists(range(n), [LoadImage(pixels, pixels.size)], split_idx=split_idx),
             TfmdLists(range(n), [y_tfm], split_idx=split_idx)]

@@ -133,6 +133,21 @@ def _rows(px: Pixels, rows: list[int]) -> Pixels:
     return Pixels([px.refs[r] for r in rows], px.size, array)
 
 
+def _label_lookup(table: ItemTable):
+    """ref -> its labels in `table` (None when it is not there), for `test_dl(...,
+    with_labels=True)`; the index is built on the first question, not for every run."""
+    index: dict[str, list[str]] = {}
+
+    def labels_of(ref) -> list[str] | None:
+        if not index:
+            pairs = zip(table.refs + table.test_refs,
+                        table.labels + (table.test_labels or [[]] * len(table.test_refs)))
+            index.update((str(r), labs) for r, labs in pairs if labs)
+        found = index.get(str(ref))
+        return found if found is not None else index.get(str(Path(ref).absolute()))
+    return labels_of
+
+
 def store_mode(cfg: TrainConfig) -> str:
     """`cfg.store`, or what `--cache` / `--no-cache` ask for when the store is left on auto."""
     if cfg.store == "auto" and cfg.cache is not None:
@@ -201,13 +216,12 @@ class PreparedData:
         va_lab = [labels[i] for i in self._split_refs(True)]
         y_tr = encode_labels(tr_lab, self.vocab, self.multi_label)
         y_va = encode_labels(va_lab, self.vocab, self.multi_label)
+        labels_of = _label_lookup(self.table)
         return (
-            ImageDataset(
-                _rows(self.train_px, self.train_rows), y_tr, self.multi_label, 0, self.vocab
-            ),
-            ImageDataset(
-                _rows(self.valid_px, self.valid_rows), y_va, self.multi_label, 1, self.vocab
-            ),
+            ImageDataset(_rows(self.train_px, self.train_rows), y_tr, self.multi_label, 0,
+                         self.vocab, labels_of=labels_of),
+            ImageDataset(_rows(self.valid_px, self.valid_rows), y_va, self.multi_label, 1,
+                         self.vocab, labels_of=labels_of),
         )
 
     def pixel_stats(self) -> tuple[list[float], list[float]]:
