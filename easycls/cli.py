@@ -71,6 +71,8 @@ def _option_type(name: str) -> Any:
     if meta["kind"] in ("duration", "lr"):
         base = str
     extra = dict(exists=True, dir_okay=False) if meta["kind"] == "file" else {}
+    if meta["kind"] == "list":  # repeated: --log wandb --log mlflow
+        base, extra = list[str], dict(metavar="<str>")
     return Annotated[base | None, typer.Option(*decls, help=config.option_help(name), **extra)]
 
 

@@ -31,7 +31,8 @@ def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None =
          above: float | None = None, choices: tuple | None = None, flag: str | None = None,
          kind: str | None = None, factory: Any = None) -> Any:
     """A field with its CLI/validation facts: `lo`/`hi` inclusive bounds, `above` an
-    exclusive lower bound, `flag` the CLI spelling of a boolean, `kind` path|file|dir|duration."""
+    exclusive lower bound, `flag` the CLI spelling of a boolean, `kind`
+    path|file|dir|duration|lr|list (list: several of `choices`, kept comma-joined)."""
     meta = dict(help=help, lo=lo, hi=hi, above=above, choices=choices, flag=flag, kind=kind)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -113,6 +114,11 @@ class TrainConfig:
     tensorboard: bool = _opt(False, "Also log to TensorBoard (RUN_DIR/tensorboard; needs "
                              "`pip install tensorboard`).", flag="--tensorboard")
     log_json: str | None = _opt(None, "Write JSON-lines events to this file.", kind="path")
+    log: str | None = _opt(None, "Experiment trackers to report to, through fastai's callbacks: "
+                           "wandb, mlflow, tensorboard, csv (RUN_DIR/log.csv); several: --log "
+                           "wandb --log mlflow (log='wandb,mlflow'). Needs the packages of "
+                           "easycls's `track` extra.",
+                           choices=("wandb", "mlflow", "tensorboard", "csv"), kind="list")
     dist_timeout: float | None = _opt(None, "Seconds a process waits for the others (e.g. while "
                                       "they build a cache) before the job fails (default: "
                                       "$EASYCLS_DIST_TIMEOUT, else 2h).", above=0.0,
@@ -174,7 +180,7 @@ RECIPE_DEFAULTS = ("arch", "epochs", "bs", "size", "pretrained", "lr", "valid_pc
 
 # What `resume` may change: how long and how it runs, not what it trains.
 RESUMABLE = ("epochs", "time_budget", "checkpoint_minutes", "quiet", "workers", "log_json",
-             "keep_checkpoint")
+             "keep_checkpoint", "log")
 
 
 def option_help(name: str) -> str:
@@ -194,7 +200,8 @@ def _valid(name: str) -> str:
     """The valid values of `name` in words ("" when any value of its type goes)."""
     meta = _FIELDS[name].metadata
     if meta["choices"]:
-        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+        some = "one or more of " if meta["kind"] == "list" else "one of "
+        return some + ", ".join(repr(c) for c in meta["choices"])
     lo = f">= {meta['lo']:g}" if meta["lo"] is not None else None
     lo = f"> {meta['above']:g}" if meta["above"] is not None else lo
     hi = f"<= {meta['hi']}" if meta["hi"] is not None else None
@@ -212,8 +219,10 @@ def check(name: str, value: Any) -> Any:
         raise ConfigError(f"unknown setting {name!r}; valid settings: {', '.join(_FIELDS)}")
     if value is None or name in _RECORDS:
         return value
-    value = _typed(name, value)
     meta = _FIELDS[name].metadata
+    if meta["kind"] == "list":
+        return _listed(name, value)
+    value = _typed(name, value)
     if meta["kind"] == "lr" and value == "find":
         return value
     if meta["choices"] and value not in meta["choices"]:
@@ -248,6 +257,17 @@ def _typed(name: str, value: Any) -> Any:
             raise _fail(name, value, "must be a finite number")
         return float(value)
     return value
+
+
+def _listed(name: str, value: Any) -> str:
+    """A list option as its comma-joined text: from "a,b", "a b" or ["a", "b"]."""
+    parts = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(parts, (list, tuple)) or not all(isinstance(p, str) for p in parts):
+        raise _fail(name, value, f"must be {_valid(name)}, as text or a list of names")
+    bad = [p for p in parts if p not in _FIELDS[name].metadata["choices"]]
+    if bad or not parts:
+        raise _fail(name, value, f"must be {_valid(name)}")
+    return ",".join(dict.fromkeys(parts))
 
 
 def _lr(name: str, text: str) -> float | str:

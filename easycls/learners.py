@@ -233,7 +233,8 @@ def _vocab(dls) -> list[str] | None:
 
 
 class ClassifierLearner(Learner):
-    """fastai's Learner, whose optimizer is rebuilt when its `splitter` is replaced.
+    """fastai's Learner, whose optimizer is rebuilt when its `splitter` is replaced, and
+    which fastai's `WandbCallback` can log (`gather_args`).
 
     fastai builds the optimizer once, from the parameter groups of the splitter of that
     moment; a splitter set later (`learn.splitter = three_groups`) would otherwise leave
@@ -250,6 +251,12 @@ class ClassifierLearner(Learner):
         if self.__dict__.get("_splitter") is not fn:
             self.__dict__["opt"] = None  # the next fit builds it from the new groups
         self.__dict__["_splitter"] = fn
+
+    def gather_args(self) -> dict:
+        """Nothing: fastai's `WandbCallback` formats what this returns with fastcore's
+        `init_args`, which fails on every plain value (int, str, bool) in the fastcore this
+        fastai runs with; the run's settings reach wandb from `fit` (`trackers.Trackers`)."""
+        return {}
 
 
 def _learner(dls, model, loss, own_metrics, wd, cbs, path, frozen: bool, *, loss_func=None,

@@ -6,6 +6,7 @@ The module is `train`, not `fit`: a submodule named `fit` would replace the func
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import ExitStack
 from datetime import datetime
@@ -60,11 +61,11 @@ from .runlog import (
     HistoryCSV,
     JsonEvents,
     PlainProgress,
-    tensorboard_callback,
     wants_plain_progress,
 )
 from .tally import SingleLabelTally
 from .thresholds import per_class_report
+from .trackers import Trackers
 from .weights import check_fits, start_weights
 
 __all__ = ["fit", "resolve_config", "save"]
@@ -124,9 +125,10 @@ def _default_out(cfg: TrainConfig, table: ItemTable) -> Path:
 
 
 def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Path,
-                   history_start: int = 0, pieces: Pieces | None = None,
+                   history_start: int = 0, pieces: Pieces | None = None, tracked: list = (),
                    ) -> tuple[Learner, tuple[list[float], list[float]]]:
-    """The Learner and the (mean, std) its inputs are normalized with."""
+    """The Learner and the (mean, std) its inputs are normalized with; `tracked` are the
+    trackers' callbacks (rank 0's)."""
     pieces = pieces or Pieces()
     src = start_weights(cfg.weights) if cfg.weights else None
     model = create_model(arch, len(data.vocab), cfg.pretrained, cfg.weights, cfg.ps, cfg.size,
@@ -138,7 +140,7 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
     dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm)
     cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
     cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
-    cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start))
+    cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start)) + list(tracked)
     # The user's own: those that only log run where the run's own writers do.
     cbs += [cb for cb in pieces.cbs if not logs_only(cb)] + sess.main_only(
         [cb for cb in pieces.cbs if logs_only(cb)])
@@ -191,8 +193,13 @@ def _keep_recorder(learn: Learner):
 
 def _writer_callbacks(cfg: TrainConfig, run_dir: Path, history_start: int) -> list:
     cbs = [HistoryCSV(run_dir / "history.csv", start=history_start)]
-    cbs += [JsonEvents(cfg.log_json)] if cfg.log_json else []
-    return cbs + ([tensorboard_callback(run_dir / "tensorboard")] if cfg.tensorboard else [])
+    return cbs + ([JsonEvents(cfg.log_json)] if cfg.log_json else [])
+
+
+def _trackers(cfg: TrainConfig, run_dir: Path, sess, start: int) -> Trackers:
+    """The run's trackers (`--log`, and `--tensorboard`), opened on rank 0 only."""
+    names = (cfg.log.split(",") if cfg.log else []) + (["tensorboard"] if cfg.tensorboard else [])
+    return Trackers(sess.main_only(names), run_dir, dataclasses.asdict(cfg), start)
 
 
 def _pos_weight(targets: np.ndarray) -> torch.Tensor:
@@ -347,13 +354,14 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
         arch_obj = arch if arch is not None and not isinstance(arch, str) else cfg.arch
         _check_early(cfg, arch_obj, sess)
         later = None if cfg.out else (lambda run_dir: claim(run_dir, cfg.overwrite))
-        return _fit(cfg, arch_obj, sess, resume is not None, later, pieces)
+        return _fit(cfg, arch_obj, sess, resume is not None, later, pieces, held.enter_context)
 
 
 def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
-         pieces: Pieces) -> Learner:
+         pieces: Pieces, hold) -> Learner:
     """`fit` once its settings are checked and, with `out` given, its directory is held;
-    `claim` takes the lock of the default run directory once the data has named it."""
+    `claim` takes the lock of the default run directory once the data has named it; `hold`
+    keeps a context (the trackers' runs) open until `fit` returns or fails."""
     say = sess.printer(cfg.quiet)
     set_seed(cfg.seed)
     # From the process's start for the CLI (imports count against a budget), else from here.
@@ -372,7 +380,9 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
         t_start -= state["elapsed"]
         sess.on_main(lambda: trim_history(run_dir / "history.csv", state["history_rows"]))
     history_start = state["history_rows"] if state else 0
-    learn, norm = _build_learner(data, cfg, arch_obj, sess, run_dir, history_start, pieces)
+    trackers = hold(_trackers(cfg, run_dir, sess, history_start))
+    learn, norm = _build_learner(data, cfg, arch_obj, sess, run_dir, history_start, pieces,
+                                 trackers.callbacks)
     lr_choice = _pick_lr(learn, cfg, say, sess)
     cfg = cfg.updated(lr=lr_choice.lr)
     sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: resume reads it
@@ -386,6 +396,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
     metrics.update(train_seconds=round(train_seconds, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts,
                    lr_choice=lr_choice.how, lr_search_seconds=round(lr_choice.seconds, 3))
+    trackers.summary(metrics)
     learn.easycls = RunRecord(run_dir, cfg, data.vocab, norm, data.multi_label, metrics, **final)
     set_thresholds(learn, metrics.get("thresholds"))  # learn.predict decides as easycls.load's
     sess.release(learn)  # from here on rank 0 uses `learn` alone (predict, show_results, ...)
