@@ -1,5 +1,5 @@
 """The fastai pieces `fit` takes besides its settings, with fastai's names: `cbs`,
-`loss_func`, `metrics`, `opt_func`, `splitter`, `moms`.
+`loss_func`, `metrics`, `opt_func`, `splitter`, `moms`, `batch_tfms`.
 
 They are objects, not plain values, so they are keyword arguments of `fit` only, not
 command-line options. `config.json` names each one by import path, with its arguments
@@ -17,10 +17,12 @@ from typing import Any
 
 from .config import ConfigError
 
-__all__ = ["PIECES", "Pieces", "split_pieces", "describe", "missing_on_resume", "logs_only"]
+__all__ = ["PIECES", "Pieces", "split_pieces", "describe", "missing_on_resume", "logs_only",
+           "augmentation_note", "validation_note"]
 
 # `default_metrics=False` makes `metrics` replace easycls's per-epoch metrics.
-PIECES = ("cbs", "loss_func", "metrics", "default_metrics", "opt_func", "splitter", "moms")
+PIECES = ("cbs", "loss_func", "metrics", "default_metrics", "opt_func", "splitter", "moms",
+          "batch_tfms", "item_tfms")
 
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -36,6 +38,7 @@ class Pieces:
     opt_func: Any = None
     splitter: Any = None
     moms: tuple | None = None
+    batch_tfms: list = field(default_factory=list)
 
     def learner_kwargs(self) -> dict:
         """What the Learner factories take of these (callbacks are added by `fit`)."""
@@ -46,7 +49,7 @@ class Pieces:
     def record(self) -> dict:
         """config.json's `fastai` entry: each piece given, described (`describe`)."""
         out: dict[str, Any] = {}
-        for name in ("cbs", "metrics"):
+        for name in ("cbs", "metrics", "batch_tfms"):
             if getattr(self, name):
                 out[name] = [describe(o) for o in getattr(self, name)]
         for name in ("loss_func", "opt_func", "splitter"):
@@ -81,13 +84,54 @@ def split_pieces(settings: dict) -> tuple[Pieces, dict]:
     if not isinstance(given.get("default_metrics", True), bool):
         raise ConfigError("default_metrics must be True (metrics= adds to easycls's) or False "
                           "(metrics= replaces them)")
+    if given.get("item_tfms") is not None:
+        raise ConfigError("item_tfms: easycls decodes and stores each image once and batches "
+                          "them whole, so per-item transforms would never run; set the size "
+                          "with size=, augment with batch_tfms= (e.g. aug_transforms())")
+    batch_tfms = _listed("batch_tfms", given.get("batch_tfms"))
+    own = [type(t).__name__ for t in batch_tfms
+           if type(t).__name__ in ("IntToFloatTensor", "Normalize")]
+    if own:
+        raise ConfigError(f"batch_tfms: leave out {', '.join(own)}: easycls converts to float "
+                          "and normalizes every batch itself (with the model's statistics)")
     pieces = Pieces(cbs=_listed("cbs", given.get("cbs")),
                     metrics=_listed("metrics", given.get("metrics")),
+                    batch_tfms=batch_tfms,
                     loss_func=given.get("loss_func"), opt_func=given.get("opt_func"),
                     splitter=given.get("splitter"),
                     moms=tuple(moms) if moms is not None else None,
                     default_metrics=given.get("default_metrics", True))
     return pieces, rest
+
+
+def augmentation_note(pieces: Pieces, augment: bool | None) -> str:
+    """What the training augmentation is, in words, when `batch_tfms` were given ("" else)."""
+    if not pieces.batch_tfms:
+        return ""
+    names = ", ".join(type(t).__name__ for t in pieces.batch_tfms)
+    if augment:
+        return f"augmentation: easycls's and your batch_tfms ({names})"
+    return (f"augmentation: your batch_tfms ({names}), replacing easycls's "
+            "(augment=True keeps both)")
+
+
+def validation_note(pieces: Pieces) -> str:
+    """One line when some `batch_tfms` also change validation images: the bundle cannot."""
+    both = [type(t).__name__ for t in pieces.batch_tfms if _changes_validation(t)]
+    if not both:
+        return ""
+    return (f"note: batch_tfms {', '.join(both)} also change validation images; the saved bundle "
+            "(easycls.load, predict) cannot carry them and only resizes and normalizes")
+
+
+def _changes_validation(tfm: Any) -> bool:
+    """Whether a batch transform also changes validation batches. fastai's random ones run
+    on training batches only; its affine ones (Flip, Rotate, Zoom, ...) run everywhere but
+    are the identity outside training unless they resize (`size`)."""
+    if getattr(tfm, "split_idx", None) == 0:
+        return False
+    from fastai.vision.augment import AffineCoordTfm
+    return not (isinstance(tfm, AffineCoordTfm) and getattr(tfm, "size", None) is None)
 
 
 def _import_path(obj: Any) -> str:

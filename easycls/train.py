@@ -51,7 +51,14 @@ from .learners import (
 from .lr_search import LrChoice, choose_lr
 from .metrics import TallyValidation, multi_label_metrics
 from .models import check_size, default_size
-from .pieces import Pieces, logs_only, missing_on_resume, split_pieces
+from .pieces import (
+    Pieces,
+    augmentation_note,
+    logs_only,
+    missing_on_resume,
+    split_pieces,
+    validation_note,
+)
 from .plan import AUGMENT_FROM_EPOCHS, default_augment, default_bs
 from .predict import decisions, write_predictions
 from .priors import init_output_bias
@@ -137,7 +144,8 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
     norm = src.normalization if src is not None else None
     norm = norm or (model_normalization(model) if (cfg.pretrained or src) else None)
     norm = norm or data.pixel_stats()
-    dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm)
+    dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm,
+                            batch_tfms=pieces.batch_tfms)
     cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
     cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
     cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start)) + list(tracked)
@@ -319,7 +327,8 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
             A recipe's defaults fill what is not given.
             fastai's own pieces, with fastai's names (`pieces.PIECES`): `cbs` (added to
             easycls's callbacks; loggers on rank 0 only), `loss_func`, `metrics` (added to
-            easycls's; `default_metrics=False` replaces them), `opt_func`, `splitter`, `moms`.
+            easycls's; `default_metrics=False` replaces them), `opt_func`, `splitter`, `moms`,
+            `batch_tfms` (replacing easycls's augmentation, or added to it with augment=True).
 
     Returns:
         The trained fastai Learner; `learn.easycls` is the run's record (run_dir, config,
@@ -348,6 +357,8 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
             cfg = _resumed_config(resume, source, settings, pieces)
         else:
             cfg = resolve_config(source, **settings).updated(fastai=pieces.record())
+            if pieces.batch_tfms and settings.get("augment") is None:
+                cfg = cfg.updated(augment=False)  # the user's augmentation replaces easycls's
             if cfg.out:
                 claim(cfg.out, cfg.overwrite)
         arch = settings.get("arch")
@@ -375,6 +386,10 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
         cfg = cfg.updated(bs=default_bs(len(data.datasets[0]), sess.world_size))
     sess.on_main(lambda: run_dir.mkdir(parents=True, exist_ok=True))
     say(_summary(data, cfg, sess))
+    if augmentation_note(pieces, cfg.augment):
+        say(augmentation_note(pieces, cfg.augment))
+    if validation_note(pieces):  # a caveat about the saved model: also under --quiet
+        sess.printer(quiet=False)(validation_note(pieces))
     state = load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab) if resumed else None
     if state is not None:  # the budget and train_seconds count the time before the stop too
         t_start -= state["elapsed"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,3 +134,76 @@ def test_only_logging_callbacks_are_rank_zero_only():
     marked = CountBatches()
     marked.main_only = True
     assert logs_only(marked)
+
+
+@pytest.mark.slow
+def test_user_callbacks_under_two_gloo_processes(tmp_path):
+    from test_distributed import _torchrun
+    root = tmp_path / "split"
+    write_class_folders(root / "train", per_class=16, seed=1)  # 48: 3 batches of 8 per rank
+    write_class_folders(root / "valid", per_class=4, seed=2)
+    work = tmp_path / "work"
+    work.mkdir()
+    probe = Path(__file__).with_name("pieces_probe.py")
+    res = _torchrun(str(probe), str(root), "run", "records", cwd=work)
+    assert res.returncode == 0, res.stdout + res.stderr
+    r0, r1 = (json.loads((work / "records" / f"rank{r}.json").read_text()) for r in (0, 1))
+    # A training callback runs on every rank, on that rank's shard (3 batches an epoch), and
+    # early stopping stops both ranks after the same epoch.
+    assert r0["epochs"] == r1["epochs"] == 2
+    assert r0["seen"] == r1["seen"] == 2 * 3
+    # A logger runs on rank 0 alone: one file, one row per epoch.
+    assert r0["logger_attached"] and not r1["logger_attached"]
+    rows = [r for r in (work / "run" / "user_log.csv").read_text().splitlines()
+            if not r.startswith("epoch")]
+    assert len(rows) == 2
+
+
+def test_batch_tfms_replace_easycls_augmentation_and_the_run_says_so(class_folders, tmp_path,
+                                                                     capsys):
+    from fastai.vision.augment import Brightness, Flip, aug_transforms
+
+    from easycls.data.loaders import BatchAugment
+    learn = easycls.fit(str(class_folders), out=str(tmp_path / "r"), epochs=1,
+                        **{**TINY, "quiet": False}, batch_tfms=aug_transforms(max_warp=0))
+    out = capsys.readouterr().out
+    assert "augmentation: your batch_tfms (Flip, Brightness), replacing easycls's" in out
+    train_tfms = [type(t) for t in learn.dls.train.after_batch.fs]
+    assert Flip in train_tfms and Brightness in train_tfms and BatchAugment not in train_tfms
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["augment"] is False
+    assert [e["import"] for e in cfg["fastai"]["batch_tfms"]] == [
+        "fastai.vision.augment:Flip", "fastai.vision.augment:Brightness"]
+
+
+def test_batch_tfms_checks_and_notes():
+    from fastai.data.transforms import Normalize
+    from fastai.vision.augment import Brightness, Flip
+
+    from easycls.pieces import augmentation_note, validation_note
+    with pytest.raises(ConfigError, match="leave out Normalize"):
+        split_pieces({"batch_tfms": [Flip(), Normalize()]})
+    with pytest.raises(ConfigError, match="item_tfms"):
+        split_pieces({"item_tfms": [Flip()]})
+    pieces, _ = split_pieces({"batch_tfms": [Flip(), Brightness()]})
+    assert augmentation_note(pieces, True) == (
+        "augmentation: easycls's and your batch_tfms (Flip, Brightness)")
+    assert validation_note(pieces) == ""  # random transforms: training batches only
+    everywhere = Brightness()
+    everywhere.split_idx = None
+    pieces, _ = split_pieces({"batch_tfms": [everywhere]})
+    assert validation_note(pieces).startswith("note: batch_tfms Brightness also change "
+                                              "validation images")
+
+
+def test_batch_tfms_extend_easycls_augmentation_when_asked(class_folders):
+    from fastai.vision.augment import Flip
+
+    from easycls.config import TrainConfig
+    from easycls.data.loaders import BatchAugment
+    from easycls.data.prepare import build_dataloaders
+    cfg = TrainConfig(source=str(class_folders), size=16, bs=8, augment=True, workers=0)
+    dls = build_dataloaders(cfg, batch_tfms=[Flip()], device=torch.device("cpu"))
+    kinds = [type(t) for t in dls.train.after_batch.fs]
+    assert BatchAugment in kinds and Flip in kinds
+    assert kinds.index(BatchAugment) < kinds.index(Flip)  # by fastai's order: 20, then 30

@@ -338,18 +338,22 @@ class BatchAugment(DisplayedTransform):
         return TensorImage(out)
 
 
-def _batch_tfms(size: int, mean, std, augment: bool, flip: bool, on_cuda: bool) -> list:
+def _batch_tfms(size: int, mean, std, augment: bool, flip: bool, on_cuda: bool,
+                extra: list = ()) -> list:
     # BatchAugment only runs where the split is 0: training, and `learn.tta()` on any split.
+    # `extra` (the user's batch_tfms) take their places by their fastai `order`.
     tfms: list = [IntToFloatTensor()]
     if augment:
         tfms.append(BatchAugment(size, flip=flip))
-    return tfms + [Normalize.from_stats(mean, std, cuda=on_cuda)]
+    return tfms + list(extra) + [Normalize.from_stats(mean, std, cuda=on_cuda)]
 
 
 def make_dataloaders(train: ImageDataset, valid: ImageDataset, *, size: int, bs: int, mean, std,
                      augment: bool = True, flip: bool = True, workers: int = 0,
-                     device: torch.device | None = None, seed: int = 42) -> DataLoaders:
-    """Training (shuffled, last partial batch dropped) and validation DataLoaders.
+                     device: torch.device | None = None, seed: int = 42,
+                     batch_tfms: list = ()) -> DataLoaders:
+    """Training (shuffled, last partial batch dropped) and validation DataLoaders;
+    `batch_tfms` (fastai batch transforms, e.g. `aug_transforms()`) join both pipelines.
 
     Both are `FeedDL`s: whole batches gathered from the pixel store in a background
     thread (`workers` decoding threads when the pixels are not the uint8 cache), pinned
@@ -359,8 +363,10 @@ def make_dataloaders(train: ImageDataset, valid: ImageDataset, *, size: int, bs:
     on_cuda = device.type == "cuda"
     common = dict(workers=workers, device=device)
     train_dl = FeedDL(train, bs=bs, shuffle=True, drop_last=len(train) > bs,
-                      after_batch=_batch_tfms(size, mean, std, augment, flip, on_cuda), **common)
+                      after_batch=_batch_tfms(size, mean, std, augment, flip, on_cuda, batch_tfms),
+                      **common)
     valid_dl = FeedDL(valid, bs=bs * 2, shuffle=False, drop_last=False,
-                      after_batch=_batch_tfms(size, mean, std, True, flip, on_cuda), **common)
+                      after_batch=_batch_tfms(size, mean, std, True, flip, on_cuda, batch_tfms),
+                      **common)
     train_dl.rng.seed(seed)  # the data order follows the run's seed
     return DataLoaders(train_dl, valid_dl, device=device)

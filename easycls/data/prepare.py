@@ -231,7 +231,8 @@ class PreparedData:
 
 def build_dataloaders(cfg: TrainConfig, data: PreparedData | None = None, *,
                       device: torch.device | None = None,
-                      normalization: tuple[list[float], list[float]] | None = None) -> DataLoaders:
+                      normalization: tuple[list[float], list[float]] | None = None,
+                      batch_tfms: list = ()) -> DataLoaders:
     """The DataLoaders `fit` trains on: cache or decode, workers, augmentation, normalization.
 
     Args:
@@ -239,6 +240,7 @@ def build_dataloaders(cfg: TrainConfig, data: PreparedData | None = None, *,
         data: prepared data; default: load and prepare `cfg.source`.
         device: where batches go (default CUDA when available).
         normalization: (mean, std); default: statistics of the training pixels.
+        batch_tfms: the user's fastai batch transforms, added to the pipelines.
 
     Example:
         >>> dls = build_dataloaders(TrainConfig(source="digits", size=32, bs=16))
@@ -251,4 +253,4 @@ def build_dataloaders(cfg: TrainConfig, data: PreparedData | None = None, *,
     bs = cfg.bs or default_bs(len(train_ds))  # fit resolves it first, for all processes
     return make_dataloaders(train_ds, valid_ds, size=cfg.size, bs=bs, mean=mean, std=std,
                             augment=cfg.augment is not False, flip=cfg.extra.get("flip", True),
-                            workers=workers, device=device, seed=cfg.seed)
+                            workers=workers, device=device, seed=cfg.seed, batch_tfms=batch_tfms)
