@@ -39,6 +39,8 @@ class Pieces:
     splitter: Any = None
     moms: tuple | None = None
     batch_tfms: list = field(default_factory=list)
+    data: Any = None   # the user's DataLoaders or DataBlock (`fit(dls)`, `fit(block, source)`)
+    items: Any = None  # a DataBlock's source
 
     def learner_kwargs(self) -> dict:
         """What the Learner factories take of these (callbacks are added by `fit`)."""
@@ -59,6 +61,10 @@ class Pieces:
             out["moms"] = [float(m) for m in self.moms]
         if not self.default_metrics:
             out["default_metrics"] = False
+        if self.data is not None:
+            out["data"] = {"import": describe(self.data)["import"]}
+            if self.items is not None:
+                out["data"]["items"] = str(self.items)
         return out
 
 

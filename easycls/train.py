@@ -35,6 +35,7 @@ from .checkpoint import (
 )
 from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig, check
 from .data import storage
+from .data.given import GivenData, given_dataloaders
 from .data.items import ItemTable
 from .data.prepare import PreparedData, build_dataloaders, load_items
 from .data.recipes import get_recipe, is_recipe
@@ -143,9 +144,13 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
     # A run's weights: its own normalization (model.json); ImageNet weights: timm's config.
     norm = src.normalization if src is not None else None
     norm = norm or (model_normalization(model) if (cfg.pretrained or src) else None)
-    norm = norm or data.pixel_stats()
-    dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm,
-                            batch_tfms=pieces.batch_tfms)
+    if isinstance(data, GivenData):  # the user's loaders keep their own normalization
+        norm = data.normalization or norm or data.pixel_stats()
+        dls = data.loaders(norm)
+    else:
+        norm = norm or data.pixel_stats()
+        dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm,
+                                batch_tfms=pieces.batch_tfms)
     cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
     cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
     cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start)) + list(tracked)
@@ -156,9 +161,10 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
     kw = dict(pretrained=bool(cfg.pretrained or src), wd=cfg.wd, cbs=cbs, path=run_dir,
               **pieces.learner_kwargs())
     if data.multi_label:
-        targets = data.datasets[0].targets
-        pos_weight = _pos_weight(targets) if cfg.class_weights == "auto" else None
-        if cfg.prior_bias:
+        targets = data.targets() if isinstance(data, GivenData) else data.datasets[0].targets
+        pos_weight = (_pos_weight(targets) if cfg.class_weights == "auto" and targets is not None
+                      else None)
+        if cfg.prior_bias and targets is not None:
             init_output_bias(model, targets)
         learn = multi_label_learner(dls, model, len(data.vocab), pos_weight=pos_weight, **kw)
     else:
@@ -314,12 +320,15 @@ def _check_early(cfg: TrainConfig, arch_obj: Any, sess) -> None:
         check_fits(arch_obj, start_weights(cfg.weights), cfg.size)
 
 
-def fit(source: str | None = None, *, resume: str | None = None, **settings: Any) -> Learner:
+def fit(source: Any = None, items: Any = None, *, resume: str | None = None,
+        **settings: Any) -> Learner:
     """Train an image classifier and write its run directory.
 
     Args:
         source: a folder (class folders or train/valid split folders), a .zip, a CSV of
-            labels (with `images=`), or a dataset name (`easycls datasets` lists them).
+            labels (with `images=`), or a dataset name (`easycls datasets` lists them); or
+            the user's own fastai `DataLoaders` (also as `dls=`), or a `DataBlock`.
+        items: a DataBlock's source (`fit(block, path)`).
         resume: a run directory to continue from its `checkpoint.pth`, with its
             `config.json`; only `config.RESUMABLE` settings may then change.
         **settings: any `TrainConfig` option (arch, epochs, lr, bs, size, pretrained, ...);
@@ -342,6 +351,11 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
         >>> learn.easycls.metrics["accuracy"]
     """
     pieces, settings = split_pieces(settings)
+    if settings.get("dls") is not None or not (source is None or isinstance(source, (str, Path))):
+        # The user's own fastai data: config.json names it, as it names the other pieces.
+        pieces.data, pieces.items = settings.pop("dls", None) or source, items
+        source = f"<{type(pieces.data).__name__}>"
+    settings.pop("dls", None)
     # The process group's timeout: set before any setting is checked, so taken as given.
     sess = distributed.session(timeout=settings.get("dist_timeout"))
     with ExitStack() as held:  # the run directory's lock, held for the life of the run
@@ -377,7 +391,9 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
     set_seed(cfg.seed)
     # From the process's start for the CLI (imports count against a budget), else from here.
     t_start = budget_origin(time.perf_counter())
-    data = PreparedData(load_items(cfg), cfg, progress=sess.shows_progress(cfg.quiet), sess=sess)
+    data = _data(cfg, pieces, sess)
+    if isinstance(data, GivenData):  # the loaders decide size, batch size and augmentation
+        cfg = cfg.updated(size=data.size, bs=data.dls.bs, augment=False)
     run_dir = Path(cfg.out) if cfg.out else _default_out(cfg, data.table)
     if claim is not None:
         claim(run_dir)
@@ -426,6 +442,18 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
     if cfg.quiet and sess.is_main:
         _progress_after_fit(learn)
     return learn
+
+
+def _data(cfg: TrainConfig, pieces: Pieces, sess) -> PreparedData | GivenData:
+    """easycls's own data path, or the user's DataLoaders / DataBlock (`pieces.data`)."""
+    if pieces.data is None:
+        return PreparedData(load_items(cfg), cfg, progress=sess.shows_progress(cfg.quiet),
+                            sess=sess)
+    dls = given_dataloaders(pieces.data, pieces.items, bs=cfg.bs, device=sess.device)
+    data = GivenData(dls, name=type(pieces.data).__name__.lower())
+    for note in sess.main_only(data.bundle_notes()):
+        print(note)
+    return data
 
 
 def _summary(data: PreparedData, cfg: TrainConfig, sess) -> str:
