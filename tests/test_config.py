@@ -31,7 +31,8 @@ def test_cli_options_fit_keywords_and_config_fields_are_one_set():
     assert set(config.OPTIONS) == fields
     assert _cli_fit_params() == fields | {"resume"}
     sig = inspect.signature(easycls.fit)
-    assert list(sig.parameters) == ["source", "resume", "settings"]
+    # items: the source of a DataBlock given as `source` (fit(block, path))
+    assert list(sig.parameters) == ["source", "items", "resume", "settings"]
     assert sig.parameters["settings"].kind is inspect.Parameter.VAR_KEYWORD
     for name in fields - {"source"}:  # every option is a keyword `fit` accepts (None: not given)
         value = getattr(TrainConfig(), name)
