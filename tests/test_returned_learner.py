@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import write_class_folders
 from PIL import Image
+from test_fastai_contract import write_multilabel
 
 import easycls
 
@@ -20,7 +21,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 TINY = dict(arch="test_resnet", pretrained=False, epochs=1, size=16, bs=8, lr=3e-3, quiet=True)
-LABELS = ["a", "b", "c", "d"]
 
 
 @pytest.fixture(scope="module")
@@ -35,26 +35,9 @@ def single(tmp_path_factory):
     return learn, root
 
 
-def _write_multilabel(root, n=48, seed=0):
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    lines = ["ImageID,Labels"]
-    for i in range(n):
-        labels = sorted(rng.choice(LABELS, size=rng.integers(1, 3), replace=False).tolist())
-        img = np.clip(rng.normal(30, 10, (16, 16, 3)), 0, 255)
-        for k, name in enumerate(LABELS):
-            if name in labels:
-                r, c = divmod(k, 2)
-                img[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8, k % 3] = 230
-        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"{i}.png")
-        lines.append(f"{i}.png,{' '.join(labels)}")
-    (root / "train.csv").write_text("\n".join(lines) + "\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory):
-    root = _write_multilabel(tmp_path_factory.mktemp("ml") / "data")
+    root = write_multilabel(tmp_path_factory.mktemp("ml") / "data")
     out = tmp_path_factory.mktemp("runs") / "m"
     learn = easycls.fit(str(root / "train.csv"), images=str(root / "images"), out=str(out),
                         **{**TINY, "epochs": 2})
