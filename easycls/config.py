@@ -62,6 +62,9 @@ class TrainConfig:
                                "timm-compatible .safetensors or .pth file. Only the head may "
                                "differ from the model.", kind="path")
     valid_pct: float = _opt(0.2, "Validation share when the data has no split.", lo=0.01, hi=0.9)
+    split_by: str | None = _opt(None, "Keep groups on one side of the random validation split: "
+                                "'duplicates' (near-duplicate images, as `easycls check` finds "
+                                "them) or a CSV column (a signer, a patient, a video).")
     seed: int = _opt(42, "Random seed (split, model init, data order).", lo=0, hi=2**32 - 1)
     out: str | None = _opt(None, "Run directory (default runs/<source>-<arch>-<time>).",
                            kind="path")

@@ -23,6 +23,7 @@ from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget, budget_origin
 from .bundle import load, save_bundle
 from .callbacks import AugmentWhenLong, L1Penalty, PlainTensors
+from .check.split import exact_leaks, groups_kept, split_groups
 from .checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -311,7 +312,10 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     set_seed(cfg.seed)
     # From the process's start for the CLI (imports count against a budget), else from here.
     t_start = budget_origin(time.perf_counter())
-    data = PreparedData(load_items(cfg), cfg, progress=sess.shows_progress(cfg.quiet), sess=sess)
+    table = load_items(cfg)
+    groups = split_groups(table, cfg.split_by, sess.shows_progress(cfg.quiet))
+    data = PreparedData(table, cfg, progress=sess.shows_progress(cfg.quiet), sess=sess,
+                        groups=groups)
     run_dir = Path(cfg.out) if cfg.out else _default_out(cfg, data.table)
     if claim is not None:
         claim(run_dir)
@@ -319,7 +323,8 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     if cfg.bs is None:
         cfg = cfg.updated(bs=default_bs(len(data.datasets[0]), sess.world_size))
     sess.on_main(lambda: run_dir.mkdir(parents=True, exist_ok=True))
-    say(_summary(data, cfg, sess))
+    say(_summary(data, cfg, sess, groups))
+    sess.on_main(lambda: _warn_leaks(data, cfg, say))
     state = load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab) if resumed else None
     if state is not None:  # the budget and train_seconds count the time before the stop too
         t_start -= state["elapsed"]
@@ -351,10 +356,23 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     return learn
 
 
-def _summary(data: PreparedData, cfg: TrainConfig, sess) -> str:
+def _warn_leaks(data: PreparedData, cfg: TrainConfig, say) -> None:
+    """One line when validation images are exact copies of training images."""
+    t = data.table
+    leaks = exact_leaks([r for r, v in zip(t.refs, t.is_valid) if not v],
+                        [r for r, v in zip(t.refs, t.is_valid) if v])
+    if leaks:
+        say(f"warning: {len(leaks)} validation images are exact copies of training images "
+            f"(e.g. {leaks[0][1]} = {leaks[0][0]}), so validation scores overstate; run "
+            f"`easycls check {cfg.source}` to find near-copies too")
+
+
+def _summary(data: PreparedData, cfg: TrainConfig, sess, groups: list | None = None) -> str:
     n_valid = sum(data.table.is_valid)
     kind = "multi-label" if data.multi_label else "single-label"
     skipped = f", {len(data.table.skipped)} unreadable skipped" if data.table.skipped else ""
+    if groups is not None:
+        skipped += f", {groups_kept(groups)} groups kept on one side ({cfg.split_by})"
     pixels = storage.describe(data.store)
     start = f"; {start_weights(cfg.weights).describe()}" if cfg.weights else ""
     return (f"{cfg.source}: {len(data.table.refs) - n_valid} train / {n_valid} valid images, "

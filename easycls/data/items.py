@@ -31,6 +31,7 @@ class ItemTable:
     root: str = ""
     class_names: dict[str, str] = field(default_factory=dict)  # label -> human name (optional)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (ref, reason)
+    columns: dict[str, list[str]] = field(default_factory=dict)  # other CSV columns, per image
 
     @property
     def classes(self) -> list[str]:
@@ -58,6 +59,7 @@ class ItemTable:
         self.labels = [self.labels[i] for i in keep]
         if self.is_valid is not None:
             self.is_valid = [self.is_valid[i] for i in keep]
+        self.columns = {k: [v[i] for i in keep] for k, v in self.columns.items()}
         return self
 
     def check(self) -> ItemTable:

@@ -176,7 +176,7 @@ def from_csv(csv: str | Path, images: str | Path | None = None, label_delimiter:
     root = Path(images).resolve() if images else _guess_image_dir(csv)
     table = read_label_csv(csv, file_column, label_column, label_delimiter)
     refs = resolve_files(table.files, table.rows, root, csv)
-    items = ItemTable(refs, table.labels, root=str(root))
+    items = ItemTable(refs, table.labels, root=str(root), columns=table.extra)
     items.name = csv.parent.name if csv.stem in ("train", "labels", "train_labels") else csv.stem
     return items
 
