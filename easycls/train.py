@@ -36,7 +36,7 @@ from .checkpoint import (
 from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig, check
 from .data import storage
 from .data.items import ItemTable
-from .data.prepare import PreparedData, build_dataloaders, load_items
+from .data.prepare import PreparedData, build_dataloaders, check_source, load_items
 from .data.recipes import get_recipe, is_recipe
 from .distributed import resolve_precision
 from .learners import (
@@ -284,9 +284,11 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
     # The process group's timeout: set before any setting is checked, so taken as given.
     sess = distributed.session(timeout=settings.get("dist_timeout"))
     with ExitStack() as held:  # the run directory's lock, held for the life of the run
+        locks: list = []
+
         def claim(run_dir: str | Path, overwrite: bool = False) -> None:
-            held.enter_context(sess.claim(run_dir, resume=resume is not None,
-                                          overwrite=overwrite))
+            locks.append(held.enter_context(sess.claim(run_dir, resume=resume is not None,
+                                                       overwrite=overwrite)))
         # Claimed before anything is read or written: a second run on it fails at once.
         if resume is not None:
             if not Path(resume).is_dir():
@@ -301,13 +303,24 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
         arch = settings.get("arch")
         arch_obj = arch if arch is not None and not isinstance(arch, str) else cfg.arch
         _check_early(cfg, arch_obj, sess)
-        later = None if cfg.out else (lambda run_dir: claim(run_dir, cfg.overwrite))
-        return _fit(cfg, arch_obj, sess, resume is not None, later)
+        check_source(cfg)
+
+        def set_aside() -> None:  # everything checked: an overwritten run's files move away
+            for lock in locks:
+                if lock is not None and cfg.overwrite and resume is None:
+                    lock.set_aside()
+        set_aside()
+        later = None if cfg.out else (lambda run_dir: (claim(run_dir, cfg.overwrite),
+                                                       set_aside()))
+        started = lambda: [lock.started() for lock in locks if lock is not None]  # noqa: E731
+        return _fit(cfg, arch_obj, sess, resume is not None, later, started)
 
 
-def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner:
+def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started) -> Learner:
     """`fit` once its settings are checked and, with `out` given, its directory is held;
-    `claim` takes the lock of the default run directory once the data has named it."""
+    `claim` takes the lock of the default run directory once the data has named it;
+    `started` is called before the first file of the run is written (an overwritten run's
+    files, set aside until then, go)."""
     say = sess.printer(cfg.quiet)
     set_seed(cfg.seed)
     # From the process's start for the CLI (imports count against a budget), else from here.
@@ -333,6 +346,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim) -> Learner
     learn, norm = _build_learner(data, cfg, arch_obj, sess, run_dir, history_start)
     lr_choice = _pick_lr(learn, cfg, say, sess)
     cfg = cfg.updated(lr=lr_choice.lr)
+    sess.on_main(started)
     sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: resume reads it
     t_train = time.perf_counter() - (state["elapsed"] if state else 0.0)
     meta = dict(arch=cfg.arch, classes=data.vocab)

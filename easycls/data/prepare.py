@@ -33,7 +33,8 @@ from .loaders import (
 from .recipes import detect, get_recipe, is_recipe, read_recipe_layout
 from .sources import from_path
 
-__all__ = ["load_items", "read_path", "random_split", "column_groups", "run_items", "SPLITS",
+__all__ = ["check_source", "load_items", "read_path", "random_split", "column_groups",
+           "run_items", "SPLITS",
            "PreparedData", "build_dataloaders", "store_mode"]
 
 SPLITS = ("auto", "valid", "all", "test")
@@ -57,12 +58,21 @@ def read_path(source: str | Path, images: str | Path | None = None,
     return from_path(source, images, label_delimiter)
 
 
+def check_source(cfg: TrainConfig) -> None:
+    """Refuse a source that is neither a dataset name nor an existing path, before any reading.
+
+    Raises:
+        DataError: naming the closest dataset names.
+    """
+    if not is_recipe(cfg.source) and not Path(cfg.source).exists():
+        get_recipe(cfg.source)  # raises with the closest recipe names
+
+
 def load_items(cfg: TrainConfig) -> ItemTable:
     """The item table of a recipe name or a folder / zip / CSV path."""
     if is_recipe(cfg.source):
         return get_recipe(cfg.source).load(cfg)
-    if not Path(cfg.source).exists():
-        get_recipe(cfg.source)  # raises with the closest recipe names
+    check_source(cfg)
     return read_path(cfg.source, cfg.images, cfg.label_delimiter)
 
 
