@@ -27,6 +27,7 @@ from fastcore.foundation import L
 
 from . import __version__
 from .bundle import bare_model
+from .errors import UserError
 from .rundir import write_file
 from .safeio import WriteError, atomic_write
 
@@ -38,15 +39,16 @@ CHECKPOINT = "checkpoint.pth"
 _FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used for this run."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(UserError, RuntimeError):
     """Training stopped by a signal after writing a checkpoint."""
 
     def __init__(self, signum: int, run_dir: Path):
         self.signum, self.run_dir = signum, run_dir
+        self.exit_code = 128 + signum  # exit as the signal did
         super().__init__(f"training stopped by {signal.Signals(signum).name}; the checkpoint is "
                          f"in {Path(run_dir) / CHECKPOINT}. Continue with: "
                          f"easycls fit --resume {run_dir}")

@@ -4,15 +4,34 @@ function."""
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from . import __version__, config
+from . import __version__, config, errors
+
+
+class _Boundary(TyperGroup):
+    """Every command (and sub-command) runs inside the one error boundary: an error of the
+    user's input, files or environment (`errors.explain`) is one line and a non-zero exit;
+    a bug keeps its traceback; ``--debug`` or ``EASYCLS_DEBUG=1`` shows it for both."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            said = errors.explain(e)
+            if said is None or errors.debugging():
+                raise
+            _fail(said[0], said[1])
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  cls=_Boundary,
                   help="Train a good image classifier in one command (fastai + timm + Accelerate).")
 
 # Option types shared by several commands, defined once.
@@ -42,14 +61,20 @@ def _main(
             "--version", callback=_version, is_eager=True, help="Show the version and exit."
         ),
     ] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help=f"Show the full traceback of any error (also {errors.DEBUG_ENV}=1).")
+    ] = False,
 ) -> None:
-    pass
+    if debug:
+        os.environ[errors.DEBUG_ENV] = "1"
 
 
-def _fail(e: Exception, code: int = 2, launched: bool = True) -> None:
+def _fail(e: Exception | str, code: int = 2, launched: bool = True) -> None:
     """One red line and exit `code`. `launched=False`: a command no launcher starts in several
     processes (serve), which then imports nothing of torch to say so."""
-    if launched:
+    if isinstance(e, Exception) and errors.debugging():
+        raise e  # --debug: the traceback, also of the errors a command catches itself
+    if launched and "easycls.distributed" in sys.modules:  # a launch exists once imported
         from .distributed import Session, leaving_on_error
         leaving_on_error()  # under a launcher: leave without waiting for the other processes
         if not Session.of_launch().is_main:  # every process hits the same error: say it once
@@ -88,27 +113,11 @@ def _fit_signature() -> inspect.Signature:
 def fit_cmd(source: str | None = None, resume: Path | None = None, **settings: Any) -> None:
     """Train a classifier on SOURCE and write a run directory."""
     from .budget import count_from_process_start
-    from .checkpoint import CheckpointError, TrainingInterrupted
-    from .data.cachedir import NoSpace
-    from .data.items import DataError
-    from .data.tables import TableError
-    from .distributed import PrecisionError
-    from .learners import ArchError, PretrainedUnavailable
-    from .runlock import RunLockError
-    from .safeio import WriteError
     from .train import fit
     count_from_process_start()  # `--time-budget 2m`: the command ends within 2 minutes
-    try:
-        fit(source, resume=resume, **settings)
-    except NoSpace as e:  # a full disk, like WriteError: nothing half-built is left
-        _fail(e, 1)
-    except (config.ConfigError, DataError, TableError, ArchError, PretrainedUnavailable,
-            FileNotFoundError, CheckpointError, ImportError, PrecisionError, RunLockError) as e:
-        _fail(e)
-    except WriteError as e:  # a full disk: the last good checkpoint stays for --resume
-        _fail(e, 1)
-    except TrainingInterrupted as e:  # a checkpoint was written; exit like the signal did
-        _fail(e, 128 + e.signum)
+    # Errors (a full disk: status 1; a signal after its checkpoint: 128 + signal; bad options
+    # or data: 2) are the app's error boundary's to show.
+    fit(source, resume=resume, **settings)
 
 
 # The options of `easycls fit` are TrainConfig's fields: declared once, in config.py.

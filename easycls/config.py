@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .rundir import write_file
 
 __all__ = ["TrainConfig", "ConfigError", "RECIPE_DEFAULTS", "RESUMABLE", "OPTIONS", "option_help",
            "check", "base_type", "parse_duration"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting with an unknown name, a wrong type or a value out of its range."""
 
 
@@ -31,7 +32,8 @@ def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None =
          above: float | None = None, choices: tuple | None = None, flag: str | None = None,
          kind: str | None = None, factory: Any = None) -> Any:
     """A field with its CLI/validation facts: `lo`/`hi` inclusive bounds, `above` an
-    exclusive lower bound, `flag` the CLI spelling of a boolean, `kind` path|file|dir|duration."""
+    exclusive lower bound, `flag` the CLI spelling of a boolean, `kind`
+    path|file|dir|duration|lr|separator (a non-empty string)."""
     meta = dict(help=help, lo=lo, hi=hi, above=above, choices=choices, flag=flag, kind=kind)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -74,7 +76,8 @@ class TrainConfig:
     path: str | None = _opt(None, "Where a named dataset lies.", kind="path")
     multi_label: bool | None = _opt(None, "Force multi-label or single-label (default: detected).",
                                     flag="--multi-label/--single-label")
-    label_delimiter: str = _opt(" ", "Separates the labels in a multi-label CSV cell.")
+    label_delimiter: str = _opt(" ", "Separates the labels in a multi-label CSV cell.",
+                                kind="separator")
     wd: float | None = _opt(None, "Weight decay (L2; default fastai's 0.01).", lo=0.0, hi=10.0)
     l1: float = _opt(0.0, "L1 penalty on the weights.", lo=0.0, hi=10.0)
     ps: float = _opt(0.0, "Dropout before the head.", lo=0.0, hi=0.99)
@@ -213,6 +216,8 @@ def check(name: str, value: Any) -> Any:
         return value
     if meta["choices"] and value not in meta["choices"]:
         raise _fail(name, value, f"must be {_valid(name)}")
+    if meta["kind"] == "separator" and not value:
+        raise _fail(name, value, "must not be empty (e.g. ' ', '|' or ';')")
     bad_lo = meta["lo"] is not None and value < meta["lo"]
     bad_above = meta["above"] is not None and value <= meta["above"]
     if bad_lo or bad_above or (meta["hi"] is not None and value > meta["hi"]):

@@ -31,6 +31,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 
 from .data.images import available_cores
+from .errors import UserError
 
 __all__ = ["Session", "session", "world_size", "TrainShardsDL", "ValidShardsDL",
            "DataParallelTrainer", "resolve_precision", "PrecisionError", "local_world_size",
@@ -198,7 +199,7 @@ class ProcessLocal(Callback):
                 os.environ[k] = v
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError, ValueError):
     """A mixed-precision mode this device cannot run."""
 
 

@@ -30,6 +30,7 @@ from . import onnx_predictor as onnx_predictor_module
 from .bundle import Predictor, load
 from .data import images as image_module
 from .data.images import load_resized, split_zip_ref
+from .errors import UserError
 from .exporters import (
     Pipeline,
     load_pt2,
@@ -39,6 +40,7 @@ from .exporters import (
     write_torchscript,
 )
 from .quantize import MIN_AGREEMENT, Quantized, QuantizeError, quantize_int8, training_refs
+from .safeio import check_writable
 
 __all__ = ["export", "ExportError", "ExportResult", "FORMATS"]
 
@@ -60,7 +62,7 @@ _PREPROCESSING_NOTE = (
     "softmax (single-label) or sigmoid (multi-label): output 'probabilities' (batch, classes).")
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The model cannot be exported, or the exported model disagrees with PyTorch."""
 
 
@@ -111,9 +113,9 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, format: str = 
     _check_arguments(format, quantize, min_agreement)
     if format == "onnx":
         _require("onnx", "onnxruntime", "onnxscript")
-    predictor = load(run_dir, model=model, device="cpu")
     out = Path(out) if out is not None else Path(run_dir) / format
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "the exported model", "pass --out with a folder you can write to")
+    predictor = load(run_dir, model=model, device="cpu")
     pipeline = Pipeline(predictor.model, predictor.meta).eval()
     path = out / MODEL_FILES[format]
     with tempfile.TemporaryDirectory() as tmp:

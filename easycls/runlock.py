@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UserError
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; the pid/host record alone decides
@@ -49,7 +51,7 @@ RUN_FILES = ("config.json", "checkpoint.pth", "history.csv", "metrics.json", "mo
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
-class RunLockError(RuntimeError):
+class RunLockError(UserError, RuntimeError):
     """The run directory is in use by another run, or holds another run's files."""
 
 
@@ -114,6 +116,8 @@ class RunLock:
         self.stale: dict = {}  # the record of a dead run whose lock was taken over
 
     def acquire(self) -> RunLock:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunLockError(f"{self.run_dir} is a file, not a folder: choose another --out")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         while self.fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)

@@ -35,8 +35,15 @@ from .checkpoint import (
 )
 from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig, check
 from .data import storage
+from .data.cachedir import cache_root
 from .data.items import ItemTable
-from .data.prepare import PreparedData, build_dataloaders, check_source, load_items
+from .data.prepare import (
+    PreparedData,
+    build_dataloaders,
+    check_source,
+    load_items,
+    store_mode,
+)
 from .data.recipes import get_recipe, is_recipe
 from .distributed import resolve_precision
 from .learners import (
@@ -63,6 +70,7 @@ from .runlog import (
     tensorboard_callback,
     wants_plain_progress,
 )
+from .safeio import check_writable
 from .tally import SingleLabelTally
 from .thresholds import per_class_report
 from .weights import check_fits, start_weights
@@ -256,6 +264,17 @@ def _check_early(cfg: TrainConfig, arch_obj: Any, sess) -> None:
         check_size(arch_obj, cfg.size)
     if cfg.weights and (isinstance(arch_obj, (str, torch.nn.Module))):
         check_fits(arch_obj, start_weights(cfg.weights), cfg.size)
+    _check_writable(cfg)  # every rank: each stops with the same line, none waits
+
+
+def _check_writable(cfg: TrainConfig) -> None:
+    """The run directory's folder and the cache can be written: known before any data is read,
+    not after training (`--out` itself is created and locked by the claim)."""
+    if not cfg.out:
+        check_writable("runs", "the run directory", "pass --out with a folder you can write to")
+    if store_mode(cfg) != "none":
+        check_writable(cache_root(), "the decoded-image cache", "point EASYCLS_CACHE at a "
+                       "folder you can write to, or pass --store none")
 
 
 def fit(source: str | None = None, *, resume: str | None = None, **settings: Any) -> Learner:

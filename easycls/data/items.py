@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..errors import UserError
+
 __all__ = ["ItemTable", "DataError"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data could not be used; the message says what was found and what to do."""
 
 

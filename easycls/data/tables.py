@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
 from .images import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -67,7 +68,7 @@ _MAX_LISTED = 10
 PathLike = str | os.PathLike
 
 
-class TableError(ValueError):
+class TableError(UserError, ValueError):
     """A label file that cannot be read as given; the message says where and what to do.
 
     Attributes:
