@@ -4,7 +4,6 @@ function."""
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +24,7 @@ class _Boundary(TyperGroup):
             return super().invoke(ctx)
         except Exception as e:
             said = errors.explain(e)
-            if said is None or errors.debugging():
+            if said is None or _debugging():
                 raise
             _fail(said[0], said[1])
 
@@ -65,14 +64,20 @@ def _main(
         "--debug", help=f"Show the full traceback of any error (also {errors.DEBUG_ENV}=1).")
     ] = False,
 ) -> None:
-    if debug:
-        os.environ[errors.DEBUG_ENV] = "1"
+    _flags["debug"] = debug
+
+
+_flags = {"debug": False}  # this invocation's --debug (the callback runs on each one)
+
+
+def _debugging() -> bool:
+    return _flags["debug"] or errors.debugging()
 
 
 def _fail(e: Exception | str, code: int = 2, launched: bool = True) -> None:
     """One red line and exit `code`. `launched=False`: a command no launcher starts in several
     processes (serve), which then imports nothing of torch to say so."""
-    if isinstance(e, Exception) and errors.debugging():
+    if isinstance(e, Exception) and _debugging():
         raise e  # --debug: the traceback, also of the errors a command catches itself
     if launched and "easycls.distributed" in sys.modules:  # a launch exists once imported
         from .distributed import Session, leaving_on_error
@@ -406,6 +411,10 @@ def serve_cmd(
         min=0.0, help="How long a batch waits for more requests.")] = 5.0,
     max_mb: Annotated[float, typer.Option(
         min=0.01, help="Largest request body in MB (larger: 413).")] = 10.0,
+    max_megapixels: Annotated[float, typer.Option(
+        min=0.01, help="Largest image in decoded megapixels, read from its header (larger: "
+        "413); a request may bring 4 times that in all, and decodes in flight across "
+        "requests hold at most that much at once.")] = 90.0,
 ) -> None:
     """Serve a model: a web page to try it and a REST API (POST /predict, GET /model, /docs)."""
     try:
@@ -415,7 +424,8 @@ def serve_cmd(
               launched=False)
     try:
         serve(run_dir, host, port, onnx=onnx, token=token, max_batch=max_batch,
-              max_wait_ms=max_wait_ms, max_mb=max_mb, say=typer.echo)
+              max_wait_ms=max_wait_ms, max_mb=max_mb, max_megapixels=max_megapixels,
+              say=typer.echo)
     except (FileNotFoundError, ImportError) as e:
         _fail(e, launched=False)
 
