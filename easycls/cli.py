@@ -203,8 +203,9 @@ def predict_cmd(
     else:
         rows, bad = predict_files(predictor, refs, bs, threshold, top_k)
         typer.echo("\t".join(prediction_fields(predictor, top_k)))
+        from .safeio import one_field
         for row in rows:
-            typer.echo("\t".join(str(v) for v in row.values()))
+            typer.echo("\t".join(one_field(v) for v in row.values()))
     for i, reason in sorted(bad.items()):
         typer.secho(f"skipped {refs[i]}: {reason}", err=True, fg=typer.colors.YELLOW)
     if strict and bad:

@@ -18,7 +18,7 @@ import numpy as np
 from .bundle import Predictor
 from .data.images import split_zip_ref
 from .data.tables import TableError, read_id_csv
-from .safeio import check_writable, printable, write_text
+from .safeio import check_writable, one_field, printable, write_text
 
 __all__ = ["decisions", "predict_files", "write_predictions", "write_submission",
            "submission_columns", "output_name", "SUBMISSION_FORMATS", "prediction_fields",
@@ -125,7 +125,8 @@ def write_predictions(predictor: Predictor, refs: Sequence[str], out_csv: str | 
     write_text(out_csv, _csv_text(fields, [[r[k] for k in fields] for r in rows]))
     if bad:
         write_text(out_csv.with_suffix(".skipped.txt"),
-                   "".join(f"{refs[i]}\t{reason}\n" for i, reason in sorted(bad.items())))
+                   "".join(f"{one_field(refs[i])}\t{reason}\n"
+                           for i, reason in sorted(bad.items())))
     return rows, bad
 
 

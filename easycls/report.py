@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 
 from .rundir import write_figure
+from .safeio import printable_text
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -56,6 +57,10 @@ _FULL_LABELS = 30  # up to this many classes a confusion matrix shows every name
 
 
 def _save(fig, out_png: str | Path) -> Path:
+    # Names from file systems may hold undecodable bytes (lone surrogates), which matplotlib
+    # cannot draw: every text of the figure shown escaped, as in the text outputs.
+    for text in fig.findobj(matplotlib.text.Text):
+        text.set_text(printable_text(text.get_text()))
     fig.tight_layout()
     write_figure(fig, out_png)
     plt.close(fig)
@@ -74,6 +79,7 @@ def _heatmap(ax, cm: np.ndarray, names: list[str] | None, title: str) -> None:
         ax.set_yticks([])
         return
     ticks = range(len(names))
+    names = [printable_text(str(n)) for n in names]  # tick labels are not Text objects yet
     fs = 9 if len(names) <= 12 else 6
     ax.set_xticks(ticks, names, rotation=90, fontsize=fs)
     ax.set_yticks(ticks, names, fontsize=fs)

@@ -26,7 +26,8 @@ from typing import IO, Any
 from .errors import UserError
 
 __all__ = ["WriteError", "DiskFullError", "NotWritable", "check_writable", "atomic_write",
-           "write_bytes", "write_text", "write_json", "ensure_room", "printable", "printable_text"]
+           "write_bytes", "write_text", "write_json", "one_field", "ensure_room", "printable",
+           "printable_text"]
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
@@ -236,6 +237,13 @@ def printable(name: str | os.PathLike) -> str:
         'bad\\xff.png'
     """
     return printable_text(os.fsdecode(name))
+
+
+def one_field(text: str) -> str:
+    """`text` as one field of a tab-separated line: printable, and JSON-quoted (``"a\\tb.png"``)
+    when it holds a tab or a line break, which would otherwise split the line or the row."""
+    text = printable_text(str(text))
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in "\t\n\r") else text
 
 
 def printable_text(text: str) -> str:

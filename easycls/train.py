@@ -27,6 +27,7 @@ from .check.split import exact_leaks, groups_kept, split_groups
 from .checkpoint import (
     Checkpointer,
     CheckpointError,
+    data_fingerprint,
     load_checkpoint,
     plan_phases,
     remove_checkpoint,
@@ -357,7 +358,9 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started) -
     sess.on_main(lambda: run_dir.mkdir(parents=True, exist_ok=True))
     say(_summary(data, cfg, sess, groups))
     sess.on_main(lambda: _warn_leaks(data, cfg, say))
-    state = load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab) if resumed else None
+    seen = data_fingerprint(data.table.refs, data.table.is_valid)
+    state = (load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab, data=seen)
+             if resumed else None)
     if state is not None:  # the budget and train_seconds count the time before the stop too
         t_start -= state["elapsed"]
         sess.on_main(lambda: trim_history(run_dir / "history.csv", state["history_rows"]))
@@ -368,7 +371,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started) -
     sess.on_main(started)
     sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: resume reads it
     t_train = time.perf_counter() - (state["elapsed"] if state else 0.0)
-    meta = dict(arch=cfg.arch, classes=data.vocab)
+    meta = dict(arch=cfg.arch, classes=data.vocab, data=seen)
     budget_facts = _train(learn, cfg, sess, meta, t_start, state, len(data.table.test_refs))
     train_seconds = time.perf_counter() - t_train
     final = _final_metrics(learn, data, cfg)
@@ -376,6 +379,9 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started) -
     metrics.update(train_seconds=round(train_seconds, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts,
                    lr_choice=lr_choice.how, lr_search_seconds=round(lr_choice.seconds, 3))
+    if cfg.time_budget:  # a budget below one epoch (or the setup) cannot be met: say so
+        metrics["budget_exceeded_seconds"] = round(
+            max(0.0, metrics["total_seconds"] - cfg.time_budget), 3)
     learn.easycls = RunRecord(run_dir, cfg, data.vocab, norm, data.multi_label, metrics, **final)
     set_thresholds(learn, metrics.get("thresholds"))  # learn.predict decides as easycls.load's
     sess.release(learn)  # from here on rank 0 uses `learn` alone (predict, show_results, ...)
@@ -383,9 +389,12 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started) -
     if not cfg.keep_checkpoint:
         sess.on_main(lambda: remove_checkpoint(run_dir))
     # Also under --quiet, one line (rank 0's) says how it went and where it is.
-    sess.printer(quiet=False)(f"done: {format_metrics(metrics)}; run directory: {run_dir}"
-                              if cfg.quiet else
-                              f"done: {format_metrics(metrics)}\nrun directory: {run_dir}")
+    over = metrics.get("budget_exceeded_seconds")
+    done = format_metrics(metrics) + (
+        f"; over the {cfg.time_budget:g} s time budget by {over:.1f} s (one epoch at least "
+        "always runs)" if over else "")
+    sess.printer(quiet=False)(f"done: {done}; run directory: {run_dir}" if cfg.quiet else
+                              f"done: {done}\nrun directory: {run_dir}")
     return learn
 
 

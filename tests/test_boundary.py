@@ -130,6 +130,9 @@ CASES = {
         "from 8 to 2048"),
     "serve on a bundle with std 0": (
         lambda t, b, d, ro, env: ["serve", str(_copy(b, t / "run", std=[0, 1, 1]))], "'std'"),
+    "check with --out under a read-only folder": (
+        lambda t, b, d, ro, env: ["check", str(d), "--out", str(ro(t / "ro") / "report"),
+                                  "--quiet"], "read-only"),
     "serve on a folder without model.json": (
         lambda t, b, d, ro, env: ["serve", str(t)], "holds no model.json"),
 }

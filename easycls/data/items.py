@@ -84,5 +84,6 @@ class ItemTable:
 
 
 def _natural_key(s: str) -> tuple:
-    # "2" < "10" for numeric labels, plain order otherwise
-    return (0, int(s), "") if s.isdigit() else (1, 0, s)
+    # "2" < "10" for numeric labels, plain order otherwise; isdecimal, not isdigit: "²" is a
+    # digit that int() refuses
+    return (0, int(s), "") if s.isdecimal() else (1, 0, s)
