@@ -42,7 +42,8 @@ from .exporters import (
 from .quantize import MIN_AGREEMENT, Quantized, QuantizeError, quantize_int8, training_refs
 from .safeio import check_writable
 
-__all__ = ["export", "ExportError", "ExportResult", "FORMATS"]
+__all__ = ["export", "ExportError", "ExportResult", "FORMATS", "check_images",
+           "validation_refs"]
 
 FORMATS = ("onnx", "torchscript", "pt2")
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}
@@ -153,7 +154,7 @@ def _int8(path: Path, run_dir: str | Path, size: int, min_agreement: float,
           tmp: Path) -> Quantized:
     """model_int8.onnx beside model.onnx, calibrated on the run's training images, compared
     on its validation images (generated ones, and dynamic quantization, without the data)."""
-    compare = _validation_refs(run_dir, AGREEMENT_IMAGES)
+    compare = validation_refs(run_dir, AGREEMENT_IMAGES)
     kind = "validation" if compare else "generated"
     if not compare:
         (tmp / "agreement").mkdir()
@@ -272,7 +273,7 @@ def check_images(run_dir: str | Path, size: int, limit: int, folder: Path
                  ) -> tuple[list[str], str]:
     """Up to `limit` validation images of the run, or generated ones written into `folder`
     when the run's data is not at hand; and which of the two ("validation", "generated")."""
-    refs = _validation_refs(run_dir, limit)
+    refs = validation_refs(run_dir, limit)
     return (refs, "validation") if refs else (_generated(folder, size, limit), "generated")
 
 
@@ -293,7 +294,7 @@ def _import_script(path: Path):
     return module
 
 
-def _validation_refs(run_dir: str | Path, limit: int) -> list[str]:
+def validation_refs(run_dir: str | Path, limit: int) -> list[str]:
     """Up to `limit` readable validation image files of the run, spread over the split."""
     from .data.images import check_images as unreadable
     try:

@@ -312,7 +312,9 @@ def open_backend(path: str | Path, onnx: bool = False, device: str | None = None
             raise FileNotFoundError(f"{path} holds no onnx/model.onnx: export it first with "
                                     f"`easycls export {path}`, or serve it without --onnx")
         from .onnx_predictor import OnnxPredictor
-        return OnnxPredictor(folder / "model.onnx")
+        # Uploads decode on other threads while the model runs: onnxruntime's threads must
+        # not spin-wait on the cores those need.
+        return OnnxPredictor(folder / "model.onnx", spinning=False)
     from .bundle import load
     return load(path, device=device)
 
