@@ -357,6 +357,22 @@ def bench_cmd(
           out=out, compile=compile, say=typer.echo)
 
 
+@app.command("compare")
+def compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(
+        help="Run directories (globs like runs/asl-* work), or folders of runs.")],
+    out: Annotated[Path, typer.Option(
+        help="Folder for compare.md, compare.csv and compare.png.")] = Path("compare"),
+) -> None:
+    """Runs side by side: one table row per run, validation curves, final metric vs time."""
+    from .compare import NoRuns, compare_runs
+    try:
+        compare_runs(runs, out, say=typer.echo)
+    except NoRuns as e:
+        _fail(e)
+    typer.echo(f"wrote {out / 'compare.md'}, compare.csv and compare.png")
+
+
 @app.command("export")
 def export_cmd(
     run_dir: RunDir,

@@ -22,7 +22,7 @@ from fastcore.basics import noop
 from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget, budget_origin
 from .bundle import load, save_bundle
-from .callbacks import AugmentWhenLong, L1Penalty, PlainTensors
+from .callbacks import AugmentWhenLong, ImageCount, L1Penalty, PlainTensors
 from .check.split import exact_leaks, groups_kept, split_groups
 from .checkpoint import (
     Checkpointer,
@@ -143,7 +143,8 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
     norm = norm or (model_normalization(model) if (cfg.pretrained or src) else None)
     norm = norm or data.pixel_stats()
     dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm)
-    cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
+    cbs = [PlainTensors(), ImageCount()] + ([L1Penalty(cfg.l1)] if cfg.l1 else [])
+    cbs += sess.train_callbacks(cfg)
     cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
     cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start))
     # The model holds its starting weights already; `pretrained` makes the factory freeze it.
@@ -370,15 +371,18 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started) -
     cfg = cfg.updated(lr=lr_choice.lr)
     sess.on_main(started)
     sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: resume reads it
-    t_train = time.perf_counter() - (state["elapsed"] if state else 0.0)
+    t_session = time.perf_counter()
+    t_train = t_session - (state["elapsed"] if state else 0.0)
     meta = dict(arch=cfg.arch, classes=data.vocab, data=seen)
     budget_facts = _train(learn, cfg, sess, meta, t_start, state, len(data.table.test_refs))
-    train_seconds = time.perf_counter() - t_train
+    t_trained = time.perf_counter()
+    train_seconds = t_trained - t_train
     final = _final_metrics(learn, data, cfg)
     metrics = final.pop("metrics")
     metrics.update(train_seconds=round(train_seconds, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts,
-                   lr_choice=lr_choice.how, lr_search_seconds=round(lr_choice.seconds, 3))
+                   lr_choice=lr_choice.how, lr_search_seconds=round(lr_choice.seconds, 3),
+                   **_throughput(learn, sess, t_trained - t_session))
     if cfg.time_budget:  # a budget below one epoch (or the setup) cannot be met: say so
         metrics["budget_exceeded_seconds"] = round(
             max(0.0, metrics["total_seconds"] - cfg.time_budget), 3)
@@ -407,6 +411,16 @@ def _warn_leaks(data: PreparedData, cfg: TrainConfig, say) -> None:
         say(f"warning: {len(leaks)} validation images are exact copies of training images "
             f"(e.g. {leaks[0][1]} = {leaks[0][0]}), so validation scores overstate; run "
             f"`easycls check {cfg.source}` to find near-copies too")
+
+
+def _throughput(learn: Learner, sess, seconds: float) -> dict:
+    """The processes, their device and the images/s this session trained (validation
+    included, as in `train_seconds`; a resumed run counts from its restart)."""
+    device = sess.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    images = learn.image_count.images * sess.world_size  # every rank trains an equal shard
+    return dict(processes=sess.world_size, device=name,
+                images_per_s=round(images / max(seconds, 1e-9), 2))
 
 
 def _summary(data: PreparedData, cfg: TrainConfig, sess, groups: list | None = None) -> str:
