@@ -237,9 +237,9 @@ def _rank(runs: list[Run], rows: list[dict]) -> tuple[str | None, str]:
     if len(metrics) > 1:
         return None, f"Not ranked: the runs report different metrics ({', '.join(metrics)})."
     metric = metrics.pop()
-    order = sorted(range(len(rows)), key=lambda i: -(rows[i].get(metric) or float("-inf")))
-    for place, i in enumerate(order, 1):
-        rows[i]["rank"] = place
+    scores = [row.get(metric) if row.get(metric) is not None else float("-inf") for row in rows]
+    for row, score in zip(rows, scores):  # ties share a rank: 1, 1, 3
+        row["rank"] = 1 + sum(other > score for other in scores)
     return metric, f"Ranked by {metric} (1 = best)."
 
 

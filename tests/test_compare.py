@@ -63,6 +63,11 @@ def test_table_values_folding_and_rank(tmp_path):
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_equal_scores_share_a_rank(tmp_path):
+    runs = [write_run(tmp_path, n, accuracy=a) for n, a in (("a", 0.9), ("b", 1.0), ("c", 1.0))]
+    assert [r["rank"] for r in compare_runs(runs).rows] == [3, 1, 1]
+
+
 def test_different_datasets_are_not_ranked(tmp_path):
     runs = [write_run(tmp_path, "digits-a"), write_run(tmp_path, "digits-b", accuracy=0.8),
             write_run(tmp_path, "pets", classes=["cat", "dog"], n_valid=12, source="/data/pets")]
