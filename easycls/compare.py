@@ -257,7 +257,7 @@ def compare_runs(paths: Iterable[str | Path], out: str | Path | None = None,
 
     Example:
         >>> table = compare_runs(["runs/a", "runs/b", "runs/c"], out="compare", say=print)
-        >>> table.rows[0]["accuracy"]
+        >>> table.ranked_by, table.common   # e.g. "accuracy", {"arch": "resnet18", ...}
     """
     runs, skipped = [], []
     for p in run_dirs(paths):
