@@ -369,7 +369,7 @@ def compare_cmd(
     try:
         compare_runs(runs, out, say=typer.echo)
     except NoRuns as e:
-        _fail(e)
+        _fail(e, launched=False)
     typer.echo(f"wrote {out / 'compare.md'}, compare.csv and compare.png")
 
 
