@@ -100,6 +100,19 @@ def exported(run: Path) -> None:
         export(run)
 
 
+def wait_until_up(url: str, server: subprocess.Popen) -> None:
+    """Until the server at `url` answers /healthz (its stderr, if it dies first)."""
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            if server.poll() is not None:
+                raise SystemExit((server.stderr.read() if server.stderr else b"").decode()) \
+                    from None
+            time.sleep(0.2)
+
+
 def measure(run: Path, kind: str, max_batch: int, args, payloads: list[bytes]) -> dict:
     port = free_port()
     cmd = [sys.executable, "-m", "easycls", "serve", str(run), "--port", str(port),
@@ -107,14 +120,7 @@ def measure(run: Path, kind: str, max_batch: int, args, payloads: list[bytes]) -
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if server.poll() is not None:
-                    raise SystemExit(server.stderr.read().decode()) from None
-                time.sleep(0.2)
+        wait_until_up(url, server)
         asyncio.run(load(url, payloads, args.concurrency * 4, args.concurrency))  # warm-up
         before = rss_mb(server.pid)
         start = httpx.get(url + "/healthz").json()

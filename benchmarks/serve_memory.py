@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_conditions  # noqa: E402
-from serve_load import make_run, rss_mb  # noqa: E402
+from serve_load import free_port, make_run, rss_mb, wait_until_up  # noqa: E402
 
 
 def grey16(side: int) -> bytes:
@@ -86,20 +85,12 @@ def main() -> None:
     print(machine_conditions())
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp), "resnet18", 224)
-        port = socket.socket()
-        port.bind(("127.0.0.1", 0))
-        port_no = port.getsockname()[1]
-        port.close()
+        port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "easycls", "serve", str(run), "--port",
-                                 str(port_no), "--max-mb", "64"], env=os.environ)
-        url = f"http://127.0.0.1:{port_no}/"
+                                 str(port), "--max-mb", "64"], env=os.environ)
+        url = f"http://127.0.0.1:{port}/"
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(url + "healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+            wait_until_up(url.rstrip("/"), proc)
             send(url, [("warm.png", rgb(64, 0))])
             g16, big, mid = grey16(9400), rgb(9400, 1), rgb(6000, 2)
             print(f"bodies: 16-bit 9400^2 {len(g16) / 1e3:.0f} kB, RGB 9400^2 "
