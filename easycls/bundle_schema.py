@@ -41,14 +41,15 @@ class BundleError(UserError, ValueError):
 
 
 def _depth(raw: bytes) -> int:
-    """How deep the arrays and objects of a JSON text nest (strings ignored), without parsing."""
-    bare = np.frombuffer(_STRINGS.sub(b'""', raw), dtype=np.uint8)
-    step = np.isin(bare, _OPEN).astype(np.int32) - np.isin(bare, _CLOSE)
-    return int(np.cumsum(step).max(initial=0))
-
-
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings ignored),
+    without parsing: vectorized, tens of milliseconds for the largest file allowed."""
+    # Escapes out of the way (escaped backslashes first, so that `\\"` keeps its closing
+    # quote): every quote left opens or closes a string.
+    b = np.frombuffer(raw.replace(b"\\\\", b"").replace(b'\\"', b""), dtype=np.uint8)
+    outside = np.cumsum(b == ord('"'), dtype=np.int32) % 2 == 0
+    opens = ((b == ord("[")) | (b == ord("{"))) & outside
+    closes = ((b == ord("]")) | (b == ord("}"))) & outside
+    return int(np.cumsum(opens.astype(np.int32) - closes, dtype=np.int32).max(initial=0))
 
 
 def read_json_object(path: Path) -> dict:
