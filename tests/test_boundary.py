@@ -133,6 +133,8 @@ CASES = {
     "check with --out under a read-only folder": (
         lambda t, b, d, ro, env: ["check", str(d), "--out", str(ro(t / "ro") / "report"),
                                   "--quiet"], "read-only"),
+    "compare of folders that are not runs": (
+        lambda t, b, d, ro, env: ["compare", str(t), str(t / "nowhere")], "nothing to compare"),
     "serve on a folder without model.json": (
         lambda t, b, d, ro, env: ["serve", str(t)], "holds no model.json"),
 }
