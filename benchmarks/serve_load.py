@@ -1,12 +1,16 @@
-"""Load test of `easycls serve` on 127.0.0.1: throughput and latency with batching on and off.
+"""Load test of `easycls serve` on 127.0.0.1: the torch server and the onnxruntime one
+(`--onnx`) side by side, with batching on and off.
 
-Starts `easycls serve` once per `--max-batch` value, warms it up, then sends `--requests`
-POST /predict requests (one PNG each), `--concurrency` at a time, from an async httpx client,
-and stops. Prints requests/s, p50/p99 latency, failed requests, the mean batch the server ran
-and the server's RSS before and after the load.
+Starts `easycls serve` once per server and `--max-batch` value, warms it up, then sends
+`--requests` POST /predict requests (one PNG each), `--concurrency` at a time, from an async
+httpx client, and stops. Prints requests/s, p50/p99 latency, failed requests, the mean batch
+the server ran and the server's RSS before and after the load; then each server's best
+requests/s side by side. The settings alternate round by round, so a change in the machine's
+load hits all of them.
 
     python benchmarks/serve_load.py                      # an untrained resnet18 bundle, 64 px
     python benchmarks/serve_load.py --run runs/digits-resnet18-... --max-batch 1,32
+    python benchmarks/serve_load.py --servers torch      # the torch server only
 """
 
 from __future__ import annotations
@@ -89,21 +93,34 @@ async def load(url: str, payloads: list[bytes], requests: int, concurrency: int)
                 p99_ms=round(float(np.percentile(lat, 99)), 1))
 
 
-def measure(run: Path, max_batch: int, args, payloads: list[bytes]) -> dict:
+def exported(run: Path) -> None:
+    """RUN/onnx/model.onnx, for the onnxruntime server (exported once)."""
+    if not (run / "onnx" / "model.onnx").is_file():
+        from easycls.export import export
+        export(run)
+
+
+def wait_until_up(url: str, server: subprocess.Popen) -> None:
+    """Until the server at `url` answers /healthz (its stderr, if it dies first)."""
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            if server.poll() is not None:
+                raise SystemExit((server.stderr.read() if server.stderr else b"").decode()) \
+                    from None
+            time.sleep(0.2)
+
+
+def measure(run: Path, kind: str, max_batch: int, args, payloads: list[bytes]) -> dict:
     port = free_port()
     cmd = [sys.executable, "-m", "easycls", "serve", str(run), "--port", str(port),
-           "--max-batch", str(max_batch)]
+           "--max-batch", str(max_batch)] + (["--onnx"] if kind == "onnx" else [])
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if server.poll() is not None:
-                    raise SystemExit(server.stderr.read().decode()) from None
-                time.sleep(0.2)
+        wait_until_up(url, server)
         asyncio.run(load(url, payloads, args.concurrency * 4, args.concurrency))  # warm-up
         before = rss_mb(server.pid)
         start = httpx.get(url + "/healthz").json()
@@ -114,7 +131,8 @@ def measure(run: Path, max_batch: int, args, payloads: list[bytes]) -> dict:
         end = httpx.get(url + "/healthz").json()
         batches = end["batches"] - start["batches"]
         images_run = end["images"] - start["images"]
-        result.update(max_batch=max_batch, mean_batch=round(images_run / batches, 1),
+        result.update(server=kind, runtime=end["runtime"], max_batch=max_batch,
+                      mean_batch=round(images_run / batches, 1),
                       rss_before_mb=round(before, 1), rss_after_mb=round(middle, 1))
         if args.again:
             result["rss_after_again_mb"] = round(rss_mb(server.pid), 1)
@@ -122,6 +140,26 @@ def measure(run: Path, max_batch: int, args, payloads: list[bytes]) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def summarize(results: list[dict], rounds: int) -> None:
+    """Best requests/s of each (server, max_batch), the servers side by side."""
+    best: dict[tuple[str, int], float] = {}
+    for r in results:
+        key = (r["server"], r["max_batch"])
+        best[key] = max(best.get(key, 0.0), r["throughput"])
+    for mb in sorted({mb for _, mb in best}):
+        row = {server: tput for (server, b), tput in best.items() if b == mb}
+        side = ", ".join(f"{server} {tput:.1f} req/s" for server, tput in row.items())
+        ratio = (f"; onnx/torch {row['onnx'] / row['torch']:.2f}x" if {"onnx", "torch"} <= set(row)
+                 else "")
+        print(f"max_batch {mb}: {side}{ratio} (best of {rounds} each)")
+    for server in sorted({s for s, _ in best}):
+        batched = {mb: t for (s, mb), t in best.items() if s == server}
+        for mb, tput in batched.items():
+            if 1 in batched and mb != 1:
+                print(f"{server} max_batch {mb}: {tput / batched[1]:.2f}x the throughput of "
+                      f"max_batch 1")
 
 
 def main() -> None:
@@ -132,27 +170,28 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--max-batch", default="1,32", help="server batch sizes to compare")
+    ap.add_argument("--servers", default="torch,onnx",
+                    help="torch (the run's bundle) and/or onnx (`easycls serve --onnx`)")
     ap.add_argument("--rounds", type=int, default=1, help="alternate the settings this often")
     ap.add_argument("--again", action="store_true",
                     help="repeat the load once more and report the RSS after it")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     payloads = images(64, 96)
+    servers = args.servers.split(",")
+    batches = [int(x) for x in args.max_batch.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or make_run(Path(tmp), args.arch, args.size)
+        if "onnx" in servers:
+            exported(run)
         print(json.dumps({"run": str(run), **machine_conditions()}))
         results = []
-        for _ in range(args.rounds):  # alternating, so a change in machine load hits both
-            for mb in (int(x) for x in args.max_batch.split(",")):
-                results.append(measure(run, mb, args, payloads))
-                print(json.dumps(results[-1]), flush=True)
-    best = {}
-    for r in results:
-        best[r["max_batch"]] = max(best.get(r["max_batch"], 0), r["throughput"])
-    for mb, tput in best.items():
-        if 1 in best and mb != 1:
-            print(f"max_batch {mb}: {tput / best[1]:.2f}x the throughput of max_batch 1 "
-                  f"(best of {args.rounds} each)")
+        for _ in range(args.rounds):  # alternating, so a change in machine load hits all
+            for mb in batches:
+                for server in servers:
+                    results.append(measure(run, server, mb, args, payloads))
+                    print(json.dumps(results[-1]), flush=True)
+    summarize(results, args.rounds)
     print(json.dumps({"after": machine_conditions()}))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -16,12 +16,12 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 
 __version__ = "0.1.0"
 
-__all__ = ["fit", "load", "save", "export", "Predictor", "__version__"]
+__all__ = ["fit", "load", "save", "export", "compare_runs", "Predictor", "__version__"]
 
 # Public names resolve on first use, so `easycls --version` and `import easycls` stay
 # fast: torch and fastai are imported only when training or predicting.
 _LAZY = {"fit": ".train", "save": ".train", "load": ".bundle", "Predictor": ".bundle",
-         "export": ".export"}
+         "export": ".export", "compare_runs": ".compare"}
 
 
 def __getattr__(name: str):

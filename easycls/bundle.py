@@ -100,16 +100,18 @@ def load(run_dir: str | Path, model: nn.Module | None = None,
     weights = Path(run_dir) / WEIGHTS
     shapes = _file_shapes(weights)
     rebuilt = model is None
-    if rebuilt:
-        model = _model_of(meta)
     try:
-        _check_shapes(model, shapes, weights, meta)
+        # The file's shapes against the model's (class count x feature width included),
+        # checked on a model without memory ("meta" tensors) before the real one is built.
+        _check_shapes(_model_of(meta, "meta") if rebuilt else model, shapes, weights, meta)
     except BundleError as e:
         if rebuilt and meta["arch"].startswith(CUSTOM):  # its name builds other layers
             raise BundleError(f"{e}; the custom model's name does not rebuild it: pass an "
                               "instance: easycls.load(dir, model=...)") from None
         raise
+    model = _model_of(meta) if rebuilt else model
     load_model(model, str(weights))
+    _check_finite(model, weights)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Batch norm folded into the convolutions, and channels-last convolutions: both infer
     # faster, on CPU as on CUDA (docs/performance.md).
@@ -147,17 +149,26 @@ def _check_shapes(model: nn.Module, shapes: dict, path: Path, meta: dict) -> Non
                       f"unexpected {extra[:3]}")
 
 
-def _model_of(meta: dict) -> nn.Module:
+def _model_of(meta: dict, device: str = "cpu") -> nn.Module:
     n = len(meta["classes"])
-    if meta["arch"].startswith(CUSTOM):  # "custom:<module>:<qualname>", if importable
-        try:
-            return build_custom(meta["arch"], n)
-        except ValueError as e:
-            raise BundleError(str(e)) from None
-    # A plain registry name (checked above) with pretrained=False: built offline, at the
-    # size it was trained at where the model is made for one size (ViT, Swin, ...).
-    return timm.create_model(meta["arch"], pretrained=False, num_classes=n,
-                             **size_kwargs(meta["arch"], meta.get("input_size")))
+    with torch.device(device):
+        if meta["arch"].startswith(CUSTOM):  # "custom:<module>:<qualname>", if importable
+            try:
+                return build_custom(meta["arch"], n)
+            except ValueError as e:
+                raise BundleError(str(e)) from None
+        # A plain registry name (checked above) with pretrained=False: built offline, at the
+        # size it was trained at where the model is made for one size (ViT, Swin, ...).
+        return timm.create_model(meta["arch"], pretrained=False, num_classes=n,
+                                 **size_kwargs(meta["arch"], meta.get("input_size")))
+
+
+def _check_finite(model: nn.Module, path: Path) -> None:
+    """Refuse weights holding NaN or infinity: every prediction would be `nan`."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise BundleError(f"{path}: tensor {name!r} holds NaN or infinite values (the "
+                              "training diverged): train again, e.g. with a lower --lr")
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:

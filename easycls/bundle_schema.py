@@ -16,24 +16,55 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 
-__all__ = ["BundleError", "check_meta", "read_json_object", "CUSTOM", "MIN_SIZE", "MAX_SIZE"]
+from .errors import UserError
 
-MIN_SIZE, MAX_SIZE = 8, 4096
+__all__ = ["BundleError", "check_meta", "read_json_object", "CUSTOM", "MIN_SIZE", "MAX_SIZE",
+           "MAX_CLASSES", "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]
+
+# Sane limits, checked before anything is parsed or built: a crafted file must not make easycls
+# allocate gigabytes first (an input_size of 4096 costs several GB for one image; a million
+# classes, a head of gigabytes).
+MIN_SIZE, MAX_SIZE = 8, 2048
+MAX_CLASSES = 100_000
+MAX_JSON_BYTES = 16 << 20
+MAX_JSON_DEPTH = 32
 CUSTOM = "custom:"
 # A timm name, optionally with a pretrained tag ("resnet18.a1_in1k"); no "/", no ":".
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?")
 
 
-class BundleError(ValueError):
+class BundleError(UserError, ValueError):
     """A run directory's file that cannot be used; the message names the file and the key."""
 
 
+def _depth(raw: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings ignored),
+    without parsing: vectorized, tens of milliseconds for the largest file allowed."""
+    # Escapes out of the way (escaped backslashes first, so that `\\"` keeps its closing
+    # quote): every quote left opens or closes a string.
+    b = np.frombuffer(raw.replace(b"\\\\", b"").replace(b'\\"', b""), dtype=np.uint8)
+    outside = np.cumsum(b == ord('"'), dtype=np.int32) % 2 == 0
+    opens = ((b == ord("[")) | (b == ord("{"))) & outside
+    closes = ((b == ord("]")) | (b == ord("}"))) & outside
+    return int(np.cumsum(opens.astype(np.int32) - closes, dtype=np.int32).max(initial=0))
+
+
 def read_json_object(path: Path) -> dict:
-    """The JSON object in `path`, or BundleError saying why not."""
+    """The JSON object in `path`, or BundleError saying why not (also when it is larger or
+    nests deeper than a bundle's `model.json` may: checked before parsing)."""
     try:
-        data = json.loads(Path(path).read_bytes())
+        size = Path(path).stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise BundleError(f"{path} is {size / 2**20:.1f} MB, over the {MAX_JSON_BYTES >> 20} "
+                              "MB a model.json may hold: it is not one easycls wrote")
+        raw = Path(path).read_bytes()
+        if (depth := _depth(raw)) > MAX_JSON_DEPTH:
+            raise BundleError(f"{path} nests {depth} levels deep, over the {MAX_JSON_DEPTH} a "
+                              "model.json may: it is not one easycls wrote")
+        data = json.loads(raw)
     except (OSError, UnicodeDecodeError) as e:
         raise BundleError(f"{path} cannot be read ({e})") from None
     except json.JSONDecodeError as e:
@@ -53,8 +84,8 @@ def _numbers(n: int, ok: Callable[[float], bool]) -> Callable[[Any], bool]:
 
 
 def _classes(v: Any) -> bool:
-    return (isinstance(v, list) and len(v) >= 1 and all(isinstance(c, str) and c for c in v)
-            and len(set(v)) == len(v))
+    return (isinstance(v, list) and 1 <= len(v) <= MAX_CLASSES
+            and all(isinstance(c, str) and c for c in v) and len(set(v)) == len(v))
 
 
 def _arch(v: Any) -> bool:
@@ -69,7 +100,7 @@ _KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "arch": (_arch, "a timm model name known to this installation (as `easycls archs` lists "
                     "them; never a hub reference such as 'hf-hub:...' or 'timm/...'), "
                     "or 'custom:<Class>'"),
-    "classes": (_classes, "a list of unique, non-empty strings"),
+    "classes": (_classes, f"a list of 1 to {MAX_CLASSES:,} unique, non-empty strings"),
     "multi_label": (lambda v: isinstance(v, bool), "true or false"),
     "input_size": (lambda v: isinstance(v, int) and not isinstance(v, bool)
                    and MIN_SIZE <= v <= MAX_SIZE, f"an integer from {MIN_SIZE} to {MAX_SIZE}"),
@@ -79,6 +110,8 @@ _KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _shown(v: Any) -> str:
+    if isinstance(v, list) and len(v) > 20:
+        return f"a list of {len(v):,} items {json.dumps(v[:3])[:-1]}, ...]"
     text = json.dumps(v)
     return f"{type(v).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 

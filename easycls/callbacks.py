@@ -1,5 +1,6 @@
 """Small fastai callbacks of the training step, one job each: plain tensors, the L1 penalty,
-the memory format, live augmentation, loader timing, the smoothed loss on the device.
+the memory format, live augmentation, loader timing, the smoothed loss on the device, the
+images trained on.
 What a run writes as it trains is `runlog.py`."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "AugmentWhenLong",
     "LoaderTiming",
     "DeviceSmoothLoss",
+    "ImageCount",
 ]
 
 
@@ -242,3 +244,17 @@ class DeviceSmoothLoss(Callback):
         if getattr(self, "swapped", False):
             self.learn.recorder.smooth_loss = self.original
             self.swapped = False
+
+
+class ImageCount(Callback):
+    """Images this process trained on, every phase (lr_find's batches left out): over the
+    training seconds, the run's images/s in `metrics.json`."""
+
+    order = 99
+
+    def __init__(self):
+        self.images = 0
+
+    def after_batch(self):
+        if self.training and not hasattr(self.learn, "lr_finder") and self.yb:
+            self.images += len(self.yb[0])

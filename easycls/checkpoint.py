@@ -11,6 +11,7 @@ schedule continues from the same `pct_train`, then skips the batches already don
 
 from __future__ import annotations
 
+import hashlib
 import random
 import signal
 import time
@@ -27,10 +28,12 @@ from fastcore.foundation import L
 
 from . import __version__
 from .bundle import bare_model
+from .errors import UserError
 from .rundir import write_file
 from .safeio import WriteError, atomic_write
 
 __all__ = ["CHECKPOINT", "Phase", "plan_phases", "Checkpointer", "TrainingInterrupted",
+           "data_fingerprint",
            "CheckpointError", "save_checkpoint", "load_checkpoint", "run_phases", "trim_history",
            "remove_checkpoint"]
 
@@ -38,15 +41,16 @@ CHECKPOINT = "checkpoint.pth"
 _FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used for this run."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(UserError, RuntimeError):
     """Training stopped by a signal after writing a checkpoint."""
 
     def __init__(self, signum: int, run_dir: Path):
         self.signum, self.run_dir = signum, run_dir
+        self.exit_code = 128 + signum  # exit as the signal did
         super().__init__(f"training stopped by {signal.Signals(signum).name}; the checkpoint is "
                          f"in {Path(run_dir) / CHECKPOINT}. Continue with: "
                          f"easycls fit --resume {run_dir}")
@@ -96,9 +100,21 @@ def remove_checkpoint(run_dir: str | Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def load_checkpoint(run_dir: str | Path, *, arch: str, classes: list[str]) -> dict:
-    """The checkpoint of `run_dir`, refused unless it matches this easycls version, arch and
-    classes, and every field has its expected form."""
+def data_fingerprint(refs: list[str], is_valid: list[bool]) -> dict:
+    """What a checkpoint records of the data it was trained on: the train and valid counts and
+    a SHA-256 of every image with its side of the split (32 bytes, whatever the data size)."""
+    digest = hashlib.sha256()
+    for ref, valid in sorted(zip(map(str, refs), map(bool, is_valid))):
+        digest.update(f"{int(valid)}{ref}\0".encode("utf-8", "surrogateescape"))
+    n_valid = sum(map(bool, is_valid))
+    return {"train": len(refs) - n_valid, "valid": n_valid, "sha256": digest.hexdigest()}
+
+
+def load_checkpoint(run_dir: str | Path, *, arch: str, classes: list[str],
+                    data: dict | None = None) -> dict:
+    """The checkpoint of `run_dir`, refused unless it matches this easycls version, arch,
+    classes and (when both have one) `data_fingerprint`, and every field has its expected
+    form."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"{run_dir} holds no {CHECKPOINT}: nothing to resume (a run writes "
@@ -114,7 +130,25 @@ def load_checkpoint(run_dir: str | Path, *, arch: str, classes: list[str]) -> di
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not an easycls checkpoint")
     _check_matches(state, path, arch, classes)
     _check_fields(state, path)
+    _check_same_data(state.get("data"), data, path)
     return state
+
+
+def _check_same_data(then: dict | None, now: dict | None, path: Path) -> None:
+    """Refuse a resume on changed data: the split would change, and images already trained on
+    could land in validation. (Older checkpoints carry no fingerprint: not checked.)"""
+    if then is None or now is None or then == now:
+        return
+    if not isinstance(then, dict):
+        raise CheckpointError(f"{path}: 'data' should be a data fingerprint; the file is damaged")
+    counts = (f"it was {then.get('train')} train / {then.get('valid')} valid images, now "
+              f"{now['train']} / {now['valid']}" if (then.get("train"), then.get("valid"))
+              != (now["train"], now["valid"]) else
+              f"the same counts ({now['train']} train / {now['valid']} valid) but other files")
+    raise CheckpointError(f"the data changed since {path} was written ({counts}): resuming would "
+                          "split it again, and images already trained on could land in "
+                          "validation. Put the data back as it was to resume, or start a new "
+                          "run (--overwrite, or another --out)")
 
 
 # What a checkpoint must hold: key -> (check, expected form), checked before anything is restored.

@@ -9,10 +9,28 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from . import __version__, config
+from . import __version__, config, errors
+
+
+class _Boundary(TyperGroup):
+    """Every command (and sub-command) runs inside the one error boundary: an error of the
+    user's input, files or environment (`errors.explain`) is one line and a non-zero exit;
+    a bug keeps its traceback; ``--debug`` or ``EASYCLS_DEBUG=1`` shows it for both."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            said = errors.explain(e)
+            if said is None or _debugging():
+                raise
+            _fail(said[0], said[1])
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  cls=_Boundary,
                   help="Train a good image classifier in one command (fastai + timm + Accelerate).")
 
 # Option types shared by several commands, defined once.
@@ -42,14 +60,26 @@ def _main(
             "--version", callback=_version, is_eager=True, help="Show the version and exit."
         ),
     ] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help=f"Show the full traceback of any error (also {errors.DEBUG_ENV}=1).")
+    ] = False,
 ) -> None:
-    pass
+    _flags["debug"] = debug
 
 
-def _fail(e: Exception, code: int = 2, launched: bool = True) -> None:
+_flags = {"debug": False}  # this invocation's --debug (the callback runs on each one)
+
+
+def _debugging() -> bool:
+    return _flags["debug"] or errors.debugging()
+
+
+def _fail(e: Exception | str, code: int = 2, launched: bool = True) -> None:
     """One red line and exit `code`. `launched=False`: a command no launcher starts in several
     processes (serve), which then imports nothing of torch to say so."""
-    if launched:
+    if isinstance(e, Exception) and _debugging():
+        raise e  # --debug: the traceback, also of the errors a command catches itself
+    if launched and "easycls.distributed" in sys.modules:  # a launch exists once imported
         from .distributed import Session, leaving_on_error
         leaving_on_error()  # under a launcher: leave without waiting for the other processes
         if not Session.of_launch().is_main:  # every process hits the same error: say it once
@@ -90,27 +120,11 @@ def _fit_signature() -> inspect.Signature:
 def fit_cmd(source: str | None = None, resume: Path | None = None, **settings: Any) -> None:
     """Train a classifier on SOURCE and write a run directory."""
     from .budget import count_from_process_start
-    from .checkpoint import CheckpointError, TrainingInterrupted
-    from .data.cachedir import NoSpace
-    from .data.items import DataError
-    from .data.tables import TableError
-    from .distributed import PrecisionError
-    from .learners import ArchError, PretrainedUnavailable
-    from .runlock import RunLockError
-    from .safeio import WriteError
     from .train import fit
     count_from_process_start()  # `--time-budget 2m`: the command ends within 2 minutes
-    try:
-        fit(source, resume=resume, **settings)
-    except NoSpace as e:  # a full disk, like WriteError: nothing half-built is left
-        _fail(e, 1)
-    except (config.ConfigError, DataError, TableError, ArchError, PretrainedUnavailable,
-            FileNotFoundError, CheckpointError, ImportError, PrecisionError, RunLockError) as e:
-        _fail(e)
-    except WriteError as e:  # a full disk: the last good checkpoint stays for --resume
-        _fail(e, 1)
-    except TrainingInterrupted as e:  # a checkpoint was written; exit like the signal did
-        _fail(e, 128 + e.signum)
+    # Errors (a full disk: status 1; a signal after its checkpoint: 128 + signal; bad options
+    # or data: 2) are the app's error boundary's to show.
+    fit(source, resume=resume, **settings)
 
 
 # The options of `easycls fit` are TrainConfig's fields: declared once, in config.py.
@@ -191,8 +205,9 @@ def predict_cmd(
     else:
         rows, bad = predict_files(predictor, refs, bs, threshold, top_k)
         typer.echo("\t".join(prediction_fields(predictor, top_k)))
+        from .safeio import one_field
         for row in rows:
-            typer.echo("\t".join(str(v) for v in row.values()))
+            typer.echo("\t".join(one_field(v) for v in row.values()))
     for i, reason in sorted(bad.items()):
         typer.secho(f"skipped {refs[i]}: {reason}", err=True, fg=typer.colors.YELLOW)
     if strict and bad:
@@ -344,6 +359,22 @@ def bench_cmd(
           out=out, compile=compile, say=typer.echo)
 
 
+@app.command("compare")
+def compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(
+        help="Run directories (globs like runs/asl-* work), or folders of runs.")],
+    out: Annotated[Path, typer.Option(
+        help="Folder for compare.md, compare.csv and compare.png.")] = Path("compare"),
+) -> None:
+    """Runs side by side: one table row per run, validation curves, final metric vs time."""
+    from .compare import NoRuns, compare_runs
+    try:
+        compare_runs(runs, out, say=typer.echo)
+    except NoRuns as e:
+        _fail(e, launched=False)
+    typer.echo(f"wrote {out / 'compare.md'}, compare.csv and compare.png")
+
+
 @app.command("export")
 def export_cmd(
     run_dir: RunDir,
@@ -399,6 +430,10 @@ def serve_cmd(
         min=0.0, help="How long a batch waits for more requests.")] = 5.0,
     max_mb: Annotated[float, typer.Option(
         min=0.01, help="Largest request body in MB (larger: 413).")] = 10.0,
+    max_megapixels: Annotated[float, typer.Option(
+        min=0.01, help="Largest image in decoded megapixels, read from its header (larger: "
+        "413); a request may bring 4 times that in all, and decodes in flight across "
+        "requests hold at most that much at once.")] = 90.0,
 ) -> None:
     """Serve a model: a web page to try it and a REST API (POST /predict, GET /model, /docs)."""
     try:
@@ -408,7 +443,8 @@ def serve_cmd(
               launched=False)
     try:
         serve(run_dir, host, port, onnx=onnx, token=token, max_batch=max_batch,
-              max_wait_ms=max_wait_ms, max_mb=max_mb, say=typer.echo)
+              max_wait_ms=max_wait_ms, max_mb=max_mb, max_megapixels=max_megapixels,
+              say=typer.echo)
     except (FileNotFoundError, ImportError) as e:
         _fail(e, launched=False)
 

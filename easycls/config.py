@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .rundir import write_file
 
 __all__ = ["TrainConfig", "ConfigError", "RECIPE_DEFAULTS", "RESUMABLE", "OPTIONS", "option_help",
            "check", "base_type", "parse_duration"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting with an unknown name, a wrong type or a value out of its range."""
 
 
@@ -32,7 +33,8 @@ def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None =
          kind: str | None = None, factory: Any = None) -> Any:
     """A field with its CLI/validation facts: `lo`/`hi` inclusive bounds, `above` an
     exclusive lower bound, `flag` the CLI spelling of a boolean, `kind`
-    path|file|dir|duration|lr|list (list: several of `choices`, kept comma-joined)."""
+    path|file|dir|duration|lr|separator|list (separator: a non-empty string; list: several
+    of `choices`, kept comma-joined)."""
     meta = dict(help=help, lo=lo, hi=hi, above=above, choices=choices, flag=flag, kind=kind)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -63,6 +65,9 @@ class TrainConfig:
                                "timm-compatible .safetensors or .pth file. Only the head may "
                                "differ from the model.", kind="path")
     valid_pct: float = _opt(0.2, "Validation share when the data has no split.", lo=0.01, hi=0.9)
+    split_by: str | None = _opt(None, "Keep groups on one side of the random validation split: "
+                                "'duplicates' (near-duplicate images, as `easycls check` finds "
+                                "them) or a CSV column (a signer, a patient, a video).")
     seed: int = _opt(42, "Random seed (split, model init, data order).", lo=0, hi=2**32 - 1)
     out: str | None = _opt(None, "Run directory (default runs/<source>-<arch>-<time>).",
                            kind="path")
@@ -72,7 +77,8 @@ class TrainConfig:
     path: str | None = _opt(None, "Where a named dataset lies.", kind="path")
     multi_label: bool | None = _opt(None, "Force multi-label or single-label (default: detected).",
                                     flag="--multi-label/--single-label")
-    label_delimiter: str = _opt(" ", "Separates the labels in a multi-label CSV cell.")
+    label_delimiter: str = _opt(" ", "Separates the labels in a multi-label CSV cell.",
+                                kind="separator")
     wd: float | None = _opt(None, "Weight decay (L2; default fastai's 0.01).", lo=0.0, hi=10.0)
     l1: float = _opt(0.0, "L1 penalty on the weights.", lo=0.0, hi=10.0)
     ps: float = _opt(0.0, "Dropout before the head.", lo=0.0, hi=0.99)
@@ -227,6 +233,8 @@ def check(name: str, value: Any) -> Any:
         return value
     if meta["choices"] and value not in meta["choices"]:
         raise _fail(name, value, f"must be {_valid(name)}")
+    if meta["kind"] == "separator" and not value:
+        raise _fail(name, value, "must not be empty (e.g. ' ', '|' or ';')")
     bad_lo = meta["lo"] is not None and value < meta["lo"]
     bad_above = meta["above"] is not None and value <= meta["above"]
     if bad_lo or bad_above or (meta["hi"] is not None and value > meta["hi"]):

@@ -31,6 +31,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 
 from .data.images import available_cores
+from .errors import UserError
 
 __all__ = ["Session", "session", "world_size", "TrainShardsDL", "ValidShardsDL",
            "DataParallelTrainer", "resolve_precision", "PrecisionError", "local_world_size",
@@ -198,7 +199,7 @@ class ProcessLocal(Callback):
                 os.environ[k] = v
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError, ValueError):
     """A mixed-precision mode this device cannot run."""
 
 
@@ -343,24 +344,25 @@ class Session:
 
     @contextmanager
     def claim(self, run_dir: Any, *, resume: bool = False, overwrite: bool = False
-              ) -> Iterator[None]:
-        """Hold the run directory's lock for the life of the run (`runlock.claim`).
+              ) -> Iterator[Any]:
+        """Hold the run directory's lock for the life of the run (`runlock.claim`); yields the
+        `RunLock` on rank 0, None elsewhere.
 
         Rank 0 alone writes, so it alone holds the lock; when it cannot, every rank raises
         the same `RunLockError`, so no process of the launch goes on alone.
         """
         from .runlock import RunLockError, claim
         with ExitStack() as stack:
-            refused = None
+            refused, lock = None, None
             if self.is_main:
                 try:
-                    stack.enter_context(claim(run_dir, resume=resume, overwrite=overwrite))
+                    lock = stack.enter_context(claim(run_dir, resume=resume, overwrite=overwrite))
                 except RunLockError as e:
                     refused = str(e)
             refused = self.agree(refused)
             if refused is not None:
                 raise RunLockError(refused)
-            yield
+            yield lock
 
     def train_callbacks(self, cfg: Any = None) -> list:
         """DDP and sharding, channels_last where it pays, and on CUDA mixed precision (from `cfg`)

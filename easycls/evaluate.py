@@ -37,6 +37,7 @@ from .report import (
     plot_image_grid,
 )
 from .rundir import write_csv, write_file, write_json, write_per_class, write_skipped
+from .safeio import check_writable
 from .tally import SingleLabelTally
 
 __all__ = ["evaluate", "Evaluation", "most_confused", "SPLITS"]
@@ -303,6 +304,8 @@ def evaluate(
         >>> ev.metrics["accuracy"], ev.out_dir
     """
     run_dir = Path(run_dir)
+    check_writable(out or run_dir, "the evaluation report", "pass --out with a folder you can "
+                   "write to")
     predictor = load(run_dir, model=model, device=device)
     name, refs, labels = run_items(run_dir, None if source is None else str(source), split,
                                 None if images is None else str(images))

@@ -30,6 +30,7 @@ from . import onnx_predictor as onnx_predictor_module
 from .bundle import Predictor, load
 from .data import images as image_module
 from .data.images import load_resized, split_zip_ref
+from .errors import UserError
 from .exporters import (
     Pipeline,
     load_pt2,
@@ -39,8 +40,10 @@ from .exporters import (
     write_torchscript,
 )
 from .quantize import MIN_AGREEMENT, Quantized, QuantizeError, quantize_int8, training_refs
+from .safeio import check_writable
 
-__all__ = ["export", "ExportError", "ExportResult", "FORMATS"]
+__all__ = ["export", "ExportError", "ExportResult", "FORMATS", "check_images",
+           "validation_refs"]
 
 FORMATS = ("onnx", "torchscript", "pt2")
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}
@@ -60,7 +63,7 @@ _PREPROCESSING_NOTE = (
     "softmax (single-label) or sigmoid (multi-label): output 'probabilities' (batch, classes).")
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The model cannot be exported, or the exported model disagrees with PyTorch."""
 
 
@@ -111,9 +114,9 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, format: str = 
     _check_arguments(format, quantize, min_agreement)
     if format == "onnx":
         _require("onnx", "onnxruntime", "onnxscript")
-    predictor = load(run_dir, model=model, device="cpu")
     out = Path(out) if out is not None else Path(run_dir) / format
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "the exported model", "pass --out with a folder you can write to")
+    predictor = load(run_dir, model=model, device="cpu")
     pipeline = Pipeline(predictor.model, predictor.meta).eval()
     path = out / MODEL_FILES[format]
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +154,7 @@ def _int8(path: Path, run_dir: str | Path, size: int, min_agreement: float,
           tmp: Path) -> Quantized:
     """model_int8.onnx beside model.onnx, calibrated on the run's training images, compared
     on its validation images (generated ones, and dynamic quantization, without the data)."""
-    compare = _validation_refs(run_dir, AGREEMENT_IMAGES)
+    compare = validation_refs(run_dir, AGREEMENT_IMAGES)
     kind = "validation" if compare else "generated"
     if not compare:
         (tmp / "agreement").mkdir()
@@ -270,7 +273,7 @@ def check_images(run_dir: str | Path, size: int, limit: int, folder: Path
                  ) -> tuple[list[str], str]:
     """Up to `limit` validation images of the run, or generated ones written into `folder`
     when the run's data is not at hand; and which of the two ("validation", "generated")."""
-    refs = _validation_refs(run_dir, limit)
+    refs = validation_refs(run_dir, limit)
     return (refs, "validation") if refs else (_generated(folder, size, limit), "generated")
 
 
@@ -291,7 +294,7 @@ def _import_script(path: Path):
     return module
 
 
-def _validation_refs(run_dir: str | Path, limit: int) -> list[str]:
+def validation_refs(run_dir: str | Path, limit: int) -> list[str]:
     """Up to `limit` readable validation image files of the run, spread over the split."""
     from .data.images import check_images as unreadable
     try:

@@ -23,6 +23,7 @@ from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 from fastai.torch_core import params
 from torch import nn
 
+from .errors import UserError
 from .metrics import MultiLabelScore, TopKAccuracy
 from .models import ArchError, SizeError, check_size, custom_arch_name, default_size, size_kwargs
 from .weights import head_module, load_start, start_weights
@@ -35,7 +36,7 @@ __all__ = ["create_model", "single_label_learner", "multi_label_learner", "model
 ArchSpec = str | nn.Module | Callable[[int], nn.Module]
 
 
-class PretrainedUnavailable(RuntimeError):
+class PretrainedUnavailable(UserError, RuntimeError):
     """Pretrained weights are neither cached nor downloadable."""
 
 

@@ -22,13 +22,15 @@ import timm
 import torch
 from torch import nn
 
+from .errors import UserError
+
 __all__ = ["PREFIX", "ArchError", "SizeError", "custom_arch_name", "build_custom", "default_size",
            "check_size", "size_kwargs"]
 
 PREFIX = "custom:"
 
 
-class ArchError(ValueError):
+class ArchError(UserError, ValueError):
     """Unknown architecture name."""
 
 

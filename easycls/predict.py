@@ -18,7 +18,7 @@ import numpy as np
 from .bundle import Predictor
 from .data.images import split_zip_ref
 from .data.tables import TableError, read_id_csv
-from .safeio import printable, write_text
+from .safeio import check_writable, one_field, printable, write_text
 
 __all__ = ["decisions", "predict_files", "write_predictions", "write_submission",
            "submission_columns", "output_name", "SUBMISSION_FORMATS", "prediction_fields",
@@ -118,14 +118,22 @@ def write_predictions(predictor: Predictor, refs: Sequence[str], out_csv: str | 
                       decided: Decisions | None = None) -> tuple[list[dict], dict[int, str]]:
     """Predict `refs` into `out_csv`; unreadable images are listed in `<out_csv>.skipped.txt`.
     `decided`: as in `predict_files`."""
+    _check_csv_folder(out_csv)
     rows, bad = predict_files(predictor, refs, bs, threshold, top_k, decided)
     out_csv = Path(out_csv)
     fields = prediction_fields(predictor, top_k)
     write_text(out_csv, _csv_text(fields, [[r[k] for k in fields] for r in rows]))
     if bad:
         write_text(out_csv.with_suffix(".skipped.txt"),
-                   "".join(f"{refs[i]}\t{reason}\n" for i, reason in sorted(bad.items())))
+                   "".join(f"{one_field(refs[i])}\t{reason}\n"
+                           for i, reason in sorted(bad.items())))
     return rows, bad
+
+
+def _check_csv_folder(out_csv: str | Path) -> None:
+    """Before any image is read: the CSV's folder exists and takes a new file."""
+    check_writable(Path(out_csv).parent, f"the CSV {out_csv}", "choose a folder that exists "
+                   "and that you can write to (--csv)", create=False)
 
 
 def submission_columns(fmt: str, multi_label: bool) -> tuple[str, str]:
@@ -202,6 +210,7 @@ def write_submission(
         ...                  order="test.csv")
     """
     id_col, label_col = submission_columns(fmt, predictor.multi_label)
+    _check_csv_folder(out_csv)
     if ids is not None:
         ids, index = list(ids), list(range(len(refs)))
     elif order is not None:

@@ -21,8 +21,8 @@ import numpy as np
 
 from .data.images import check_images, load_resized, parallel_map
 
-__all__ = ["Quantized", "QuantizeError", "quantize_int8", "training_refs", "MIN_AGREEMENT",
-           "CALIBRATION_IMAGES"]
+__all__ = ["Quantized", "QuantizeError", "quantize_int8", "training_refs", "throughput",
+           "pixels_of", "MIN_AGREEMENT", "CALIBRATION_IMAGES"]
 
 MIN_AGREEMENT = 0.99
 CALIBRATION_IMAGES = 300
@@ -70,11 +70,11 @@ def quantize_int8(float_path: Path, calibration: Sequence[str], compare: Sequenc
     float_model = OnnxPredictor(float_path)
     out = float_path.with_name("model_int8.onnx")
     if calibration:
-        _static(float_path, out, _pixels(calibration, float_model.size))
+        _static(float_path, out, pixels_of(calibration, float_model.size))
     else:
         _dynamic(float_path, out)
     int8_model = OnnxPredictor(out)
-    pixels = _pixels(compare, float_model.size)
+    pixels = pixels_of(compare, float_model.size)
     agreement = float((_top1(float_model, pixels) == _top1(int8_model, pixels)).mean())
     if not agreement >= min_agreement:
         out.unlink(missing_ok=True)
@@ -118,7 +118,8 @@ def throughput(runs: dict[str, Callable[[np.ndarray], np.ndarray]], pixels: np.n
     return best
 
 
-def _pixels(refs: Sequence[str], size: int) -> np.ndarray:
+def pixels_of(refs: Sequence[str], size: int) -> np.ndarray:
+    """uint8 (n, size, size, 3) model input of image references, decoded on every core."""
     return np.stack(list(parallel_map(lambda r: load_resized(r, size), list(refs))))
 
 

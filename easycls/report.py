@@ -10,13 +10,14 @@ import matplotlib
 import numpy as np
 
 from .rundir import write_figure
+from .safeio import printable_text
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["plot_history", "format_metrics", "plot_confusion", "top_confused_classes",
            "plot_image_grid", "plot_f1_curves", "plot_frequency_f1", "format_table",
-           "plot_f1_threshold"]
+           "plot_f1_threshold", "plot_comparison"]
 
 
 def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
@@ -56,6 +57,10 @@ _FULL_LABELS = 30  # up to this many classes a confusion matrix shows every name
 
 
 def _save(fig, out_png: str | Path) -> Path:
+    # Names from file systems may hold undecodable bytes (lone surrogates), which matplotlib
+    # cannot draw: every text of the figure shown escaped, as in the text outputs.
+    for text in fig.findobj(matplotlib.text.Text):
+        text.set_text(printable_text(text.get_text()))
     fig.tight_layout()
     write_figure(fig, out_png)
     plt.close(fig)
@@ -74,6 +79,7 @@ def _heatmap(ax, cm: np.ndarray, names: list[str] | None, title: str) -> None:
         ax.set_yticks([])
         return
     ticks = range(len(names))
+    names = [printable_text(str(n)) for n in names]  # tick labels are not Text objects yet
     fs = 9 if len(names) <= 12 else 6
     ax.set_xticks(ticks, names, rotation=90, fontsize=fs)
     ax.set_yticks(ticks, names, fontsize=fs)
@@ -198,3 +204,33 @@ def plot_f1_threshold(probs, targets, tuned: dict, out_png: str | Path) -> Path:
     curve = th.f1_curve(probs, targets, average=average, n_points=400)
     marks = {"0.5": 0.5, f"best global {tuned['global']:.3f}": tuned["global"]}
     return plot_f1_curves({average: curve}, out_png, marks=marks)
+
+
+def plot_comparison(series: dict[str, dict], out_png: str | Path, metric: str = "accuracy",
+                    per_epoch: str = "accuracy") -> Path:
+    """Runs side by side: the validation metric and loss per epoch on shared axes, and the
+    final metric against wall time, one labelled point per run.
+
+    `series` maps a run's label to `metric` and `loss` (lists, one value per epoch),
+    `seconds` (its wall time) and `final` (its final `metric`).
+    """
+    fig, (ax_m, ax_l, ax_t) = plt.subplots(1, 3, figsize=(15, 4.2), dpi=80)
+    for i, (label, s) in enumerate(series.items()):
+        style = dict(color=f"C{i % 10}", marker="o", ms=3, label=label)
+        for ax, key in ((ax_m, "metric"), (ax_l, "loss")):
+            points = [(e, v) for e, v in enumerate(s[key], 1) if v is not None]
+            if points:
+                ax.plot(*zip(*points), **style)
+        if s.get("seconds") is not None and s.get("final") is not None:
+            ax_t.scatter(s["seconds"], s["final"], color=f"C{i % 10}")
+            ax_t.annotate(label, (s["seconds"], s["final"]), fontsize=8, xytext=(4, 3),
+                          textcoords="offset points")
+    for ax in (ax_m, ax_l):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax_m.set(xlabel="epoch", ylabel=f"validation {per_epoch}", title=f"{per_epoch} per epoch")
+    ax_l.set(xlabel="epoch", ylabel="validation loss", title="validation loss per epoch")
+    ax_t.set(xlabel="wall time (s)", ylabel=f"final {metric}", title=f"final {metric} vs time")
+    ax_t.margins(0.2)
+    if len(series) <= 12:
+        ax_m.legend(fontsize=8)
+    return _save(fig, out_png)

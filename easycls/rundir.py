@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .safeio import write_bytes, write_text
+from .safeio import one_field, write_bytes, write_text
 
 __all__ = ["RunRecord", "write_file", "append_text", "write_json", "write_csv", "write_per_class",
            "write_skipped", "write_figure", "PER_CLASS_COLUMNS"]
@@ -96,8 +96,9 @@ def write_per_class(path: str | Path, rows: list[dict]) -> Path:
 
 
 def write_skipped(path: str | Path, skipped: list[tuple[str, str]]) -> Path:
-    """One `ref<TAB>reason` line per image left out."""
-    return write_file(path, "".join(f"{ref}\t{reason}\n" for ref, reason in skipped))
+    """One `ref<TAB>reason` line per image left out (a name holding a tab or a line break is
+    JSON-quoted: `safeio.one_field`)."""
+    return write_file(path, "".join(f"{one_field(ref)}\t{reason}\n" for ref, reason in skipped))
 
 
 def write_figure(fig, path: str | Path, **savefig_kw: Any) -> Path:

@@ -7,7 +7,11 @@ not available, the record decides: a lock whose process is gone from this host i
 from another host is respected (the message says which file to remove if that run is gone).
 
 `claim` also refuses a directory that holds another run's files, unless the run is resumed or
-``overwrite`` is given (then those files are removed first, so nothing of the old run mixes in).
+``overwrite`` is given. An overwrite never loses the old run before the new one exists: once every
+check has passed, `RunLock.set_aside` moves the old files into ``DIR/.easycls-replaced`` (renames,
+so their bytes are untouched); `RunLock.started` removes them when the new run first writes. A run
+that fails before that puts them back, and a run killed before that has them put back by the next
+claim.
 
 Example:
     >>> with claim("runs/pets", resume=False, overwrite=False):   # doctest: +SKIP
@@ -20,6 +24,7 @@ import errno
 import json
 import os
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -27,14 +32,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UserError
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; the pid/host record alone decides
     fcntl = None
 
-__all__ = ["LOCK_NAME", "RUN_FILES", "RunLockError", "RunLock", "claim", "run_files"]
+__all__ = ["LOCK_NAME", "REPLACED_NAME", "RUN_FILES", "RunLockError", "RunLock", "claim",
+           "run_files"]
 
 LOCK_NAME = ".easycls.lock"
+REPLACED_NAME = ".easycls-replaced"  # an overwritten run's files until the new run writes
 # Files a run writes into its directory (plots, reports and predictions included).
 RUN_FILES = ("config.json", "checkpoint.pth", "history.csv", "metrics.json", "model.json",
              "model.safetensors", "skipped.txt", "loss.png", "confusion_matrix.png",
@@ -42,7 +51,7 @@ RUN_FILES = ("config.json", "checkpoint.pth", "history.csv", "metrics.json", "mo
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
-class RunLockError(RuntimeError):
+class RunLockError(UserError, RuntimeError):
     """The run directory is in use by another run, or holds another run's files."""
 
 
@@ -107,6 +116,8 @@ class RunLock:
         self.stale: dict = {}  # the record of a dead run whose lock was taken over
 
     def acquire(self) -> RunLock:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunLockError(f"{self.run_dir} is a file, not a folder: choose another --out")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         while self.fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -151,6 +162,32 @@ class RunLock:
             os.close(self.fd)  # closing the last descriptor drops the flock
             self.fd = None
 
+    @property
+    def replaced(self) -> Path:
+        return self.run_dir / REPLACED_NAME
+
+    def set_aside(self) -> list[str]:
+        """Move the old run's files into `replaced` (call once every check has passed)."""
+        found = run_files(self.run_dir)
+        if found:
+            self.replaced.mkdir(exist_ok=True)
+        for name in found:
+            os.replace(self.run_dir / name, self.replaced / name)
+        return found
+
+    def restore(self) -> None:
+        """Put set-aside files back where the new run has not written its own."""
+        if not self.replaced.is_dir():
+            return
+        for old in self.replaced.iterdir():
+            if not (self.run_dir / old.name).exists():
+                os.replace(old, self.run_dir / old.name)
+        shutil.rmtree(self.replaced, ignore_errors=True)
+
+    def started(self) -> None:
+        """The new run writes from now on: the set-aside files of the old one go."""
+        shutil.rmtree(self.replaced, ignore_errors=True)
+
     def __enter__(self) -> RunLock:
         return self.acquire()
 
@@ -168,17 +205,24 @@ def claim(run_dir: str | os.PathLike, *, resume: bool = False,
           overwrite: bool = False) -> Iterator[RunLock]:
     """Hold `run_dir`'s lock while inside; refuse another run's files unless resumed or overwritten.
 
+    With `overwrite`, the caller moves the old files away with `lock.set_aside()` once its checks
+    pass and calls `lock.started()` before its first write; leaving before that (an error, a
+    signal) puts the old files back.
+
     Raises:
         RunLockError: another run holds the directory, or it holds another run's files.
     """
     with RunLock(run_dir) as lock:
+        lock.restore()  # what an overwrite killed before it wrote had set aside
         found = run_files(run_dir)
-        if found and not resume:
-            if not overwrite:
-                raise RunLockError(
-                    f"{run_dir} holds the files of another run ({', '.join(found[:4])}"
-                    f"{', ...' if len(found) > 4 else ''}): continue it with --resume {run_dir}, "
-                    "replace it with --overwrite, or choose another --out")
-            for name in found:
-                (Path(run_dir) / name).unlink()
-        yield lock
+        if found and not resume and not overwrite:
+            raise RunLockError(
+                f"{run_dir} holds the files of another run ({', '.join(found[:4])}"
+                f"{', ...' if len(found) > 4 else ''}): continue it with --resume {run_dir}, "
+                "replace it with --overwrite, or choose another --out")
+        try:
+            yield lock
+        except BaseException:
+            lock.restore()
+            raise
+        lock.started()

@@ -15,8 +15,23 @@ from fastcore.basics import noop
 
 from .rundir import append_text
 
-__all__ = ["HistoryCSV", "JsonEvents", "PlainProgress", "tensorboard_callback",
+__all__ = ["epoch_record", "HistoryCSV", "JsonEvents", "PlainProgress", "tensorboard_callback",
            "wants_plain_progress"]
+
+
+def epoch_record(learn) -> dict:
+    """The epoch's losses and metrics by name, as fastai's Recorder logged them.
+
+    When a time budget stops an epoch's training early (`CancelTrainException`), the
+    Recorder leaves the train loss out of its record; the smoothed loss of the batches that
+    did train stands in for it, so every value keeps its own column.
+    """
+    names = [n for n in learn.recorder.metric_names[1:] if n != "time"]
+    values = list(learn.final_record)
+    if getattr(learn.recorder, "cancel_train", False) and len(values) == len(names) - 1:
+        loss = getattr(learn, "smooth_loss", None)
+        values.insert(0, None if loss is None else float(loss))
+    return {n: (float(v) if v is not None else None) for n, v in zip(names, values)}
 
 
 class HistoryCSV(Callback):
@@ -40,9 +55,8 @@ class HistoryCSV(Callback):
     def after_epoch(self):
         if not self.trained:
             return
-        names = [n for n in self.recorder.metric_names[1:] if n != "time"]
-        values = [float(v) if v is not None else "" for v in self.learn.final_record]
-        row = dict(epoch=self.count, **dict(zip(names, values)),
+        values = {k: "" if v is None else v for k, v in epoch_record(self.learn).items()}
+        row = dict(epoch=self.count, **values,
                    seconds=round(time.perf_counter() - self._t0, 3))
         new = not self.path.exists() or self.path.stat().st_size == 0
         buf = io.StringIO()
@@ -84,15 +98,7 @@ class JsonEvents(Callback):
         if not self.started:  # only now is it known that this "fit" trains
             self.started = True
             self._emit(event="fit_start", epochs=self.n_epoch)
-        names = [n for n in self.recorder.metric_names[1:] if n != "time"]
-        self._emit(
-            event="epoch",
-            epoch=self.count,
-            **{
-                n: (float(v) if v is not None else None)
-                for n, v in zip(names, self.learn.final_record)
-            },
-        )
+        self._emit(event="epoch", epoch=self.count, **epoch_record(self.learn))
         self.count += 1
 
     def after_fit(self):

@@ -17,19 +17,25 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WriteError", "DiskFullError", "atomic_write", "write_bytes", "write_text",
-           "write_json", "ensure_room", "printable", "printable_text"]
+from .errors import UserError
+
+__all__ = ["WriteError", "DiskFullError", "NotWritable", "check_writable", "atomic_write",
+           "write_bytes", "write_text", "write_json", "one_field", "ensure_room", "printable",
+           "printable_text"]
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
-class WriteError(OSError):
+class WriteError(UserError, OSError):
     """A file could not be written; the previous version (if any) is unchanged."""
+
+    exit_code = 1
 
     def __init__(self, message: str, err: int | None = None):
         super().__init__(err, message)
@@ -42,6 +48,45 @@ class WriteError(OSError):
 
 class DiskFullError(WriteError):
     """No space left (or quota exceeded) on the disk that holds the file."""
+
+
+class NotWritable(WriteError):
+    """A folder that the work would write into cannot be written (checked before the work)."""
+
+    exit_code = 2
+
+
+def check_writable(folder: str | os.PathLike, what: str, hint: str = "", *,
+                   create: bool = True) -> Path:
+    """`folder` if a new file can be created in it (made first with its parents when `create`).
+
+    Called before the work starts, so a run never fails at its end for want of a place to
+    write. `what` names the folder in the message, `hint` says what to do instead.
+
+    Raises:
+        NotWritable: naming the folder, the reason and what to do.
+    """
+    folder = Path(folder)
+    todo = hint or "choose a folder you can write to"
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            why = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise NotWritable(f"cannot write {what}: {folder} {why}; {todo}")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".easycls-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise NotWritable(f"cannot write {what}: {folder} is a file, not a folder; "
+                          f"{todo}") from None
+    except NotWritable:
+        raise
+    except OSError as e:
+        where = os.fsdecode(e.filename) if e.filename else str(folder)
+        raise NotWritable(f"cannot write {what} in {folder}: {where}: "
+                          f"{(e.strerror or str(e)).lower()}; {todo}") from None
+    return folder
 
 
 def _mb(n: int) -> str:
@@ -192,6 +237,13 @@ def printable(name: str | os.PathLike) -> str:
         'bad\\xff.png'
     """
     return printable_text(os.fsdecode(name))
+
+
+def one_field(text: str) -> str:
+    """`text` as one field of a tab-separated line: printable, and JSON-quoted (``"a\\tb.png"``)
+    when it holds a tab or a line break, which would otherwise split the line or the row."""
+    text = printable_text(str(text))
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in "\t\n\r") else text
 
 
 def printable_text(text: str) -> str:

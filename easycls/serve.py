@@ -9,6 +9,9 @@ Requests are decoded in worker threads and queued; one inference thread takes wh
 arrived (up to `max_batch` images, waiting at most `max_wait_ms` for more) and runs it as one
 batch, so concurrent clients share forward passes and the event loop never runs the model.
 Uploads are parsed in memory, size-capped while they stream in, and checked before decoding.
+Memory is bounded by decoded pixels, read from each image's header before it is decoded: one
+image, one request, and all the decodes in flight across requests (`PixelBudget`) each have a
+limit in megapixels; what exceeds them gets a 413 naming the limit and the flag that raises it.
 """
 
 from __future__ import annotations
@@ -31,14 +34,23 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from .data.images import resize_square, to_rgb
+from .data.images import square_rgb
 from .decide import Decider
 
-__all__ = ["create_app", "serve", "open_backend", "Batcher", "UploadError", "decode_upload"]
+__all__ = ["create_app", "serve", "open_backend", "Batcher", "UploadError", "decode_upload",
+           "decoded_pixels", "PixelBudget", "MAX_MB", "MAX_MEGAPIXELS"]
 
 MAX_MB = 10.0
 MAX_FILES = 64
 TOP_K = 5
+# The largest image in decoded megapixels (Pillow's own bomb limit is 89.5); a request may
+# bring REQUEST_IMAGES times that in all, and the decodes in flight across requests hold at
+# most that much at once (docs/use.md: the peak memory this gives).
+MAX_MEGAPIXELS = 90.0
+REQUEST_IMAGES = 4
+# A body refused for its size is still read (and dropped) up to this many bytes, so a client
+# that sends it whole (Python's urllib) reads the 413 instead of a reset connection.
+DRAIN_BYTES = 256 << 20
 
 
 class UploadError(Exception):
@@ -141,31 +153,110 @@ class Batcher:
 # ---------------------------------------------------------------- uploads
 
 
-def decode_upload(name: str, data: bytes, size: int, max_pixels: int) -> Image.Image:
-    """An uploaded file as the model's input image, decoded exactly like `load_resized`.
-
-    Raises:
-        UploadError: 415 for a non-image, 400 for a decompression bomb, truncated or corrupt file.
-    """
+def _opened(name: str, data: bytes, size: int, max_pixels: int):
+    """`Image.open` of an upload (the header only), at the scale it will decode at, after the
+    per-image pixel check. A context manager, like `Image.open`."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > max_pixels:
-                raise UploadError(400, f"{name}: decompression bomb: {img.width}x{img.height} "
-                                       f"pixels is over the limit of {max_pixels}")
-            img.draft("RGB", (size, size))  # as images._decode_image: JPEGs decode at reduced scale
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)
-    except UploadError:
-        raise
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (size, size))  # as images._decode_image: JPEGs decode at reduced scale
     except UnidentifiedImageError:
         raise UploadError(415, f"{name}: not an image Pillow can read (JPEG, PNG, WebP, ...)") \
             from None
     except Image.DecompressionBombError as e:
         raise UploadError(400, f"{name}: decompression bomb: {e}") from None
     except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, struct.error...
+        raise UploadError(400, f"{name}: corrupt image header ({e})") from None
+    if img.width * img.height > max_pixels:
+        img.close()
+        raise UploadError(413, f"{name}: {img.width}x{img.height} pixels is over the limit of "
+                               f"{max_pixels / 1e6:g} megapixels per image (raise it with "
+                               "easycls serve --max-megapixels)")
+    return img
+
+
+def decoded_pixels(name: str, data: bytes, size: int, max_pixels: int) -> int:
+    """The pixels `decode_upload` will decode, read from the header alone.
+
+    Raises:
+        UploadError: 413 over `max_pixels`, 415 for a non-image, 400 for a bad header.
+    """
+    with _opened(name, data, size, max_pixels) as img:
+        return img.width * img.height
+
+
+def decode_upload(name: str, data: bytes, size: int, max_pixels: int) -> Image.Image:
+    """An uploaded file as the model's input image, decoded exactly like `load_resized`.
+
+    Raises:
+        UploadError: 413 over `max_pixels` (checked on the header, before decoding), 415 for a
+            non-image, 400 for a decompression bomb, truncated or corrupt file.
+    """
+    try:
+        with _opened(name, data, size, max_pixels) as img:
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+            return Image.fromarray(square_rgb(img, size))
+    except UploadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, struct.error...
         what = "truncated" if "truncated" in str(e).lower() else f"corrupt ({e})"
         raise UploadError(400, f"{name}: {what} image") from None
-    return Image.fromarray(resize_square(to_rgb(img), size))
+
+
+class PixelBudget:
+    """Decoded pixels in flight across all requests: a decode waits until its pixels fit.
+
+    One image larger than the whole budget still runs, alone.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.used, self.peak = limit, 0, 0
+        self._free = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        async with self._free:
+            await self._free.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit)
+            self.used += pixels
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            async with self._free:
+                self.used -= pixels
+                self._free.notify_all()
+
+
+async def decode_all(uploads: list[tuple[str, bytes]], size: int, max_pixels: int,
+                     budget: PixelBudget) -> list[Image.Image]:
+    """Every upload decoded, after checking each header against `max_pixels` and their sum
+    against `REQUEST_IMAGES` times that; each decode holds its pixels in `budget`."""
+    pixels = await run_in_threadpool(
+        lambda: [decoded_pixels(n, d, size, max_pixels) for n, d in uploads])
+    if sum(pixels) > REQUEST_IMAGES * max_pixels:
+        raise UploadError(413, f"the {len(uploads)} images of this request decode to "
+                               f"{sum(pixels) / 1e6:.1f} megapixels, over the limit of "
+                               f"{REQUEST_IMAGES * max_pixels / 1e6:g} per request; send fewer "
+                               "per request (or raise easycls serve --max-megapixels)")
+    images = []
+    for (name, data), n in zip(uploads, pixels):
+        async with budget.hold(n):
+            images.append(await run_in_threadpool(decode_upload, name, data, size, max_pixels))
+    return images
+
+
+def _too_large(max_bytes: int) -> UploadError:
+    return UploadError(413, f"upload is over the limit of {max_bytes / 2**20:g} MB (raise it "
+                            "with easycls serve --max-mb)")
+
+
+async def _drain(stream: AsyncIterator[bytes], seen: int = 0) -> None:
+    """Read the rest of a refused body (dropping it) up to DRAIN_BYTES, so that a client that
+    sends the whole body before reading gets the answer."""
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > DRAIN_BYTES:
+            return
 
 
 async def _capped(stream: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
@@ -173,7 +264,8 @@ async def _capped(stream: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator
     async for chunk in stream:
         total += len(chunk)
         if total > max_bytes:
-            raise UploadError(413, f"upload is over the limit of {max_bytes / 2**20:g} MB")
+            await _drain(stream, total)
+            raise _too_large(max_bytes)
         yield chunk
 
 
@@ -182,7 +274,8 @@ async def read_files(request: Request, max_bytes: int) -> list[tuple[str, bytes]
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UploadError(415, "send the images as multipart/form-data, field 'files'")
     if int(request.headers.get("content-length") or 0) > max_bytes:
-        raise UploadError(413, f"upload is over the limit of {max_bytes / 2**20:g} MB")
+        await _drain(request.stream())
+        raise _too_large(max_bytes)
     parser = MultiPartParser(request.headers, _capped(request.stream(), max_bytes),
                              max_files=MAX_FILES, max_fields=MAX_FILES)
     parser.spool_max_size = max_bytes + 1  # spooled files stay in memory: nothing hits the disk
@@ -219,7 +312,9 @@ def open_backend(path: str | Path, onnx: bool = False, device: str | None = None
             raise FileNotFoundError(f"{path} holds no onnx/model.onnx: export it first with "
                                     f"`easycls export {path}`, or serve it without --onnx")
         from .onnx_predictor import OnnxPredictor
-        return OnnxPredictor(folder / "model.onnx")
+        # Uploads decode on other threads while the model runs: onnxruntime's threads must
+        # not spin-wait on the cores those need.
+        return OnnxPredictor(folder / "model.onnx", spinning=False)
     from .bundle import load
     return load(path, device=device)
 
@@ -245,8 +340,8 @@ def _model_info(run_dir: Path, predictor: Decider) -> dict:
 
 def create_app(run_dir: str | Path, *, predictor: Decider | None = None,
                onnx: bool = False, token: str | None = None, max_batch: int = 32,
-               max_wait_ms: float = 5.0, max_mb: float = MAX_MB, max_pixels: int | None = None,
-               device: str | None = None) -> FastAPI:
+               max_wait_ms: float = 5.0, max_mb: float = MAX_MB,
+               max_megapixels: float = MAX_MEGAPIXELS, device: str | None = None) -> FastAPI:
     """The FastAPI app serving a run: `/` (page), `/predict`, `/model`, `/healthz`, `/docs`.
 
     Args:
@@ -257,7 +352,9 @@ def create_app(run_dir: str | Path, *, predictor: Decider | None = None,
             export folder is served so anyway); see `open_backend`.
         token: if given, `/predict` and `/model` need `Authorization: Bearer <token>`.
         max_batch, max_wait_ms: server-side batching (`max_batch=1` turns it off).
-        max_mb: the largest request body; max_pixels: the largest image (default Pillow's).
+        max_mb: the largest request body; max_megapixels: the largest image, decoded (a
+            request may bring `REQUEST_IMAGES` times that; decodes in flight hold at most
+            that much at once).
 
     Example:
         >>> app = create_app("runs/digits-resnet18", token="s3cret")
@@ -267,7 +364,8 @@ def create_app(run_dir: str | Path, *, predictor: Decider | None = None,
     # The images arrive decoded and resized already: one worker just turns them into arrays.
     batcher = Batcher(lambda ims: predictor.probabilities(ims, bs=max(1, len(ims)), workers=1),
                       max_batch, max_wait_ms / 1000)
-    max_bytes, max_pixels = int(max_mb * 2**20), max_pixels or Image.MAX_IMAGE_PIXELS
+    max_bytes, max_pixels = int(max_mb * 2**20), int(max_megapixels * 1e6)
+    budget = PixelBudget(max_pixels)
     info = _model_info(run_dir, predictor)
 
     @asynccontextmanager
@@ -278,7 +376,7 @@ def create_app(run_dir: str | Path, *, predictor: Decider | None = None,
 
     app = FastAPI(title=f"easycls: {info['name']}", lifespan=lifespan,
                   description="Image classification with a model trained by easycls.")
-    app.state.batcher, app.state.predictor = batcher, predictor
+    app.state.batcher, app.state.predictor, app.state.pixels = batcher, predictor, budget
 
     @app.exception_handler(UploadError)
     async def _refused(_request: Request, e: UploadError) -> JSONResponse:
@@ -314,8 +412,7 @@ def create_app(run_dir: str | Path, *, predictor: Decider | None = None,
         """Label one or several images (multipart field `files`): label(s), probability, top-k."""
         authorize(request)
         uploads = await read_files(request, max_bytes)
-        images = await run_in_threadpool(
-            lambda: [decode_upload(n, d, predictor.size, max_pixels) for n, d in uploads])
+        images = await decode_all(uploads, predictor.size, max_pixels, budget)
         probs = await batcher(images)
         return {"predictions": _rows(predictor, [n for n, _ in uploads], probs, max(1, top_k))}
 
@@ -331,11 +428,11 @@ _PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-d
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
           onnx: bool = False, token: str | None = None, max_batch: int = 32,
           max_wait_ms: float = 5.0, max_mb: float = MAX_MB,
-          say: Callable[[str], None] = print) -> None:
+          max_megapixels: float = MAX_MEGAPIXELS, say: Callable[[str], None] = print) -> None:
     """Serve a run until interrupted (see `create_app` for the options)."""
     import uvicorn
     app = create_app(run_dir, onnx=onnx, token=token, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, max_mb=max_mb)
+                     max_wait_ms=max_wait_ms, max_mb=max_mb, max_megapixels=max_megapixels)
     say(f"serving {run_dir} ({app.state.predictor.runtime}) on http://{host}:{port}/ "
         "(API docs at /docs; Ctrl+C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -23,10 +23,12 @@ from fastcore.basics import noop
 from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget, budget_origin
 from .bundle import load, save_bundle
-from .callbacks import AugmentWhenLong, L1Penalty, PlainTensors
+from .callbacks import AugmentWhenLong, ImageCount, L1Penalty, PlainTensors
+from .check.split import exact_leaks, groups_kept, split_groups
 from .checkpoint import (
     Checkpointer,
     CheckpointError,
+    data_fingerprint,
     load_checkpoint,
     plan_phases,
     remove_checkpoint,
@@ -35,9 +37,16 @@ from .checkpoint import (
 )
 from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig, check
 from .data import storage
+from .data.cachedir import cache_root
 from .data.given import GivenData, given_dataloaders
 from .data.items import ItemTable
-from .data.prepare import PreparedData, build_dataloaders, load_items
+from .data.prepare import (
+    PreparedData,
+    build_dataloaders,
+    check_source,
+    load_items,
+    store_mode,
+)
 from .data.recipes import get_recipe, is_recipe
 from .distributed import resolve_precision
 from .learners import (
@@ -71,6 +80,7 @@ from .runlog import (
     PlainProgress,
     wants_plain_progress,
 )
+from .safeio import check_writable
 from .tally import SingleLabelTally
 from .thresholds import per_class_report
 from .trackers import Trackers
@@ -151,7 +161,8 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
         norm = norm or data.pixel_stats()
         dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm,
                                 batch_tfms=pieces.batch_tfms)
-    cbs = [PlainTensors()] + ([L1Penalty(cfg.l1)] if cfg.l1 else []) + sess.train_callbacks(cfg)
+    cbs = [PlainTensors(), ImageCount()] + ([L1Penalty(cfg.l1)] if cfg.l1 else [])
+    cbs += sess.train_callbacks(cfg)
     cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
     cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start)) + list(tracked)
     # The user's own: those that only log run where the run's own writers do.
@@ -318,6 +329,17 @@ def _check_early(cfg: TrainConfig, arch_obj: Any, sess) -> None:
         check_size(arch_obj, cfg.size)
     if cfg.weights and (isinstance(arch_obj, (str, torch.nn.Module))):
         check_fits(arch_obj, start_weights(cfg.weights), cfg.size)
+    _check_writable(cfg)  # every rank: each stops with the same line, none waits
+
+
+def _check_writable(cfg: TrainConfig) -> None:
+    """The run directory's folder and the cache can be written: known before any data is read,
+    not after training (`--out` itself is created and locked by the claim)."""
+    if not cfg.out:
+        check_writable("runs", "the run directory", "pass --out with a folder you can write to")
+    if store_mode(cfg) != "none":
+        check_writable(cache_root(), "the decoded-image cache", "point EASYCLS_CACHE at a "
+                       "folder you can write to, or pass --store none")
 
 
 def fit(source: Any = None, items: Any = None, *, resume: str | None = None,
@@ -359,9 +381,11 @@ def fit(source: Any = None, items: Any = None, *, resume: str | None = None,
     # The process group's timeout: set before any setting is checked, so taken as given.
     sess = distributed.session(timeout=settings.get("dist_timeout"))
     with ExitStack() as held:  # the run directory's lock, held for the life of the run
+        locks: list = []
+
         def claim(run_dir: str | Path, overwrite: bool = False) -> None:
-            held.enter_context(sess.claim(run_dir, resume=resume is not None,
-                                          overwrite=overwrite))
+            locks.append(held.enter_context(sess.claim(run_dir, resume=resume is not None,
+                                                       overwrite=overwrite)))
         # Claimed before anything is read or written: a second run on it fails at once.
         if resume is not None:
             if not Path(resume).is_dir():
@@ -378,21 +402,39 @@ def fit(source: Any = None, items: Any = None, *, resume: str | None = None,
         arch = settings.get("arch")
         arch_obj = arch if arch is not None and not isinstance(arch, str) else cfg.arch
         _check_early(cfg, arch_obj, sess)
-        later = None if cfg.out else (lambda run_dir: claim(run_dir, cfg.overwrite))
-        return _fit(cfg, arch_obj, sess, resume is not None, later, pieces, held.enter_context)
+        if pieces.data is None:
+            check_source(cfg)
+
+        def set_aside() -> None:  # everything checked: an overwritten run's files move away
+            for lock in locks:
+                if lock is not None and cfg.overwrite and resume is None:
+                    lock.set_aside()
+        set_aside()
+        later = None if cfg.out else (lambda run_dir: (claim(run_dir, cfg.overwrite),
+                                                       set_aside()))
+        started = lambda: [lock.started() for lock in locks if lock is not None]  # noqa: E731
+        return _fit(cfg, arch_obj, sess, resume is not None, later, started, pieces,
+                    held.enter_context)
 
 
-def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
+def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
          pieces: Pieces, hold) -> Learner:
     """`fit` once its settings are checked and, with `out` given, its directory is held;
-    `claim` takes the lock of the default run directory once the data has named it; `hold`
-    keeps a context (the trackers' runs) open until `fit` returns or fails."""
+    `claim` takes the lock of the default run directory once the data has named it;
+    `started` is called before the first file of the run is written (an overwritten run's
+    files, set aside until then, go); `hold` keeps a context (the trackers' runs) open until
+    `fit` returns or fails."""
     say = sess.printer(cfg.quiet)
     set_seed(cfg.seed)
     # From the process's start for the CLI (imports count against a budget), else from here.
     t_start = budget_origin(time.perf_counter())
-    data = _data(cfg, pieces, sess)
-    if isinstance(data, GivenData):  # the loaders decide size, batch size and augmentation
+    if pieces.data is None:
+        table = load_items(cfg)
+        groups = split_groups(table, cfg.split_by, sess.shows_progress(cfg.quiet))
+        data = PreparedData(table, cfg, progress=sess.shows_progress(cfg.quiet), sess=sess,
+                            groups=groups)
+    else:  # the user's loaders decide size, batch size and augmentation
+        data, groups = _given_data(pieces, cfg, sess), None
         cfg = cfg.updated(size=data.size, bs=data.dls.bs, augment=False)
     run_dir = Path(cfg.out) if cfg.out else _default_out(cfg, data.table)
     if claim is not None:
@@ -401,12 +443,16 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
     if cfg.bs is None:
         cfg = cfg.updated(bs=default_bs(len(data.datasets[0]), sess.world_size))
     sess.on_main(lambda: run_dir.mkdir(parents=True, exist_ok=True))
-    say(_summary(data, cfg, sess))
+    say(_summary(data, cfg, sess, groups))
     if augmentation_note(pieces, cfg.augment):
         say(augmentation_note(pieces, cfg.augment))
     if validation_note(pieces):  # a caveat about the saved model: also under --quiet
         sess.printer(quiet=False)(validation_note(pieces))
-    state = load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab) if resumed else None
+    if pieces.data is None:
+        sess.on_main(lambda: _warn_leaks(data, cfg, say))
+    seen = data_fingerprint(data.table.refs, data.table.is_valid)
+    state = (load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab, data=seen)
+             if resumed else None)
     if state is not None:  # the budget and train_seconds count the time before the stop too
         t_start -= state["elapsed"]
         sess.on_main(lambda: trim_history(run_dir / "history.csv", state["history_rows"]))
@@ -416,17 +462,24 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
                                  trackers.callbacks)
     lr_choice = _pick_lr(learn, cfg, say, sess)
     cfg = cfg.updated(lr=lr_choice.lr)
+    sess.on_main(started)
     sess.on_main(lambda: cfg.to_json(run_dir / "config.json"))  # before training: resume reads it
-    t_train = time.perf_counter() - (state["elapsed"] if state else 0.0)
-    meta = dict(arch=cfg.arch, classes=data.vocab)
+    t_session = time.perf_counter()
+    t_train = t_session - (state["elapsed"] if state else 0.0)
+    meta = dict(arch=cfg.arch, classes=data.vocab, data=seen)
     budget_facts = _train(learn, cfg, sess, meta, t_start, state, len(data.table.test_refs))
     put_back_recorder = _keep_recorder(learn)
-    train_seconds = time.perf_counter() - t_train
+    t_trained = time.perf_counter()
+    train_seconds = t_trained - t_train
     final = _final_metrics(learn, data, cfg, pieces)
     metrics = final.pop("metrics")
     metrics.update(train_seconds=round(train_seconds, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts,
-                   lr_choice=lr_choice.how, lr_search_seconds=round(lr_choice.seconds, 3))
+                   lr_choice=lr_choice.how, lr_search_seconds=round(lr_choice.seconds, 3),
+                   **_throughput(learn, sess, t_trained - t_session))
+    if cfg.time_budget:  # a budget below one epoch (or the setup) cannot be met: say so
+        metrics["budget_exceeded_seconds"] = round(
+            max(0.0, metrics["total_seconds"] - cfg.time_budget), 3)
     trackers.summary(metrics)
     learn.easycls = RunRecord(run_dir, cfg, data.vocab, norm, data.multi_label, metrics, **final)
     set_thresholds(learn, metrics.get("thresholds"))  # learn.predict decides as easycls.load's
@@ -435,20 +488,20 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim,
     if not cfg.keep_checkpoint:
         sess.on_main(lambda: remove_checkpoint(run_dir))
     # Also under --quiet, one line (rank 0's) says how it went and where it is.
-    sess.printer(quiet=False)(f"done: {format_metrics(metrics)}; run directory: {run_dir}"
-                              if cfg.quiet else
-                              f"done: {format_metrics(metrics)}\nrun directory: {run_dir}")
+    over = metrics.get("budget_exceeded_seconds")
+    done = format_metrics(metrics) + (
+        f"; over the {cfg.time_budget:g} s time budget by {over:.1f} s (one epoch at least "
+        "always runs)" if over else "")
+    sess.printer(quiet=False)(f"done: {done}; run directory: {run_dir}" if cfg.quiet else
+                              f"done: {done}\nrun directory: {run_dir}")
     put_back_recorder()
     if cfg.quiet and sess.is_main:
         _progress_after_fit(learn)
     return learn
 
 
-def _data(cfg: TrainConfig, pieces: Pieces, sess) -> PreparedData | GivenData:
-    """easycls's own data path, or the user's DataLoaders / DataBlock (`pieces.data`)."""
-    if pieces.data is None:
-        return PreparedData(load_items(cfg), cfg, progress=sess.shows_progress(cfg.quiet),
-                            sess=sess)
+def _given_data(pieces: Pieces, cfg: TrainConfig, sess) -> GivenData:
+    """The user's DataLoaders, or their DataBlock's over its source (`pieces.data`)."""
     dls = given_dataloaders(pieces.data, pieces.items, bs=cfg.bs, device=sess.device)
     data = GivenData(dls, name=type(pieces.data).__name__.lower())
     for note in sess.main_only(data.bundle_notes()):
@@ -456,10 +509,33 @@ def _data(cfg: TrainConfig, pieces: Pieces, sess) -> PreparedData | GivenData:
     return data
 
 
-def _summary(data: PreparedData, cfg: TrainConfig, sess) -> str:
+def _warn_leaks(data: PreparedData, cfg: TrainConfig, say) -> None:
+    """One line when validation images are exact copies of training images."""
+    t = data.table
+    leaks = exact_leaks([r for r, v in zip(t.refs, t.is_valid) if not v],
+                        [r for r, v in zip(t.refs, t.is_valid) if v])
+    if leaks:
+        say(f"warning: {len(leaks)} validation images are exact copies of training images "
+            f"(e.g. {leaks[0][1]} = {leaks[0][0]}), so validation scores overstate; run "
+            f"`easycls check {cfg.source}` to find near-copies too")
+
+
+def _throughput(learn: Learner, sess, seconds: float) -> dict:
+    """The processes, their device and the images/s this session trained (validation
+    included, as in `train_seconds`; a resumed run counts from its restart)."""
+    device = sess.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    images = learn.image_count.images * sess.world_size  # every rank trains an equal shard
+    return dict(processes=sess.world_size, device=name,
+                images_per_s=round(images / max(seconds, 1e-9), 2))
+
+
+def _summary(data: PreparedData, cfg: TrainConfig, sess, groups: list | None = None) -> str:
     n_valid = sum(data.table.is_valid)
     kind = "multi-label" if data.multi_label else "single-label"
     skipped = f", {len(data.table.skipped)} unreadable skipped" if data.table.skipped else ""
+    if groups is not None:
+        skipped += f", {groups_kept(groups)} groups kept on one side ({cfg.split_by})"
     pixels = storage.describe(data.store)
     start = f"; {start_weights(cfg.weights).describe()}" if cfg.weights else ""
     return (f"{cfg.source}: {len(data.table.refs) - n_valid} train / {n_valid} valid images, "

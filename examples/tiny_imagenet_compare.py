@@ -4,22 +4,24 @@
     python examples/tiny_imagenet_compare.py --smoke        # generated data, CPU, seconds
 
 `fit(arch=...)` takes a timm name, an `nn.Module`, or a callable that builds one from the
-class count (used here, so each model gets the data's 200 classes). The table lists
-accuracy, top-5 accuracy, parameters and training time per model; it is also written to
-compare.csv.
+class count (used here, so each model gets the data's 200 classes). Each model trains into
+its own run directory; `easycls compare` (here `compare_runs`) then tabulates them: accuracy,
+top-5 accuracy, training time, images/s and the best epoch per model, in compare.md and
+compare.csv, with the curves in compare.png. The same from the shell:
+
+    easycls compare runs/tiny-imagenet-compare/* --out runs/tiny-imagenet-compare
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 from pathlib import Path
 
 import _common
 from torch import nn
 
-from easycls import fit
+from easycls import compare_runs, fit
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -56,21 +58,13 @@ def wide_cnn(n_classes: int) -> nn.Module:
 MODELS = {"small_cnn": small_cnn, "wide_cnn": wide_cnn, "resnet18": "resnet18"}
 
 
-def compare(source: str, path: str | None, settings: dict, out: Path) -> list[dict]:
-    rows = []
+def train_all(source: str, path: str | None, settings: dict, out: Path) -> dict[str, int]:
+    """Train every model into out/<name>; returns each model's parameter count."""
+    params = {}
     for name, arch in MODELS.items():
         learn = fit(source, path=path, arch=arch, out=str(out / name), **settings)
-        m = learn.easycls.metrics
-        rows.append(
-            dict(
-                model=name,
-                params=sum(p.numel() for p in learn.model.parameters()),
-                accuracy=round(m["accuracy"], 4),
-                top5_accuracy=round(m.get("top5_accuracy", float("nan")), 4),
-                train_seconds=round(m["train_seconds"], 1),
-            )
-        )
-    return rows
+        params[name] = sum(p.numel() for p in learn.model.parameters())
+    return params
 
 
 def main() -> None:
@@ -94,17 +88,10 @@ def main() -> None:
         )
         settings = {**_common.SMOKE_FIT, "bs": 16}
         settings.pop("arch")
-    rows = compare(source, args.data, settings, out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "compare.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"{'model':<10} {'params':>10} {'accuracy':>9} {'top5':>7} {'train s':>8}")
-    for r in rows:
-        print(f"{r['model']:<10} {r['params']:>10,} {r['accuracy']:>9.4f} "
-              f"{r['top5_accuracy']:>7.4f} {r['train_seconds']:>8.1f}")
-    print(f"table: {out / 'compare.csv'}")
+    params = train_all(source, args.data, settings, out)
+    compare_runs([out / name for name in MODELS], out=out, say=print)
+    print("parameters: " + ", ".join(f"{name} {n:,}" for name, n in params.items()))
+    print(f"table: {out / 'compare.md'}, {out / 'compare.csv'}; curves: {out / 'compare.png'}")
 
 
 if __name__ == "__main__":

@@ -221,9 +221,14 @@ def test_zip_members_outside_the_archive_root_are_never_used(tmp_path):
                 z.writestr(f"{c}/{i}.png", _png_bytes(ci))
         z.writestr("../evil.png", _png_bytes(0))
         z.writestr("cat/../../evil2.png", _png_bytes(0))
+        z.writestr("/abs/evil3.png", _png_bytes(0))  # once a class named ''
     table = from_path(tmp_path / "pets.zip")
     assert table.classes == ["cat", "dog"] and len(table.refs) == 4
     assert not any("evil" in r for r in table.refs)
+    # skipped and recorded (skipped.txt), not dropped silently
+    assert sorted(r.rsplit("/", 1)[-1] for r, _ in table.skipped) == [
+        "evil.png", "evil2.png", "evil3.png"]
+    assert all("outside the archive" in why for _, why in table.skipped)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pets.zip"]  # nothing extracted
 
 

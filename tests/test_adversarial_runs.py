@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from easycls import runlock
-from easycls.runlock import LOCK_NAME, RunLock, RunLockError, claim
+from easycls.runlock import LOCK_NAME, REPLACED_NAME, RunLock, RunLockError, claim
 
 HOLD = textwrap.dedent("""
     import sys, time
@@ -102,8 +102,10 @@ def test_another_runs_files_are_refused_unless_resumed_or_overwritten(tmp_path):
             pass
     with claim(run, resume=True):
         assert (run / "history.csv").exists()
-    with claim(run, overwrite=True):  # the old run's files go, nothing else
-        assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "notes.txt"]
+    with claim(run, overwrite=True) as lock:  # the old run's files go, nothing else
+        lock.set_aside()
+        assert sorted(p.name for p in run.iterdir()) == [REPLACED_NAME, LOCK_NAME, "notes.txt"]
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
     with claim(tmp_path / "new"):  # a new or empty folder is fine
         pass
 

@@ -137,3 +137,34 @@ def test_the_decode_counter_writes_plain_lines_to_a_log(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert "\r" not in "".join(lines)
     assert lines == [f"{n}/1000 images" for n in range(100, 1001, 100)]
+
+
+def test_an_epoch_whose_training_a_budget_cut_keeps_every_column(tmp_path):
+    """fastai's Recorder leaves the train loss out of an epoch whose training was cancelled
+    (what `TimeBudget` does at the deadline): the history row must not shift its columns."""
+    from fastai.callback.core import Callback, CancelTrainException
+    from fastai.callback.progress import ProgressCallback  # noqa: F401  (Learner.no_bar)
+    from fastai.test_utils import synth_learner
+
+    from easycls.runlog import HistoryCSV, JsonEvents
+
+    class CutSecondEpoch(Callback):
+        def after_batch(self):
+            if self.training and self.epoch == 1 and self.iter == 1:
+                raise CancelTrainException()
+
+    def mae(preds, targets):
+        return (preds - targets).abs().mean()
+
+    learn = synth_learner(n_trn=64, metrics=[mae], cbs=[
+        CutSecondEpoch(), HistoryCSV(tmp_path / "history.csv"), JsonEvents(tmp_path / "ev.jsonl")])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, 1e-2)
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert list(rows[0]) == ["epoch", "train_loss", "valid_loss", "mae", "seconds"]
+    for row, values in zip(rows, learn.recorder.values):  # values: fastai's own record
+        assert float(row["valid_loss"]) == pytest.approx(values[-2])
+        assert float(row["mae"]) == pytest.approx(values[-1])
+    assert float(rows[1]["train_loss"]) == pytest.approx(learn.recorder.losses[-1])
+    events = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [e["mae"] for e in events if e["event"] == "epoch"] == [float(r["mae"]) for r in rows]

@@ -222,6 +222,8 @@ def room(root: Path | None = None) -> int:
 class NoSpace(DataError):
     """Not enough disk space for a cache or store (nothing was left behind)."""
 
+    exit_code = 1
+
 
 def space_error(need: int, root: Path, what: str, free: int | None = None) -> NoSpace:
     free = free_bytes(root) if free is None else free

@@ -30,6 +30,7 @@ __all__ = [
     "check_images",
     "is_image_name",
     "load_resized",
+    "square_rgb",
     "open_image",
     "parallel_map",
     "resize_square",
@@ -219,21 +220,49 @@ def _decode_image(ref: str, draft: int | None) -> Image.Image:
         raise UnreadableImage(ref, reason) from None
 
 
+# Pixels per band when a large image is converted piecewise: temporaries stay a few MB, not a
+# float64 copy of the whole image.
+_BAND_PIXELS = 1 << 20
+
+
+def _bands(img: Image.Image) -> Iterator[tuple[int, int]]:
+    """(top, bottom) rows of bands of about `_BAND_PIXELS` pixels."""
+    step = max(1, _BAND_PIXELS // max(1, img.width))
+    for top in range(0, img.height, step):
+        yield top, min(img.height, top + step)
+
+
 def _scale_to_uint8(img: Image.Image) -> Image.Image:
     """8-bit grey from 16-bit, 32-bit int or float pixels, scaled rather than clipped.
 
     Integer data in 0..65535 is treated as 16-bit (divide by 257), float data in
-    0..1 as unit range; anything else is stretched min-to-max.
+    0..1 as unit range; anything else is stretched min-to-max. Converted band by band.
     """
-    a = np.asarray(img).astype(np.float64)
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    lo, hi = (float(x) for x in img.getextrema()) if img.width * img.height else (0.0, 0.0)
     if img.mode.startswith("I;16") or (img.mode == "I" and lo >= 0 and hi <= 65535):
-        a = a / 257.0
+        scale, offset = 1 / 257.0, 0.0
     elif img.mode == "F" and lo >= 0 and hi <= 1:
-        a = a * 255.0
+        scale, offset = 255.0, 0.0
     elif lo < 0 or hi > 255:
-        a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+        scale, offset = 255.0 / max(hi - lo, 1e-12), lo
+    else:
+        scale, offset = 1.0, 0.0
+    out = np.empty((img.height, img.width), np.uint8)
+    for top, bottom in _bands(img):
+        a = np.asarray(img.crop((0, top, img.width, bottom))).astype(np.float64)
+        a = a / 257.0 if scale == 1 / 257.0 else (a - offset) * scale  # as before, bitwise
+        out[top:bottom] = np.clip(np.rint(a), 0, 255)
+    return Image.fromarray(out, "L")
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """An RGBA image composited on white, as RGB, band by band (no full-size temporaries)."""
+    out = Image.new("RGB", img.size)
+    for top, bottom in _bands(img):
+        band = img.crop((0, top, img.width, bottom))
+        background = Image.new("RGBA", band.size, _BACKGROUND + (255,))
+        out.paste(Image.alpha_composite(background, band).convert("RGB"), (0, top))
+    return out
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -249,10 +278,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if (img.mode == "P" and "transparency" in img.info) or img.mode == "PA":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "RGBa"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, _BACKGROUND + (255,))
-        img = Image.alpha_composite(background, img)
+        return _on_white(img if img.mode == "RGBA" else img.convert("RGBA"))
     return img.convert("RGB")
+
+
+def square_rgb(img: Image.Image, size: int) -> np.ndarray:
+    """``resize_square(to_rgb(img), size)``, with a grey image (16-bit included) resized before
+    it becomes RGB: the same pixels, without a full-size RGB copy of a large grey image."""
+    if img.mode == "L" or img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        grey = img if img.mode == "L" else _scale_to_uint8(img)
+        return np.repeat(resize_square(grey, size)[..., None], 3, axis=2)
+    return resize_square(to_rgb(img), size)
 
 
 def open_image(ref: str, draft: int | None = None) -> Image.Image:

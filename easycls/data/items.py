@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..errors import UserError
+
 __all__ = ["ItemTable", "DataError"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data could not be used; the message says what was found and what to do."""
 
 
@@ -31,6 +33,7 @@ class ItemTable:
     root: str = ""
     class_names: dict[str, str] = field(default_factory=dict)  # label -> human name (optional)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (ref, reason)
+    columns: dict[str, list[str]] = field(default_factory=dict)  # other CSV columns, per image
 
     @property
     def classes(self) -> list[str]:
@@ -58,6 +61,7 @@ class ItemTable:
         self.labels = [self.labels[i] for i in keep]
         if self.is_valid is not None:
             self.is_valid = [self.is_valid[i] for i in keep]
+        self.columns = {k: [v[i] for i in keep] for k, v in self.columns.items()}
         return self
 
     def check(self) -> ItemTable:
@@ -80,5 +84,6 @@ class ItemTable:
 
 
 def _natural_key(s: str) -> tuple:
-    # "2" < "10" for numeric labels, plain order otherwise
-    return (0, int(s), "") if s.isdigit() else (1, 0, s)
+    # "2" < "10" for numeric labels, plain order otherwise; isdecimal, not isdigit: "²" is a
+    # digit that int() refuses
+    return (0, int(s), "") if s.isdecimal() else (1, 0, s)

@@ -33,8 +33,9 @@ from .loaders import (
 from .recipes import detect, get_recipe, is_recipe, read_recipe_layout
 from .sources import from_path
 
-__all__ = ["load_items", "read_path", "random_split", "run_items", "SPLITS", "PreparedData",
-           "build_dataloaders", "store_mode"]
+__all__ = ["check_source", "load_items", "read_path", "random_split", "column_groups",
+           "run_items", "SPLITS",
+           "PreparedData", "build_dataloaders", "store_mode"]
 
 SPLITS = ("auto", "valid", "all", "test")
 
@@ -57,21 +58,44 @@ def read_path(source: str | Path, images: str | Path | None = None,
     return from_path(source, images, label_delimiter)
 
 
+def check_source(cfg: TrainConfig) -> None:
+    """Refuse a source that is neither a dataset name nor an existing path, before any reading.
+
+    Raises:
+        DataError: naming the closest dataset names.
+    """
+    if not is_recipe(cfg.source) and not Path(cfg.source).exists():
+        get_recipe(cfg.source)  # raises with the closest recipe names
+
+
 def load_items(cfg: TrainConfig) -> ItemTable:
     """The item table of a recipe name or a folder / zip / CSV path."""
     if is_recipe(cfg.source):
         return get_recipe(cfg.source).load(cfg)
-    if not Path(cfg.source).exists():
-        get_recipe(cfg.source)  # raises with the closest recipe names
+    check_source(cfg)
     return read_path(cfg.source, cfg.images, cfg.label_delimiter)
 
 
-def random_split(n: int, valid_pct: float, seed: int) -> list[bool]:
-    """is_valid flags: a seeded random `valid_pct` share (at least one item)."""
+def random_split(n: int, valid_pct: float, seed: int, groups: list | None = None) -> list[bool]:
+    """is_valid flags: a seeded random `valid_pct` share (at least one item).
+
+    With `groups` (a group key per item), whole groups go to one side: groups are drawn in
+    a seeded random order until the validation share is as close to `valid_pct` as it gets.
+    """
     rng = np.random.default_rng(seed)
     is_valid = np.zeros(n, dtype=bool)
-    is_valid[rng.permutation(n)[: max(1, int(round(n * valid_pct)))]] = True
-    return is_valid.tolist()
+    want = max(1, int(round(n * valid_pct)))
+    if groups is None:
+        is_valid[rng.permutation(n)[:want]] = True
+        return is_valid.tolist()
+    keys, inverse, sizes = np.unique(np.asarray(groups, dtype=str), return_inverse=True,
+                                     return_counts=True)
+    taken, total = np.zeros(len(keys), dtype=bool), 0
+    for g in rng.permutation(len(keys)):
+        if total and abs(total + sizes[g] - want) >= abs(total - want):
+            continue  # this group would move the share further from the target
+        taken[g], total = True, total + sizes[g]
+    return taken[inverse].tolist()
 
 
 def _run_config(run_dir: Path) -> TrainConfig:
@@ -92,7 +116,8 @@ def _select(table: ItemTable, cfg: TrainConfig, same_source: bool,
     is_valid = table.is_valid
     if is_valid is None and same_source:
         # The run's own random split, so training images are not scored as if unseen.
-        is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed)
+        is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed,
+                                _column_groups(table, cfg.split_by))
     if is_valid is None:
         if split == "valid":
             raise DataError(f"{cfg.source} has no validation split; pass split='all' "
@@ -100,6 +125,27 @@ def _select(table: ItemTable, cfg: TrainConfig, same_source: bool,
         return table.refs, table.labels
     keep = [i for i, v in enumerate(is_valid) if v]
     return [table.refs[i] for i in keep], [table.labels[i] for i in keep]
+
+
+def _column_groups(table: ItemTable, split_by: str | None) -> list[str] | None:
+    """The CSV column a run's split kept together (None without one); a split kept by
+    near-duplicate groups is not rebuilt here."""
+    if split_by is None:
+        return None
+    if split_by == "duplicates":
+        raise DataError("the run kept near-duplicate groups on one side of its split "
+                        "(--split-by duplicates), which is not rebuilt here: pass --split all "
+                        "or held-out data")
+    return column_groups(table, split_by)
+
+
+def column_groups(table: ItemTable, column: str) -> list[str]:
+    """The values of a CSV column, one per image, to keep together in the split."""
+    if column not in table.columns:
+        have = ", ".join(sorted(table.columns)) or "none (only a CSV source has columns)"
+        raise DataError(f"--split-by {column}: no such column in {table.root or table.name}; "
+                        f"its other columns: {have}; or use --split-by duplicates")
+    return table.columns[column]
 
 
 def run_items(run_dir: str | Path, source: str | None = None, split: str = "auto",
@@ -159,11 +205,11 @@ class PreparedData:
     """An item table made ready to train: split, checked, decoded; vocab and datasets."""
 
     def __init__(self, table: ItemTable, cfg: TrainConfig, progress: bool = False,
-                 sess: Session | None = None):
+                 sess: Session | None = None, groups: list | None = None):
         self.progress = progress  # decode/cache progress: rank 0 only, and not when quiet
         self.sess = sess or Session()  # the processes that decide and build together
-        if table.is_valid is None:
-            table.is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed)
+        if table.is_valid is None:  # `groups`: a key per item kept on one side of the split
+            table.is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed, groups)
         table.check()
         self.table, self.cfg = table, cfg
         self.multi_label = table.multi_label if cfg.multi_label is None else cfg.multi_label

@@ -10,7 +10,7 @@ import difflib
 import warnings
 from pathlib import Path, PurePosixPath
 
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, zip_ref
 from .items import DataError, ItemTable
 from .tables import read_label_csv
 from .tree import Tree, list_folder
@@ -144,6 +144,8 @@ def from_tree(tree: Tree) -> ItemTable:
                         "folders (<class>/*.jpg) or split folders (train/<class>/, "
                         f"valid/<class>/); image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}")
     table = from_listing(files, tree.ref, tree.where(), tree.dirs())
+    table.skipped += [(zip_ref(tree.base, m), "outside the archive (an absolute or ../ path): "
+                       "not used") for m in tree.outside()]
     table.name = (
         (tree.base.stem if tree.is_zip else tree.base.name)
         if not tree.prefix
@@ -176,7 +178,7 @@ def from_csv(csv: str | Path, images: str | Path | None = None, label_delimiter:
     root = Path(images).resolve() if images else _guess_image_dir(csv)
     table = read_label_csv(csv, file_column, label_column, label_delimiter)
     refs = resolve_files(table.files, table.rows, root, csv)
-    items = ItemTable(refs, table.labels, root=str(root))
+    items = ItemTable(refs, table.labels, root=str(root), columns=table.extra)
     items.name = csv.parent.name if csv.stem in ("train", "labels", "train_labels") else csv.stem
     return items
 

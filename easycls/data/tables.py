@@ -20,10 +20,12 @@ from __future__ import annotations
 import csv
 import os
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
 from .images import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -67,7 +69,7 @@ _MAX_LISTED = 10
 PathLike = str | os.PathLike
 
 
-class TableError(ValueError):
+class TableError(UserError, ValueError):
     """A label file that cannot be read as given; the message says where and what to do.
 
     Attributes:
@@ -152,6 +154,8 @@ def read_label_csv(
     label_idx = _label_index(sheet, label_column, file_idx)
     rows, problems = _parse_rows(sheet, file_idx, need=max(file_idx, label_idx))
     labels = [_split_labels(fields[label_idx], label_delimiter) for _, fields in rows]
+    _warn_split_on_spaces(path, [fields[label_idx] for _, fields in rows], labels,
+                          label_delimiter)
     if require_labels:
         problems += _empty_label_problems(sheet, rows, labels, file_idx, label_idx)
     problems += _duplicate_problems(sheet, rows, file_idx)
@@ -295,6 +299,22 @@ def _closing_quote(line: str, start: int) -> int | None:
     return None
 
 
+def _warn_split_on_spaces(path: PathLike, cells: list[str], labels: list[list[str]],
+                          delimiter: str | None) -> None:
+    """Say loudly when spaces made several labels of one cell: "golden retriever" would
+    otherwise silently become a multi-label model over the words."""
+    if delimiter is None or not delimiter.isspace():
+        return
+    split = [(cell, labs) for cell, labs in zip(cells, labels) if len(labs) > 1]
+    if split:
+        cell, labs = split[0]
+        warnings.warn(f"{path}: {len(split)} label cell(s) hold spaces and are read as several "
+                      f"labels each ({cell.strip()!r} -> {labs}), making a multi-label model. "
+                      "If a label is one name with spaces, keep it whole with "
+                      "--label-delimiter '|' (any character the labels do not contain)",
+                      stacklevel=3)
+
+
 def _split_labels(cell: str, delimiter: str | None) -> list[str]:
     """Split a label cell; keeps label text as written, drops empties and repeats."""
     if delimiter is None:
@@ -424,7 +444,7 @@ def _empty_label_problems(
         listed.append(f"  ... and {len(empty) - _MAX_LISTED} more")
     text = (
         f"{_count(empty, 'row')} with empty {column} in {sheet.path}:\n" + "\n".join(listed) + "\n"
-        "Give every image a label, or pass require_labels=False to keep unlabeled rows."
+        "Give every image a label, or remove those rows from the CSV."
     )
     return [(text, [n for n, _ in empty])]
 

@@ -23,6 +23,14 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
 
 
+def _outside(member: str) -> bool:
+    """A zip member whose name leaves the archive's root: absolute (`/x`, `C:/x`, `\\x`) or
+    through `..` (zip-slip). Never used as data."""
+    name = member.replace("\\", "/")
+    return (name.startswith("/") or (len(name) > 1 and name[1] == ":")
+            or ".." in name.split("/"))
+
+
 def list_folder(root: Path) -> list[str]:
     """Image files under `root` as sorted relative POSIX paths (litter and hidden files skipped)."""
     out = []
@@ -104,15 +112,23 @@ class Tree:
         return [m[n:] for m in self._names if m.startswith(self.prefix) and len(m) > n]
 
     def images(self) -> list[str]:
-        """Image files, sorted, relative to this tree."""
+        """Image files, sorted, relative to this tree (zip members outside the archive's root
+        left out: see `outside`)."""
         if self.is_zip:
             return sorted(
                 m
                 for m in self._members()
                 if not m.endswith("/") and is_image_name(m) and not _hidden(m)
+                and not _outside(self.prefix + m)
             )
         root = self.base / self.prefix
         return list_folder(root) if root.is_dir() else []
+
+    def outside(self) -> list[str]:
+        """Zip only: image members whose names leave the archive's root (absolute, `..`)."""
+        if not self.is_zip:
+            return []
+        return sorted(m for m in self._names if _outside(m) and is_image_name(m))
 
     def dirs(self) -> set[str]:
         """Every folder below this tree (relative), for spotting empty class folders."""
