@@ -359,17 +359,30 @@ def bench_cmd(
     compile: Annotated[
         bool, typer.Option("--compile", help="torch.compile the model (train step).")
     ] = False,
+    time_budget: Annotated[str | None, typer.Option(
+        help="Scaling at a fixed wall time (90s, 30m, 2h): each process count trains for this "
+        "long; epochs reached, images/s, accuracy and efficiency (--epochs and --steps unused)."
+    )] = None,
 ) -> None:
     """Images/s of the training step, the input pipeline and end to end; DDP scaling."""
     from .bench import bench
+    seconds = None
+    if time_budget is not None:
+        try:
+            seconds = config.parse_duration(time_budget)
+        except ValueError as e:
+            _fail(ValueError(f"--time-budget: {e}"))
     try:
         counts = [int(p) for p in processes.split(",") if p.strip()]
     except ValueError:
         _fail(ValueError(f"--processes takes comma-separated counts like 1,2,4, not {processes!r}"))
     if not counts or min(counts) < 1:
         _fail(ValueError(f"--processes needs counts >= 1, not {processes!r}"))
-    bench(source, arch=arch, size=size, bs=bs, processes=counts, steps=steps, epochs=epochs, lr=lr,
-          out=out, compile=compile, say=typer.echo)
+    try:
+        bench(source, arch=arch, size=size, bs=bs, processes=counts, steps=steps, epochs=epochs,
+              lr=lr, out=out, compile=compile, time_budget=seconds, say=typer.echo)
+    except RuntimeError as e:  # a run of `easycls fit` failed: its own last line, and its log
+        _fail(e, 1)
 
 
 @app.command("compare")
