@@ -366,7 +366,7 @@ def format_budget_table(result: dict) -> str:
 
 def plot_budget(result: dict, path: str | os.PathLike) -> Path:
     """Per process count: epochs reached, images/s (with the efficiency) and the final metric."""
-    from .report import plt
+    from .report import matplotlib, plt
     runs = result["scaling"]
     labels = [str(r["processes"]) for r in runs]
     metric = runs[0]["metric"] if runs else "accuracy"
@@ -375,6 +375,8 @@ def plot_budget(result: dict, path: str | os.PathLike) -> Path:
     for ax, (key, title) in zip(axes, panels):
         bars = ax.bar(labels, [r[key] or 0 for r in runs], color="C2" if key == "score" else "C0")
         ax.set(xlabel="processes", title=title)
+        if key == "epochs":
+            ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         if key == "images_per_s":
             notes = ["" if r["efficiency"] is None else f"{r['efficiency']:.2f}" for r in runs]
             ax.bar_label(bars, notes, fontsize=8)
