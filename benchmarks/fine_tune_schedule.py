@@ -35,6 +35,11 @@ WAYS = {
     "f0_r0.3": dict(freeze_epochs=0, body_lr_ratio=0.3, epochs=EPOCHS),
     "f0_r0.1": dict(freeze_epochs=0, body_lr_ratio=0.1, epochs=EPOCHS),
     "f1_r0.3": dict(freeze_epochs=1, body_lr_ratio=0.3, epochs=EPOCHS - 1),
+    # lr given: with bs 16, 4e-3 is the from-scratch default and 1e-3 the fine-tuning one;
+    # the unfrozen phase runs the head at lr / 2
+    "f0_r1_lr8e-3": dict(freeze_epochs=0, body_lr_ratio=1.0, lr=8e-3, epochs=EPOCHS),
+    "f0_r1_lr4e-3": dict(freeze_epochs=0, body_lr_ratio=1.0, lr=4e-3, epochs=EPOCHS),
+    "f0_r0.3_lr4e-3": dict(freeze_epochs=0, body_lr_ratio=0.3, lr=4e-3, epochs=EPOCHS),
 }
 
 

@@ -86,7 +86,7 @@ class TrainConfig:
                                      "--epochs of all layers (default: 1 from ImageNet weights, "
                                      "0 from an easycls run's).", lo=0, hi=1000)
     body_lr_ratio: float | None = _opt(None, "Fine-tuning: the body's lr as a share of the "
-                                       "head's (default: 0.01 from ImageNet weights, 0.3 from "
+                                       "head's (default: 0.01 from ImageNet weights, 1 from "
                                        "an easycls run's).", above=0.0, hi=1.0)
     augment: bool | None = _opt(None, "Training augmentation (flips, rotation, zoom, "
                                 "lighting). Default: on when fine-tuning and for runs of 10 or "

@@ -42,7 +42,7 @@ _SHOWN = 3  # tensors named in a mismatch line
 
 # Fine-tuning schedules by where the weights come from: (frozen epochs, body lr / head lr).
 IMAGENET_SCHEDULE = (1, 0.01)  # fastai's `fine_tune`: far-off features, move them gently
-RUN_SCHEDULE = (0, 0.3)        # an easycls run's own weights: measured, docs/weights.md
+RUN_SCHEDULE = (0, 1.0)        # an easycls run's own weights: measured, docs/weights.md
 
 
 class WeightsError(ConfigError):
@@ -118,7 +118,7 @@ def default_schedule(weights: str | Path | None) -> tuple[int, float]:
 
     Example:
         >>> default_schedule("runs/digits-resnet18")
-        (0, 0.3)
+        (0, 1.0)
     """
     if weights and start_weights(weights).meta is not None:
         return RUN_SCHEDULE
