@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY, color_image, write_class_folders
+from conftest import TINY, color_image, label_mosaic, write_class_folders
 from fastai.callback.progress import CSVLogger
-from PIL import Image
 
 import easycls
 from easycls.config import TrainConfig
@@ -88,21 +87,12 @@ def ml_learn(tmp_path_factory):
     lines = ["ImageID,Labels"]
     for i in range(48):
         on = sorted(rng.choice(LABELS, size=int(rng.integers(1, 3)), replace=False).tolist())
-        Image.fromarray(_mosaic(on, rng)).save(root / "data" / f"{i}.png")
+        label_mosaic(on, LABELS, rng).save(root / "data" / f"{i}.png")
         lines.append(f"{i}.png,{' '.join(on)}")
     (root / "train.csv").write_text("\n".join(lines) + "\n")
     learn = easycls.fit(str(root / "train.csv"), images=str(root / "data"),
                         out=str(root / "run"), **SMALL)
     return learn, root
-
-
-def _mosaic(labels: list[str], rng) -> np.ndarray:
-    img = np.clip(rng.normal(30, 10, (32, 32, 3)), 0, 255)
-    for k, name in enumerate(LABELS):
-        if name in labels:
-            r, c = divmod(k, 2)
-            img[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16, k % 3] = 230
-    return img.astype(np.uint8)
 
 
 def test_save_after_set_thresholds_decides_as_the_learner(ml_learn, tmp_path):
@@ -111,7 +101,7 @@ def test_save_after_set_thresholds_decides_as_the_learner(ml_learn, tmp_path):
     files = []
     for i in range(100):
         files.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(_mosaic([LABELS[i % 4], LABELS[(i * 7) % 4]], rng)).save(files[-1])
+        label_mosaic([LABELS[i % 4], LABELS[(i * 7) % 4]], LABELS, rng).save(files[-1])
     p0 = easycls.load(easycls.save(learn, tmp_path / "tuned"), device="cpu")
     probs = p0.probabilities(files)
     # thresholds that change decisions: each class at the median of its probabilities
