@@ -20,7 +20,7 @@ __all__ = ["fit", "load", "save", "export", "compare_runs", "Predictor", "__vers
 
 # Public names resolve on first use, so `easycls --version` and `import easycls` stay
 # fast: torch and fastai are imported only when training or predicting.
-_LAZY = {"fit": ".train", "save": ".train", "load": ".bundle", "Predictor": ".bundle",
+_LAZY = {"fit": ".train", "save": ".snapshot", "load": ".bundle", "Predictor": ".bundle",
          "export": ".export", "compare_runs": ".compare"}
 
 

@@ -14,11 +14,15 @@ Three figures, in images per second, for one arch / size / batch size:
   the training wall time (validation included). With `processes=(1, 2, 4)` each count runs
   the real DDP path under `torch.distributed.run`, and the scaling efficiency is
   throughput / (N x single-process throughput).
+
+With a time budget, `bench` is the scaling experiment at a fixed wall time instead: each
+process count trains the same data for the same budget (`fit --time-budget`), and the table
+gives the epochs each reached, images/s, the final metric and the scaling efficiency. Both
+modes leave their runs in `out/runs/p<N>` and put them side by side (`compare`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,12 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .compare import compare_runs, read_run
 from .data.images import available_cores
 from .data.prepare import build_dataloaders
+from .rundir import write_figure, write_file, write_json
 from .train import resolve_config
 
 __all__ = ["bench", "train_step_rate", "pipeline_rate", "loader_cost", "loader_wait", "fit_rate",
-           "synthetic_folder", "format_table", "plot_results"]
+           "synthetic_folder", "format_table", "plot_results", "format_budget_table", "plot_budget"]
 
 
 def _device(device: str | None) -> torch.device:
@@ -172,7 +178,7 @@ def _fit_command(processes: int, source: str, out: Path, arch: str, size: int, b
                  epochs: int, lr: float, extra: Sequence[str]) -> list[str]:
     fit_args = ["-m", "easycls", "fit", str(source), "--arch", arch, "--size", str(size),
                 "--bs", str(bs), "--epochs", str(epochs), "--lr", str(lr), "--no-pretrained",
-                "--out", str(out), "--quiet", *extra]
+                "--out", str(out), "--overwrite", "--quiet", *extra]
     if processes == 1:
         return [sys.executable, *fit_args]
     # torch.distributed.run is torchrun: it starts N ranks on this machine (gloo on CPU).
@@ -180,36 +186,60 @@ def _fit_command(processes: int, source: str, out: Path, arch: str, size: int, b
             f"--nproc_per_node={processes}", *fit_args]
 
 
-def fit_rate(source: str, n_train: int, processes: int = 1, arch: str = "resnet18",
-             size: int = 64, bs: int = 64, epochs: int = 1, lr: float = 2e-3,
+def fit_rate(source: str, processes: int = 1, arch: str = "resnet18", size: int = 64,
+             bs: int = 64, epochs: int = 1, lr: float = 2e-3,
              workdir: str | os.PathLike | None = None, extra: Sequence[str] = (),
              timeout: float | None = None) -> dict:
-    """Run `easycls fit` in `processes` processes; `n_train` x epochs / its training seconds.
+    """Run `easycls fit` in `processes` processes into `workdir/p<processes>`.
 
     Returns:
-        dict with processes, images_per_s, train_seconds, wall_seconds and accuracy.
+        dict with processes, images_per_s (as the run recorded it: training images of every
+        process over its training seconds), train_seconds, total_seconds, wall_seconds (the
+        launch included), epochs reached, the main metric and the run directory.
+
+    Raises:
+        RuntimeError: the run failed or ran past `timeout`; its output is in `p<N>.log`.
     """
     workdir = Path(workdir or tempfile.mkdtemp(prefix="easycls-bench-"))
-    out = workdir / f"fit-p{processes}-{time.time_ns()}"
+    out = workdir / f"p{processes}"
     cmd = _fit_command(processes, source, out, arch, size, bs, epochs, lr, extra)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, available_cores() // processes))}
     t = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"`easycls fit` with {processes} process(es) ran past {timeout:.0f} s "
+                           f"and was stopped") from e
     wall = time.perf_counter() - t
     if done.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {done.returncode}):\n"
-                           f"{done.stderr[-3000:]}")
-    metrics = json.loads((out / "metrics.json").read_text())
-    return dict(processes=processes, images_per_s=n_train * epochs / metrics["train_seconds"],
-                train_seconds=metrics["train_seconds"], wall_seconds=round(wall, 3),
-                accuracy=metrics.get("accuracy"))
+        log = write_file(workdir / f"p{processes}.log", done.stdout + done.stderr)
+        last = next((x for x in reversed(done.stderr.splitlines()) if x.strip()), "")
+        raise RuntimeError(f"`easycls fit` with {processes} process(es) failed (exit "
+                           f"{done.returncode}): {last.strip()} (whole output: {log})")
+    run = read_run(out)
+    m, row = run.metrics, run.row()
+    return dict(processes=processes, images_per_s=m["images_per_s"],
+                train_seconds=m["train_seconds"], total_seconds=m["total_seconds"],
+                wall_seconds=round(wall, 3), epochs=row["epochs"], metric=run.main_metric,
+                score=m.get(run.main_metric), accuracy=m.get("accuracy"), run_dir=str(out))
+
+
+def _efficiency(runs: list[dict]) -> None:
+    """Scaling efficiency against one process: images/s / (N x single-process images/s)."""
+    single = next((r["images_per_s"] for r in runs if r["processes"] == 1), None)
+    for r in runs:
+        r["efficiency"] = r["images_per_s"] / (r["processes"] * single) if single else None
 
 
 def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs: int = 64,
           processes: Sequence[int] = (1,), steps: int = 20, epochs: int = 1, lr: float = 2e-3,
           out: str | os.PathLike = "bench", compile: bool = False, device: str | None = None,
-          synthetic: int = 256, say=print) -> dict:
+          synthetic: int = 256, time_budget: float | None = None, say=print) -> dict:
     """Measure train-step, pipeline and end-to-end throughput; write JSON and a PNG plot.
+
+    With `time_budget` (seconds), the scaling experiment at a fixed wall time instead: each
+    process count trains `source` under that budget (`fit`'s `time_budget`), and the table
+    gives epochs reached, images/s, the final metric and the scaling efficiency.
 
     Args:
         source: anything `fit` accepts; None generates a synthetic JPEG folder of
@@ -219,6 +249,7 @@ def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs:
     Example:
         >>> result = bench(None, arch="resnet18", size=32, bs=16, processes=(1, 2))
         >>> result["scaling"][0]["efficiency"]
+        >>> bench("digits", processes=(1, 2), time_budget=60)["scaling"][1]["epochs"]
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,28 +257,53 @@ def bench(source: str | None = None, arch: str = "resnet18", size: int = 64, bs:
     dev = _device(device)
     result: dict = dict(arch=arch, size=size, bs=bs, device=_device_name(dev), source=str(source),
                         cores=available_cores(), loadavg=[round(x, 2) for x in os.getloadavg()])
+    if time_budget:
+        return _at_budget(result, processes, time_budget, lr, out, say)
     say(f"bench: {arch} {size}px bs {bs} on {result['device']}, source {source}")
     result["train_step"] = train_step_rate(arch, size, bs, steps, device=device, compile=compile)
     cfg = resolve_config(str(source), size=size, bs=bs, quiet=True, pretrained=False)
     dls = build_dataloaders(cfg, device=dev)
-    train_dl = dls.train
-    cost = loader_cost(train_dl)
+    cost = loader_cost(dls.train)
     result["pipeline"] = cost["images_per_s"]
     result["loader_per_core"] = cost["images_per_cpu_second"]
     result["cores_needed"] = result["train_step"] / result["loader_per_core"]
     result["loader_wait"] = loader_wait(dls, arch, steps=min(steps, 8), n_classes=dls.c)
-    n_train = len(train_dl.dataset)
-    runs = [fit_rate(source, n_train, p, arch, size, bs, epochs, lr, workdir=out / "runs")
+    runs = [fit_rate(source, p, arch, size, bs, epochs, lr, workdir=out / "runs")
             for p in processes]
-    single = next((r["images_per_s"] for r in runs if r["processes"] == 1), None)
-    for r in runs:
-        r["efficiency"] = r["images_per_s"] / (r["processes"] * single) if single else None
+    _efficiency(runs)
     result["end_to_end"] = runs[0]["images_per_s"] if runs else None
     result["scaling"] = runs
-    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_results(result, out / "bench.png")
-    say(format_table(result))
+    _finish(result, out, plot_results, format_table, say)
     return result
+
+
+def _at_budget(result: dict, processes: Sequence[int], seconds: float, lr: float, out: Path,
+               say) -> dict:
+    """The fixed-wall-time scaling experiment: every process count gets `seconds`."""
+    result.update(time_budget_seconds=seconds)
+    say(f"bench: {result['arch']} {result['size']}px bs {result['bs']} on {result['device']}, "
+        f"source {result['source']}: {seconds:g} s for each of {', '.join(map(str, processes))}"
+        " process(es)")
+    runs = []
+    for p in processes:
+        runs.append(fit_rate(result["source"], p, result["arch"], result["size"], result["bs"],
+                             1, lr, workdir=out / "runs", extra=["--time-budget", f"{seconds:g}s"],
+                             timeout=2 * seconds + 600))
+        runs[-1]["within_budget"] = runs[-1]["total_seconds"] <= seconds
+        say(f"  {p} process(es): {runs[-1]['epochs']} epochs, {runs[-1]['wall_seconds']:.1f} s")
+    _efficiency(runs)
+    result["scaling"] = runs
+    _finish(result, out, plot_budget, format_budget_table, say)
+    return result
+
+
+def _finish(result: dict, out: Path, plot, table, say) -> None:
+    """bench.json, bench.png, and the runs side by side (compare.md, .csv, .png)."""
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]  # what shared the machine
+    write_json(out / "bench.json", result)
+    plot(result, out / "bench.png")
+    compare_runs([r["run_dir"] for r in result["scaling"]], out=out)
+    say(table(result))
 
 
 def _device_name(dev: torch.device) -> str:
@@ -287,6 +343,47 @@ def plot_results(result: dict, path: str | os.PathLike) -> Path:
     ax.set_ylabel("images / s")
     ax.set_title(f"{result['arch']} {result['size']}px bs {result['bs']} - {result['device']}")
     fig.tight_layout()
-    fig.savefig(path)
+    write_figure(fig, path)
+    plt.close(fig)
+    return Path(path)
+
+
+def format_budget_table(result: dict) -> str:
+    """The fixed-wall-time experiment as a plain-text table, one row per process count."""
+    from .report import format_table as text_table
+    metric = result["scaling"][0]["metric"] if result["scaling"] else "accuracy"
+    rows = [dict(processes=r["processes"], epochs=r["epochs"],
+                 **{"images/s": f"{r['images_per_s']:.1f}",
+                    "efficiency": "-" if r["efficiency"] is None else f"{r['efficiency']:.2f}",
+                    metric: r["score"], "train s": f"{r['train_seconds']:.1f}",
+                    "total s": f"{r['total_seconds']:.1f}",
+                    "within budget": "yes" if r["within_budget"] else "NO"})
+            for r in result["scaling"]]
+    head = (f"{result['time_budget_seconds']:g} s of wall time each: {result['arch']} "
+            f"{result['size']}px bs {result['bs']} per process on {result['device']}")
+    return head + "\n" + text_table(rows, list(rows[0]) if rows else [])
+
+
+def plot_budget(result: dict, path: str | os.PathLike) -> Path:
+    """Per process count: epochs reached, images/s (with the efficiency) and the final metric."""
+    from .report import matplotlib, plt
+    runs = result["scaling"]
+    labels = [str(r["processes"]) for r in runs]
+    metric = runs[0]["metric"] if runs else "accuracy"
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=80)
+    panels = (("epochs", "epochs reached"), ("images_per_s", "images / s"), ("score", metric))
+    for ax, (key, title) in zip(axes, panels):
+        bars = ax.bar(labels, [r[key] or 0 for r in runs], color="C2" if key == "score" else "C0")
+        ax.set(xlabel="processes", title=title)
+        if key == "epochs":
+            ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if key == "images_per_s":
+            notes = ["" if r["efficiency"] is None else f"{r['efficiency']:.2f}" for r in runs]
+            ax.bar_label(bars, notes, fontsize=8)
+    fig.suptitle(f"{result['time_budget_seconds']:g} s each: {result['arch']} {result['size']}px "
+                 f"bs {result['bs']} - {result['device']} (bar labels: scaling efficiency)",
+                 fontsize=10)
+    fig.tight_layout()
+    write_figure(fig, path)
     plt.close(fig)
     return Path(path)

@@ -67,9 +67,11 @@ class Phase:
     freeze: bool | None = None  # True: learn.freeze(); False: learn.unfreeze(); None: as is
 
 
-def plan_phases(fine_tune: bool, epochs: int, lr: float, freeze_epochs: int = 1) -> list[Phase]:
+def plan_phases(fine_tune: bool, epochs: int, lr: float, freeze_epochs: int = 1,
+                body_lr_ratio: float = 0.01) -> list[Phase]:
     """The phases of fastai's `fine_tune` (or one `fit_one_cycle` from scratch), made explicit
-    so a checkpoint can say which phase it stopped in; the numbers are `fine_tune`'s defaults.
+    so a checkpoint can say which phase it stopped in. The defaults are `fine_tune`'s: one
+    frozen epoch, then the body at 1/100 of the head's lr; no frozen phase at 0 epochs.
 
     Example:
         >>> [p.name for p in plan_phases(True, 5, 1e-3)]
@@ -77,9 +79,10 @@ def plan_phases(fine_tune: bool, epochs: int, lr: float, freeze_epochs: int = 1)
     """
     if not fine_tune:
         return [Phase("train", epochs, lr)]
-    return [Phase("frozen", freeze_epochs, slice(lr), dict(pct_start=0.99), freeze=True),
-            Phase("unfrozen", epochs, slice(lr / 2 / 100, lr / 2), dict(pct_start=0.3, div=5.0),
-                  freeze=False)]
+    frozen = [Phase("frozen", freeze_epochs, slice(lr), dict(pct_start=0.99), freeze=True)]
+    return frozen * bool(freeze_epochs) + [
+        Phase("unfrozen", epochs, slice(lr / 2 * body_lr_ratio, lr / 2),
+              dict(pct_start=0.3, div=5.0), freeze=False)]
 
 
 # ---- atomic files ---------------------------------------------------------------------------

@@ -252,18 +252,33 @@ def check_cmd(
     images: Annotated[Path | None, typer.Option(help="Image folder for a CSV source.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Report folder (default checks/<data>-<time>).")] = None,
+    labels: Annotated[bool, typer.Option(
+        "--labels", help="Also rank likely label errors, from out-of-fold probabilities of "
+        "short cross-validated runs.")] = False,
+    run: Annotated[Path | None, typer.Option(
+        exists=True, file_okay=False, help="Rank likely label errors with this run's model "
+        "instead (it has seen its training images). A run directory given as SOURCE does "
+        "the same on the run's data.")] = None,
+    label_budget: Annotated[str, typer.Option(
+        help="Time for the out-of-fold runs, all folds together (90s, 5m).")] = "5m",
     max_distance: Annotated[int, typer.Option(
         min=0, max=32, help="Perceptual-hash bits two near-duplicates may differ by.")] = 10,
     quiet: Quiet = False,
 ) -> None:
-    """Find duplicates, train/valid/test leakage, unreadable or odd images and class imbalance;
-    write check.json, check.md and a grid of the worst cases."""
+    """Find duplicates, train/valid/test leakage, unreadable or odd images, class imbalance
+    and (with --labels) likely label errors; write check.json, check.md and a grid of the
+    worst cases."""
     from .check import check
     from .data.items import DataError
     from .data.tables import TableError
     try:
-        check(source, images=images, out=out, max_distance=max_distance, progress=not quiet)
-    except (DataError, TableError, FileNotFoundError) as e:
+        seconds = config.parse_duration(label_budget)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--label-budget") from e
+    try:
+        check(source, images=images, out=out, labels=labels, run=run, label_seconds=seconds,
+              max_distance=max_distance, progress=not quiet)
+    except (DataError, TableError, FileNotFoundError, ImportError) as e:
         _fail(e)
 
 
@@ -346,17 +361,30 @@ def bench_cmd(
     compile: Annotated[
         bool, typer.Option("--compile", help="torch.compile the model (train step).")
     ] = False,
+    time_budget: Annotated[str | None, typer.Option(
+        help="Scaling at a fixed wall time (90s, 30m, 2h): each process count trains for this "
+        "long; epochs reached, images/s, accuracy and efficiency (--epochs and --steps unused)."
+    )] = None,
 ) -> None:
     """Images/s of the training step, the input pipeline and end to end; DDP scaling."""
     from .bench import bench
+    seconds = None
+    if time_budget is not None:
+        try:
+            seconds = config.parse_duration(time_budget)
+        except ValueError as e:
+            _fail(ValueError(f"--time-budget: {e}"))
     try:
         counts = [int(p) for p in processes.split(",") if p.strip()]
     except ValueError:
         _fail(ValueError(f"--processes takes comma-separated counts like 1,2,4, not {processes!r}"))
     if not counts or min(counts) < 1:
         _fail(ValueError(f"--processes needs counts >= 1, not {processes!r}"))
-    bench(source, arch=arch, size=size, bs=bs, processes=counts, steps=steps, epochs=epochs, lr=lr,
-          out=out, compile=compile, say=typer.echo)
+    try:
+        bench(source, arch=arch, size=size, bs=bs, processes=counts, steps=steps, epochs=epochs,
+              lr=lr, out=out, compile=compile, time_budget=seconds, say=typer.echo)
+    except RuntimeError as e:  # a run of `easycls fit` failed: its own last line, and its log
+        _fail(e, 1)
 
 
 @app.command("compare")

@@ -83,7 +83,12 @@ class TrainConfig:
     l1: float = _opt(0.0, "L1 penalty on the weights.", lo=0.0, hi=10.0)
     ps: float = _opt(0.0, "Dropout before the head.", lo=0.0, hi=0.99)
     label_smoothing: float = _opt(0.0, "Label smoothing (single-label).", lo=0.0, hi=0.5)
-    freeze_epochs: int = _opt(1, "Frozen-body epochs when fine-tuning.", lo=0, hi=1000)
+    freeze_epochs: int | None = _opt(None, "Fine-tuning: epochs with the body frozen, before "
+                                     "--epochs of all layers (default: 1 from ImageNet weights, "
+                                     "0 from an easycls run's).", lo=0, hi=1000)
+    body_lr_ratio: float | None = _opt(None, "Fine-tuning: the body's lr as a share of the "
+                                       "head's (default: 0.01 from ImageNet weights, 1 from "
+                                       "an easycls run's).", above=0.0, hi=1.0)
     augment: bool | None = _opt(None, "Training augmentation (flips, rotation, zoom, "
                                 "lighting). Default: on when fine-tuning and for runs of 10 or "
                                 "more epochs; off for shorter runs from scratch, which it slows.",

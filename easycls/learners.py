@@ -31,7 +31,7 @@ from .weights import head_module, load_start, start_weights
 __all__ = ["create_model", "single_label_learner", "multi_label_learner", "model_splitter",
            "model_normalization", "check_arch", "ArchError", "PretrainedUnavailable", "SizeError",
            "arch_name", "default_size", "check_size", "MultiLabelLoss", "set_thresholds",
-           "ClassifierLearner"]
+           "current_thresholds", "ClassifierLearner"]
 
 ArchSpec = str | nn.Module | Callable[[int], nn.Module]
 
@@ -197,6 +197,21 @@ def set_thresholds(learn: Learner, tuned: dict | None) -> None:
         per_class = tuned.get("per_class")
         learn.loss_func.thresholds = per_class if per_class else tuned.get("global", 0.5)
         learn.loss_func.at_least_one = bool(tuned.get("at_least_one"))
+
+
+def current_thresholds(learn: Learner) -> dict | None:
+    """The thresholds a multi-label Learner decodes with now, in model.json's form (the
+    inverse of `set_thresholds`); None for a single-label Learner."""
+    loss = learn.loss_func
+    if not isinstance(loss, BCEWithLogitsLossFlat):
+        return None
+    th = getattr(loss, "thresholds", None)
+    th = loss.thresh if th is None else th
+    scalar = not isinstance(th, (list, tuple)) and torch.as_tensor(th).ndim == 0
+    n = len(learn.dls.vocab)
+    per_class = [float(th)] * n if scalar else [float(t) for t in th]
+    return dict(per_class=per_class, at_least_one=bool(getattr(loss, "at_least_one", False)),
+                **({"global": float(th)} if scalar else {}))
 
 
 def multi_label_learner(

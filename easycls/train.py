@@ -22,7 +22,7 @@ from fastcore.basics import noop
 
 from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget, budget_origin
-from .bundle import load, save_bundle
+from .bundle import load
 from .callbacks import AugmentWhenLong, ImageCount, L1Penalty, PlainTensors
 from .check.split import exact_leaks, groups_kept, split_groups
 from .checkpoint import (
@@ -81,10 +81,11 @@ from .runlog import (
     wants_plain_progress,
 )
 from .safeio import check_writable
+from .snapshot import save
 from .tally import SingleLabelTally
 from .thresholds import per_class_report
 from .trackers import Trackers
-from .weights import check_fits, start_weights
+from .weights import IMAGENET_SCHEDULE, check_fits, default_schedule, start_weights
 
 __all__ = ["fit", "resolve_config", "save"]
 
@@ -106,7 +107,7 @@ def resolve_config(source: str | None, **settings: Any) -> TrainConfig:
         base = base.updated(**defaults)
         base.extra = {**recipe.extra, **base.extra}
     cfg = base.updated(**given)
-    cfg = _source_defaults(cfg, given)
+    cfg = _with_schedule(_source_defaults(cfg, given))
     # No size given nor set by a recipe: the size the model was made for (timm's config).
     cfg = cfg if cfg.size is not None else cfg.updated(size=default_size(cfg.arch))
     return cfg.updated(augment=default_augment(cfg.augment, epochs=cfg.epochs,
@@ -123,6 +124,15 @@ def _source_defaults(cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
     arch = {"arch": src.arch} if src.arch and "arch" not in given else {}
     size = {"size": src.meta["input_size"]} if cfg.size is None else {}
     return cfg.updated(**arch, **size)
+
+
+def _with_schedule(cfg: TrainConfig) -> TrainConfig:
+    """The fine-tune schedule not given, from the weights' source (`weights.default_schedule`)."""
+    if cfg.freeze_epochs is not None and cfg.body_lr_ratio is not None:
+        return cfg
+    freeze, ratio = default_schedule(cfg.weights)
+    return cfg.updated(freeze_epochs=freeze if cfg.freeze_epochs is None else cfg.freeze_epochs,
+                       body_lr_ratio=ratio if cfg.body_lr_ratio is None else cfg.body_lr_ratio)
 
 
 def _given(settings: dict[str, Any]) -> dict[str, Any]:
@@ -143,10 +153,10 @@ def _default_out(cfg: TrainConfig, table: ItemTable) -> Path:
 
 
 def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Path,
-                   history_start: int = 0, pieces: Pieces | None = None, tracked: list = (),
+                   writers: list, pieces: Pieces | None = None,
                    ) -> tuple[Learner, tuple[list[float], list[float]]]:
-    """The Learner and the (mean, std) its inputs are normalized with; `tracked` are the
-    trackers' callbacks (rank 0's)."""
+    """The Learner (with `writers`, the run's file writers and trackers' callbacks) and the
+    (mean, std) its inputs are normalized with."""
     pieces = pieces or Pieces()
     src = start_weights(cfg.weights) if cfg.weights else None
     model = create_model(arch, len(data.vocab), cfg.pretrained, cfg.weights, cfg.ps, cfg.size,
@@ -164,7 +174,7 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
     cbs = [PlainTensors(), ImageCount()] + ([L1Penalty(cfg.l1)] if cfg.l1 else [])
     cbs += sess.train_callbacks(cfg)
     cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
-    cbs += sess.main_only(_writer_callbacks(cfg, run_dir, history_start)) + list(tracked)
+    cbs += writers
     # The user's own: those that only log run where the run's own writers do.
     cbs += [cb for cb in pieces.cbs if not logs_only(cb)] + sess.main_only(
         [cb for cb in pieces.cbs if logs_only(cb)])
@@ -249,7 +259,8 @@ def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
     """fine_tune or fit_one_cycle, checkpointed and resumable; under a time budget the last
     phase's epochs are planned by `TimeBudget`. Returns the budget facts for metrics.json."""
     lr = cfg.lr * (sess.world_size if cfg.scale_lr else 1)
-    phases = plan_phases(bool(cfg.pretrained or cfg.weights), cfg.epochs, lr, cfg.freeze_epochs)
+    phases = plan_phases(bool(cfg.pretrained or cfg.weights), cfg.epochs, lr, cfg.freeze_epochs,
+                         cfg.body_lr_ratio)
     budget = None
     if cfg.time_budget:
         last = state and state["phase"] == len(phases) - 1
@@ -290,6 +301,8 @@ def _resumed_config(resume: str | Path, source: str | None, settings: dict,
         raise ConfigError(f"resume={str(resume)!r} continues the run as its config.json says; "
                           f"these settings cannot change on resume: {shown}. Settings that can: "
                           f"{', '.join(RESUMABLE)}")
+    if stored.body_lr_ratio is None:  # a config.json from before the setting: fine_tune's
+        stored = stored.updated(body_lr_ratio=IMAGENET_SCHEDULE[1])
     missing = missing_on_resume(stored.fastai, pieces or Pieces())
     if missing:
         raise ConfigError(f"resume={str(resume)!r}: the run was trained with fastai pieces that "
@@ -458,8 +471,8 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
         sess.on_main(lambda: trim_history(run_dir / "history.csv", state["history_rows"]))
     history_start = state["history_rows"] if state else 0
     trackers = hold(_trackers(cfg, run_dir, sess, history_start))
-    learn, norm = _build_learner(data, cfg, arch_obj, sess, run_dir, history_start, pieces,
-                                 trackers.callbacks)
+    writers = sess.main_only(_writer_callbacks(cfg, run_dir, history_start)) + trackers.callbacks
+    learn, norm = _build_learner(data, cfg, arch_obj, sess, run_dir, writers, pieces)
     lr_choice = _pick_lr(learn, cfg, say, sess)
     cfg = cfg.updated(lr=lr_choice.lr)
     sess.on_main(started)
@@ -487,6 +500,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
     sess.on_main(lambda: _write_run(learn, data))
     if not cfg.keep_checkpoint:
         sess.on_main(lambda: remove_checkpoint(run_dir))
+    _close_run(learn, writers)
     # Also under --quiet, one line (rank 0's) says how it went and where it is.
     over = metrics.get("budget_exceeded_seconds")
     done = format_metrics(metrics) + (
@@ -507,6 +521,15 @@ def _given_data(pieces: Pieces, cfg: TrainConfig, sess) -> GivenData:
     for note in sess.main_only(data.bundle_notes()):
         print(note)
     return data
+
+
+def _close_run(learn: Learner, writers: list) -> None:
+    """The run directory is final when `fit` returns: the Learner keeps no writer into it
+    (history, events, TensorBoard), and its `path` is fastai's default (the DataLoaders'),
+    so later training, `CSVLogger`, `learn.save` or `learn.export` write elsewhere.
+    `easycls.save(learn, dir)` saves the Learner as it is then."""
+    learn.remove_cbs(writers)
+    learn.path, learn.model_dir = Path(getattr(learn.dls, "path", ".")), "models"
 
 
 def _warn_leaks(data: PreparedData, cfg: TrainConfig, say) -> None:
@@ -538,14 +561,12 @@ def _summary(data: PreparedData, cfg: TrainConfig, sess, groups: list | None = N
         skipped += f", {groups_kept(groups)} groups kept on one side ({cfg.split_by})"
     pixels = storage.describe(data.store)
     start = f"; {start_weights(cfg.weights).describe()}" if cfg.weights else ""
+    if cfg.weights or cfg.pretrained:
+        start += (f"; fine-tuning: {cfg.freeze_epochs} frozen epoch(s), then the body at "
+                  f"{cfg.body_lr_ratio:g} x the head's lr")
     return (f"{cfg.source}: {len(data.table.refs) - n_valid} train / {n_valid} valid images, "
             f"{len(data.vocab)} classes ({kind}){skipped}; {cfg.arch} at {cfg.size}px, "
             f"{sess.batch_sizes(cfg.bs)}, pixels from the {pixels}{start}")
-
-
-def save(learn: Learner, out: str | Path) -> Path:
-    """Save a Learner returned by `fit` as a safe bundle (model.safetensors + model.json)."""
-    return save_bundle(learn.model, out, **learn.easycls.bundle_meta)
 
 
 def _write_run(learn: Learner, data: PreparedData) -> None:

@@ -34,10 +34,15 @@ from .bundle_schema import CUSTOM
 from .config import ConfigError
 from .models import size_kwargs
 
-__all__ = ["StartWeights", "WeightsError", "start_weights", "read_state", "head_module",
+__all__ = ["IMAGENET_SCHEDULE", "RUN_SCHEDULE", "default_schedule", "StartWeights",
+           "WeightsError", "start_weights", "read_state", "head_module",
            "head_keys", "load_start", "check_fits"]
 
 _SHOWN = 3  # tensors named in a mismatch line
+
+# Fine-tuning schedules by where the weights come from: (frozen epochs, body lr / head lr).
+IMAGENET_SCHEDULE = (1, 0.01)  # fastai's `fine_tune`: far-off features, move them gently
+RUN_SCHEDULE = (0, 1.0)        # an easycls run's own weights: measured, docs/weights.md
 
 
 class WeightsError(ConfigError):
@@ -106,6 +111,18 @@ def start_weights(given: str | Path) -> StartWeights:
     if path.name == WEIGHTS and (path.parent / META).is_file():  # a bundle's own tensor file
         return StartWeights(text, path, "bundle", _meta(text, path.parent))
     return StartWeights(text, path, "file")
+
+
+def default_schedule(weights: str | Path | None) -> tuple[int, float]:
+    """(frozen epochs, body lr ratio) for fine-tuning from `weights` (None: ImageNet weights).
+
+    Example:
+        >>> default_schedule("runs/digits-resnet18")
+        (0, 1.0)
+    """
+    if weights and start_weights(weights).meta is not None:
+        return RUN_SCHEDULE
+    return IMAGENET_SCHEDULE
 
 
 def _meta(given: str, folder: Path) -> dict:

@@ -33,6 +33,17 @@ def color_image(
     return Image.fromarray(pixels)
 
 
+def label_mosaic(labels: list[str], names: list[str], rng: np.random.Generator) -> Image.Image:
+    """Quadrant k lit in colour k when `names[k]` is in `labels`: learnable multi-label images
+    (up to 4 names)."""
+    img = np.clip(rng.normal(30, 10, (32, 32, 3)), 0, 255)
+    for k, name in enumerate(names):
+        if name in labels:
+            r, c = divmod(k, 2)
+            img[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16, k % 3] = 230
+    return Image.fromarray(img.astype(np.uint8))
+
+
 def write_class_folders(
     root: Path, classes=("cat", "dog", "fox"), per_class: int = 12, seed: int = 0, ext: str = ".png"
 ) -> Path:

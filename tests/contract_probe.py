@@ -37,7 +37,7 @@ def main(data: str, out: str, result: str) -> None:
     learn.show_results(max_n=4)
     axes = [ax for ax in plt.gcf().axes if ax.images]
     tta, _ = learn.tta(n=2)
-    learn.export("export.pkl")
+    learn.export(Path(out, "export.pkl"))  # learn.path is not the run directory
     # fastai's load_learner starts with a barrier of all ranks (it follows WORLD_SIZE); a
     # file loaded by one process alone is loaded as in a process of its own.
     os.environ["WORLD_SIZE"] = "1"

@@ -8,8 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from easycls.bench import (
+    format_budget_table,
     format_table,
     pipeline_rate,
+    plot_budget,
     plot_results,
     synthetic_folder,
     train_step_rate,
@@ -123,3 +125,60 @@ def test_cli_bench_processes_1_2(tmp_path):
 def test_cli_bench_rejects_bad_processes(tmp_path):
     res = CliRunner().invoke(app, ["bench", "--processes", "one,two", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "comma-separated" in res.output
+
+
+def test_budget_table_and_plot(tmp_path):
+    runs = [dict(processes=1, epochs=3, images_per_s=100.0, efficiency=1.0, metric="accuracy",
+                 score=0.81, train_seconds=50.2, total_seconds=58.9, within_budget=True),
+            dict(processes=2, epochs=5, images_per_s=170.0, efficiency=0.85, metric="accuracy",
+                 score=0.88, train_seconds=51.0, total_seconds=60.4, within_budget=False)]
+    result = dict(arch="resnet18", size=32, bs=16, device="cpu (2 cores)",
+                  time_budget_seconds=60.0, scaling=runs)
+    lines = format_budget_table(result).splitlines()
+    assert lines[0].startswith("60 s of wall time each: resnet18 32px bs 16 per process")
+    assert lines[1].split() == ["processes", "epochs", "images/s", "efficiency", "accuracy",
+                                "train", "s", "total", "s", "within", "budget"]
+    assert lines[2].split() == ["1", "3", "100.0", "1.00", "0.8100", "50.2", "58.9", "yes"]
+    assert lines[3].split() == ["2", "5", "170.0", "0.85", "0.8800", "51.0", "60.4", "NO"]
+    assert plot_budget(result, tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_bench_rejects_a_bad_budget(tmp_path):
+    res = CliRunner().invoke(app, ["bench", "--time-budget", "soon", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "--time-budget: cannot read the duration 'soon'" in res.output
+
+
+@pytest.mark.slow
+def test_cli_bench_at_a_fixed_wall_time(tmp_path):
+    """Each process count trains the same data under the same budget; both runs are kept
+    as run directories and compared. Budgets against wall time: fake clocks in test_budget."""
+    from easycls.compare import read_run
+    out = tmp_path / "bench"
+    src = synthetic_folder(tmp_path, n=48, n_classes=3, side=24)
+    res = CliRunner().invoke(app, ["bench", str(src), "--arch", "test_resnet", "--size", "16",
+                                   "--bs", "8", "--processes", "1,2", "--time-budget", "10s",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "10 s of wall time each" in res.output and "within budget" in res.output
+    data = json.loads((out / "bench.json").read_text())
+    assert data["time_budget_seconds"] == 10 and "train_step" not in data
+    one, two = data["scaling"]
+    assert (one["processes"], two["processes"]) == (1, 2) and one["efficiency"] == 1.0
+    assert two["efficiency"] == pytest.approx(two["images_per_s"] / (2 * one["images_per_s"]))
+    for r in (one, two):
+        run = read_run(r["run_dir"])
+        assert run.metrics["time_budget_seconds"] == 10 and r["epochs"] == len(run.history) >= 1
+        assert r["score"] == run.metrics["accuracy"] and r["processes"] == run.metrics["processes"]
+        assert r["within_budget"] == (run.metrics["total_seconds"] <= 10)
+    assert {"bench.png", "compare.md", "compare.csv", "compare.png"} <= {
+        p.name for p in out.iterdir()}
+    assert "| p1 |" in (out / "compare.md").read_text()
+
+
+@pytest.mark.slow
+def test_cli_bench_says_why_a_run_failed(tmp_path):
+    res = CliRunner().invoke(app, ["bench", str(tmp_path / "nowhere"), "--processes", "1",
+                                   "--time-budget", "5s", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 1
+    assert "`easycls fit` with 1 process(es) failed (exit 2): error:" in res.output
+    assert (tmp_path / "b" / "runs" / "p1.log").exists()

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from easycls.check import check
+from easycls.check.findings import duplicate_groups
 from easycls.check.hashing import phash, scan
 from easycls.check.index import groups_of, hamming, near_pairs
 from easycls.check.planted import planted_folder, shapes_image
@@ -75,8 +76,19 @@ def test_check_finds_planted_duplicates_and_writes_the_report(tmp_path):
     saved = json.loads((tmp_path / "out" / "check.json").read_text())
     assert saved["duplicates"] == r["duplicates"] and saved["label_issues"] is None
     md = (tmp_path / "out" / "check.md").read_text()
-    assert "Worth a look: duplicates" in md and "delete the copies" in md
+    assert "Worth a look: duplicates" in md and "--split-by duplicates" in md
     assert Image.open(tmp_path / "out" / "worst_cases.png").size[0] > 0
+
+
+def test_same_layout_in_another_colour_is_not_a_duplicate(tmp_path):
+    img = np.asarray(shapes_image(0, np.random.default_rng(5), 48))
+    Image.fromarray(img).save(tmp_path / "a.png")
+    Image.fromarray(img).save(tmp_path / "a.jpg", quality=70)
+    Image.fromarray(img[..., ::-1].copy()).save(tmp_path / "swapped.png")  # BGR: same grey-ish
+    s = scan([str(tmp_path / n) for n in ("a.png", "a.jpg", "swapped.png")])
+    ids, pairs = duplicate_groups(s)
+    assert ids[0] == ids[1] != ids[2]
+    assert pairs[:, :2].tolist() == [[0, 1]]
 
 
 def test_check_finds_leakage_conflicts_and_odd_images(tmp_path):

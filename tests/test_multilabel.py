@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, label_mosaic
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,12 +19,7 @@ LABELS = ["1", "2", "3", "19"]  # names kept as given; note no "4".."18"
 
 def _mosaic(labels: list[str], rng) -> Image.Image:
     """Quadrant k lit in colour k when label k is present: learnable multi-label images."""
-    img = np.clip(rng.normal(30, 10, (32, 32, 3)), 0, 255)
-    for k, name in enumerate(LABELS):
-        if name in labels:
-            r, c = divmod(k, 2)
-            img[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16, k % 3] = 230
-    return Image.fromarray(img.astype(np.uint8))
+    return label_mosaic(labels, LABELS, rng)
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,25 @@ def test_fit_from_a_run_directory_takes_its_arch_size_and_normalization(
     assert new["classes"] == ["a", "b"] and learn.easycls.metrics["accuracy"] >= 0.0
     summary = capsys.readouterr().out
     assert f"weights from the run {source_run}" in summary and "normalized as that run" in summary
+    # A run's schedule: no frozen epoch, so the history holds the one epoch asked for.
+    assert "fine-tuning: 0 frozen epoch(s)" in summary
+    assert (tmp_path / "r" / "history.csv").read_text().count("\n") == 2
+
+
+def test_the_schedule_follows_the_weights_source_and_settings_win(source_run, tmp_path):
+    from easycls.checkpoint import plan_phases
+    from easycls.train import resolve_config
+    from easycls.weights import IMAGENET_SCHEDULE, RUN_SCHEDULE
+    save_file(timm.create_model("test_resnet").state_dict(), str(tmp_path / "w.safetensors"))
+    of = lambda **kw: resolve_config("x", **kw)  # noqa: E731
+    assert (of(weights=str(source_run)).freeze_epochs, of(weights=str(source_run)).body_lr_ratio
+            ) == RUN_SCHEDULE
+    plain = of(weights=str(tmp_path / "w.safetensors"), arch="test_resnet")
+    assert (plain.freeze_epochs, plain.body_lr_ratio) == IMAGENET_SCHEDULE == (1, 0.01)
+    mine = of(weights=str(source_run), freeze_epochs=2, body_lr_ratio=0.5)
+    assert (mine.freeze_epochs, mine.body_lr_ratio) == (2, 0.5)
+    [one] = plan_phases(True, 5, 1e-3, freeze_epochs=0, body_lr_ratio=0.5)
+    assert (one.name, one.epochs, one.lr) == ("unfrozen", 5, slice(2.5e-4, 5e-4))
 
 
 def test_body_of_the_source_run_is_loaded_and_a_new_head_is_fresh(source_run):

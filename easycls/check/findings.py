@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.items import ItemTable
-from .hashing import Scan, correlation
+from .hashing import Scan, colour_difference, correlation
 from .index import groups_of, near_pairs
 
 __all__ = ["Items", "items_of", "duplicate_groups", "group_findings", "image_findings", "imbalance",
-           "MAX_DISTANCE", "MIN_CORRELATION", "TINY_SIDE", "EXTREME_RATIO"]
+           "MAX_DISTANCE", "MIN_CORRELATION", "MAX_COLOUR_DIFF", "TINY_SIDE", "EXTREME_RATIO"]
 
 MAX_DISTANCE = 10      # pHash bits: candidates for a near-duplicate
 MIN_CORRELATION = 0.9  # thumbnail correlation that confirms one
+MAX_COLOUR_DIFF = 8.0  # mean grey levels between 4x4 colour cells: more is another picture
 TINY_SIDE = 32         # px: below this the model sees mostly upscaling blur
 EXTREME_RATIO = 4.0    # width:height beyond which the square centre crop loses most of it
 BLANK_CONTRAST = 2.0   # grey levels of standard deviation: one flat colour
@@ -46,11 +47,17 @@ def items_of(table: ItemTable) -> Items:
 
 def duplicate_groups(scan: Scan, max_distance: int = MAX_DISTANCE,
                      min_correlation: float = MIN_CORRELATION) -> tuple[np.ndarray, np.ndarray]:
-    """(group id per image, confirmed pairs (i, j, distance)) of near-duplicates."""
+    """(group id per image, confirmed pairs (i, j, distance)) of near-duplicates.
+
+    Candidates within `max_distance` hash bits count when their grey thumbnails correlate
+    at `min_correlation` or more and their colours agree.
+    """
     ok = np.flatnonzero(scan.readable)
     pairs = near_pairs(scan.hashes[ok], max_distance)
     pairs[:, :2] = ok[pairs[:, :2]]
-    pairs = pairs[correlation(scan.thumbs, pairs) >= min_correlation]
+    same = ((correlation(scan.thumbs, pairs) >= min_correlation)
+            & (colour_difference(scan.colours, pairs) <= MAX_COLOUR_DIFF))
+    pairs = pairs[same]
     return groups_of(len(scan.hashes), pairs), pairs
 
 

@@ -17,11 +17,12 @@ from PIL import Image
 
 from ..data.images import UnreadableImage, open_image, parallel_map
 
-__all__ = ["HASH_SIDE", "Scan", "correlation", "phash", "phash_bits", "scan"]
+__all__ = ["HASH_SIDE", "Scan", "colour_difference", "correlation", "phash", "phash_bits", "scan"]
 
 HASH_SIDE = 32  # pHash: 32x32 grey, its 8x8 lowest DCT frequencies
 _LOW = 8
 _THUMB = 16
+_CELLS = 4
 _k = np.arange(HASH_SIDE)
 # DCT-II basis (scipy.fftpack's, up to a factor that the median comparison ignores).
 _DCT = np.cos(np.pi * np.outer(_k[:_LOW], 2 * _k + 1) / (2 * HASH_SIDE))
@@ -38,6 +39,8 @@ class Scan:
             and the aspect ratio, so small sides are exact.
         contrast: standard deviation of the grey thumbnail (0 for a blank image).
         thumbs: 16x16 grey thumbnails, to confirm that two close hashes are close images.
+        colours: 4x4 RGB cell means: the hash and the thumbnails are grey, and two pictures
+            that differ only in colour are not copies.
         unreadable: {index: reason} for images that cannot be decoded.
     """
 
@@ -46,6 +49,7 @@ class Scan:
     sizes: np.ndarray
     contrast: np.ndarray
     thumbs: np.ndarray
+    colours: np.ndarray
     unreadable: dict[int, str]
 
     @property
@@ -88,6 +92,14 @@ def correlation(thumbs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return np.where(norm > 0, (a * b).sum(1) / np.maximum(norm, 1e-9), flat)
 
 
+def colour_difference(colours: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Mean absolute difference of the 4x4 RGB cell means of each (i, j) pair (0..255)."""
+    if len(pairs) == 0:
+        return np.zeros(0)
+    a, b = (colours[pairs[:, c]].astype(np.float32) for c in (0, 1))
+    return np.abs(a - b).reshape(len(pairs), -1).mean(1)
+
+
 def _scan_one(ref: str) -> tuple | str:
     try:
         img = open_image(ref, draft=HASH_SIDE)
@@ -96,7 +108,8 @@ def _scan_one(ref: str) -> tuple | str:
     grey = _grey(img)
     digest = int.from_bytes(hashlib.blake2b(grey.tobytes(), digest_size=8).digest(), "big")
     thumb = np.asarray(Image.fromarray(grey).resize((_THUMB, _THUMB), Image.Resampling.BOX))
-    return phash_bits(grey), digest, img.size[0], img.size[1], float(grey.std()), thumb
+    colour = np.asarray(img.resize((_CELLS, _CELLS), Image.Resampling.BOX))
+    return phash_bits(grey), digest, img.size[0], img.size[1], float(grey.std()), thumb, colour
 
 
 def scan(refs: Sequence[str], workers: int | None = None, progress: bool = False) -> Scan:
@@ -110,9 +123,10 @@ def scan(refs: Sequence[str], workers: int | None = None, progress: bool = False
     hashes, digests = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
     sizes, contrast, bad = np.zeros((n, 2), np.int64), np.zeros(n), {}
     thumbs = np.zeros((n, _THUMB, _THUMB), np.uint8)
+    colours = np.zeros((n, _CELLS, _CELLS, 3), np.uint8)
     for i, got in enumerate(parallel_map(_scan_one, refs, workers, progress)):
         if isinstance(got, str):
             bad[i] = got
             continue
-        hashes[i], digests[i], sizes[i, 0], sizes[i, 1], contrast[i], thumbs[i] = got
-    return Scan(hashes, digests, sizes, contrast, thumbs, bad)
+        hashes[i], digests[i], sizes[i, 0], sizes[i, 1], contrast[i], thumbs[i], colours[i] = got
+    return Scan(hashes, digests, sizes, contrast, thumbs, colours, bad)

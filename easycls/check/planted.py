@@ -100,16 +100,21 @@ def _rel(path: Path, root: Path) -> str:
 
 def group_folder(root: str | Path, n_classes: int = 4, groups_per_class: int = 20,
                  per_group: int = 10, size: int = 48, seed: int = 0) -> Path:
-    """Write `root/<class>/g<group>_<frame>.png`: groups of near-identical frames.
+    """Write `root/<class>/g<class>_<group>_<frame>.png`: groups of near-identical frames.
 
-    Each group is one scene (its own shapes) seen in `per_group` frames that differ by a
-    small shift and noise, so a model can tell a group apart far more easily than a class.
+    Each group is one scene (random shapes in a random hue) seen in `per_group` frames that
+    differ by a small shift and noise; the class is only a small square of the class's hue
+    somewhere in the scene. A model can tell a scene it has seen far more easily than it
+    learns the class, which is what makes a random split of such data overstate.
     """
     root, rng = Path(root), np.random.default_rng(seed)
     for ci in range(n_classes):
         (root / f"class{ci}").mkdir(parents=True, exist_ok=True)
         for g in range(groups_per_class):
-            scene = np.asarray(shapes_image(ci, rng, size + 8), float)
+            scene = np.asarray(shapes_image(int(rng.integers(n_classes, 10_000)), rng,
+                                            size + 8), float)
+            x, y = rng.integers(4, size - 8, 2)
+            scene[y: y + 8, x: x + 8] = _hue(ci)
             for f in range(per_group):
                 dx, dy = rng.integers(0, 9, 2)
                 frame = scene[dy: dy + size, dx: dx + size] + rng.normal(0, 8, (size, size, 3))

@@ -41,8 +41,8 @@ def _group_verdicts(r: dict) -> list[dict]:
     out.append(_verdict("duplicates", "warn" if n else "ok",
                         f"{n} groups of exact or near-duplicate images ({images} images)",
                         "a random split puts copies on both sides, and validation then scores "
-                        "images the model trained on: delete the copies, or keep each group on "
-                        "one side of the split" if n else ""))
+                        "images the model trained on: train with `easycls fit DATA --split-by "
+                        "duplicates`, or delete the copies" if n else ""))
     return out
 
 

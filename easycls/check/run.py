@@ -7,7 +7,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from ..config import TrainConfig
+from ..data.items import DataError, ItemTable
 from ..data.prepare import load_items
 from .findings import (
     MAX_DISTANCE,
@@ -19,6 +22,7 @@ from .findings import (
     items_of,
 )
 from .hashing import scan
+from .labels import LABEL_BUDGET, out_of_fold, rank_label_issues, run_probabilities
 from .report import verdicts, write_report
 
 __all__ = ["check", "default_out"]
@@ -29,15 +33,29 @@ def default_out(name: str) -> Path:
     return Path("checks") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def _run_config(source: str) -> TrainConfig | None:
+    """The settings of a run directory (its config.json), or None when `source` is not one."""
+    p = Path(source)
+    if (p / "model.json").is_file() and (p / "config.json").is_file():
+        return TrainConfig.from_json(p / "config.json")
+    return None
+
+
 def check(source: str, *, images: str | None = None, out: str | Path | None = None,
-          max_distance: int = MAX_DISTANCE, min_correlation: float = MIN_CORRELATION,
-          workers: int | None = None, progress: bool = False, say=print) -> dict:
+          labels: bool = False, run: str | Path | None = None,
+          label_seconds: float = LABEL_BUDGET, max_distance: int = MAX_DISTANCE,
+          min_correlation: float = MIN_CORRELATION, workers: int | None = None,
+          progress: bool = False, say=print) -> dict:
     """Check a dataset before (or after) training and write its report folder.
 
     Args:
         source: what `fit` takes: a folder, split folders, a .zip, a CSV or a recipe name.
         images: the image folder of a CSV source.
         out: report folder (default `checks/<data name>-<time>`).
+        labels: rank likely label errors from out-of-fold probabilities of short runs.
+        run: rank them with this run directory's model instead (a run directory given as
+            `source` does the same, on the run's own data).
+        label_seconds: time budget of the out-of-fold runs, all folds together.
         max_distance: perceptual-hash bits two near-duplicates may differ by.
         min_correlation: thumbnail correlation that confirms a near-duplicate.
         workers: decoding threads (default: one per core).
@@ -52,7 +70,12 @@ def check(source: str, *, images: str | None = None, out: str | Path | None = No
         >>> r["duplicates"][:1], r["leakage"][:1]
     """
     t0 = time.perf_counter()
+    if (run_cfg := _run_config(str(source))) is not None:
+        run, source, images = source, run_cfg.source, images or run_cfg.images
     table = load_items(TrainConfig(source=str(source), images=images))
+    if (labels or run) and table.multi_label:
+        raise DataError(f"{source} is multi-label: label issues are ranked for single-label "
+                        "data only; drop --labels / --run")
     items = items_of(table)
     found = scan(items.refs, workers, progress)
     group_ids, pairs = duplicate_groups(found, max_distance, min_correlation)
@@ -61,6 +84,9 @@ def check(source: str, *, images: str | None = None, out: str | Path | None = No
                   min_correlation=min_correlation, near_pairs=len(pairs))
     result.update(group_findings(items, group_ids))
     result.update(image_findings(items, found), imbalance=imbalance(items), label_issues=None)
+    if labels or run:
+        result.update(_label_issues(table, found.readable[:len(table.refs)], run, label_seconds,
+                                    say))
     result["seconds"] = round(time.perf_counter() - t0, 3)
     result["verdicts"] = verdicts(result)
     out = Path(out) if out else default_out(table.name)
@@ -68,6 +94,25 @@ def check(source: str, *, images: str | None = None, out: str | Path | None = No
     result["out"] = str(out)
     say(f"{source}: {result['n_images']} images; {_summary(result)}; report: {out}/check.md")
     return result
+
+
+def _label_issues(table, readable, run, seconds: float, say) -> dict:
+    """`label_issues` over the readable labelled (training and validation) images."""
+    keep = [i for i in range(len(table.refs)) if readable[i]]
+    sub = ItemTable([table.refs[i] for i in keep], [table.labels[i] for i in keep],
+                    is_valid=None, name=table.name, root=table.root)
+    given = [x[0] if x else "" for x in sub.labels]
+    if run:
+        probs, ranked = run_probabilities(str(run), sub.refs, sub.classes), None
+        how = f"the model of {run}, which trained on some of them"
+    else:
+        say(f"label issues: out-of-fold runs for up to {seconds:g} s")
+        probs, ranked = out_of_fold(sub, seconds=seconds)
+        how = "out-of-fold"
+    idx = np.arange(len(sub.refs)) if ranked is None else np.flatnonzero(ranked)
+    issues = rank_label_issues(probs[idx], [given[i] for i in idx], sub.classes,
+                               [sub.refs[i] for i in idx])
+    return dict(label_issues=issues, label_source=how)
 
 
 def _summary(result: dict) -> str:
