@@ -255,6 +255,20 @@ class Session:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def size(self) -> int:
+        """Processes in the job (`job.Group`)."""
+        return self.world_size
+
+    @property
+    def local_size(self) -> int:
+        """Processes of the job on this machine (`job.Group`)."""
+        return self.local_world_size
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank (`job.Group`)."""
+        return self.agree(value)
+
     def main_only(self, items: list) -> list:
         """`items` on rank 0, nothing elsewhere (file writers, loggers, progress bars)."""
         return list(items) if self.is_main else []

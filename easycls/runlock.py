@@ -40,7 +40,7 @@ except ImportError:  # Windows: no flock; the pid/host record alone decides
     fcntl = None
 
 __all__ = ["LOCK_NAME", "REPLACED_NAME", "RUN_FILES", "RunLockError", "RunLock", "claim",
-           "run_files"]
+           "run_files", "try_flock", "release_flock"]
 
 LOCK_NAME = ".easycls.lock"
 REPLACED_NAME = ".easycls-replaced"  # an overwritten run's files until the new run writes
@@ -91,8 +91,14 @@ def _read(fd: int) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _try_flock(fd: int) -> bool | None:
-    """True: locked; False: another process holds it; None: this filesystem cannot flock."""
+def try_flock(fd: int) -> bool | None:
+    """Take an exclusive ``flock`` on ``fd`` without waiting: the one file-lock primitive of
+    easycls (run directories here, cache builds in ``data/cachedir.py``).
+
+    Returns:
+        True: locked; False: another process holds it; None: this system or filesystem
+        cannot ``flock`` (the caller decides what then protects it).
+    """
     if fcntl is None:
         return None
     try:
@@ -104,6 +110,12 @@ def _try_flock(fd: int) -> bool | None:
             return None
         raise
     return True
+
+
+def release_flock(fd: int) -> None:
+    """Give back a lock that :func:`try_flock` took."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class RunLock:
@@ -129,7 +141,7 @@ class RunLock:
         return self
 
     def _take(self, fd: int) -> int | None:
-        got, owner = _try_flock(fd), _read(fd)
+        got, owner = try_flock(fd), _read(fd)
         if got is False or (got is None and owner and not _stale(owner)):
             raise RunLockError(f"{self.run_dir} is in use by another easycls run: "
                                f"{_describe(owner)}. Wait for it to finish, or choose another "

@@ -34,7 +34,7 @@ from .checkpoint import (
     run_phases,
     trim_history,
 )
-from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig, check
+from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig
 from .data import storage
 from .data.cachedir import cache_root
 from .data.items import ItemTable
@@ -43,7 +43,6 @@ from .data.prepare import (
     build_dataloaders,
     check_source,
     load_items,
-    store_mode,
 )
 from .data.recipes import get_recipe, is_recipe
 from .distributed import resolve_precision
@@ -246,8 +245,9 @@ def _resumed_config(resume: str | Path, source: str | None, settings: dict) -> T
     given = _given({**settings, "source": source})
     if "out" in given and Path(given["out"]).resolve() == Path(resume).resolve():
         del given["out"]
+    # Compared as resolved settings: an alias (`cache`) that names the stored value is no change.
     fixed = [k for k, v in given.items()
-             if k not in RESUMABLE and check(k, v) != getattr(stored, k)]
+             if k not in RESUMABLE and stored.updated(**{k: v}) != stored]
     if fixed:
         shown = ", ".join(f"{k} (run: {getattr(stored, k)!r}, given: {given[k]!r})" for k in fixed)
         raise ConfigError(f"resume={str(resume)!r} continues the run as its config.json says; "
@@ -288,7 +288,7 @@ def _check_writable(cfg: TrainConfig) -> None:
     not after training (`--out` itself is created and locked by the claim)."""
     if not cfg.out:
         check_writable("runs", "the run directory", "pass --out with a folder you can write to")
-    if store_mode(cfg) != "none":
+    if cfg.store != "none":
         check_writable(cache_root(), "the decoded-image cache", "point EASYCLS_CACHE at a "
                        "folder you can write to, or pass --store none")
 

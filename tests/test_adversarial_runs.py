@@ -75,7 +75,7 @@ def _dead_pid() -> int:
     ("other", "dead", False),    # another host cannot be checked: respected, file named
 ])
 def test_without_flock_the_pid_and_host_decide(tmp_path, monkeypatch, host, pid, free):
-    monkeypatch.setattr(runlock, "_try_flock", lambda fd: None)  # e.g. a filesystem without flock
+    monkeypatch.setattr(runlock, "try_flock", lambda fd: None)  # e.g. a filesystem without flock
     run = tmp_path / "run"
     run.mkdir()
     record = dict(pid=_dead_pid() if pid == "dead" else os.getppid(), command="easycls fit x",

@@ -27,6 +27,7 @@ dataset is always `pixels[i]`, `targets[i]`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,8 @@ from PIL import Image
 from .feed import FeedDL
 from .images import load_resized, resize_square
 
-__all__ = ["ImageDataset", "Pixels", "LoadImage", "IndexedCategorize", "IndexedMultiCategorize",
+__all__ = ["ImageDataset", "Pixels", "Rows", "LoadImage", "IndexedCategorize",
+           "IndexedMultiCategorize",
            "train_store_size", "make_dataloaders", "encode_labels", "pixel_stats",
            "default_workers", "BatchAugment"]
 
@@ -75,6 +77,35 @@ class Pixels:
 
 
 _INDEX = (int, np.integer)
+
+
+class Rows:
+    """Some rows of a cache or store, indexed without copying the rest.
+
+    ``array[rows]`` on a memory map reads every kept row into RAM at once (the whole
+    cache when one image of many is unreadable); this view reads only what is asked.
+
+    Example:
+        >>> view = Rows(cache.array, [0, 2, 3])
+        >>> view[1].shape == cache.array[2].shape, view[[0, 2]].shape[0]
+        (True, 2)
+    """
+
+    def __init__(self, base, rows: Sequence[int]):
+        self.base, self.rows = base, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, (int, np.integer)):
+            return self.base[int(self.rows[i])]
+        return self.base[self.rows[np.asarray(i, dtype=np.int64)]]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.base.shape[1:]) if hasattr(self.base, "shape") else (
+            len(self.rows),)
 
 
 class LoadImage(DisplayedTransform):
