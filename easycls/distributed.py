@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -30,40 +30,15 @@ from fastai.data.load import DataLoader
 from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 
-from .data.images import available_cores
 from .errors import UserError
+from .job import local_world_size, world_size
 
-__all__ = ["Session", "session", "world_size", "TrainShardsDL", "ValidShardsDL",
-           "DataParallelTrainer", "resolve_precision", "PrecisionError", "local_world_size",
-           "worker_budget", "process_group_timeout", "ProcessLocal"]
+__all__ = ["Session", "session", "TrainShardsDL", "ValidShardsDL", "DataParallelTrainer",
+           "resolve_precision", "PrecisionError", "process_group_timeout", "ProcessLocal"]
 
 # Ranks wait at barriers while others build caches or stores, which can take hours at
 # ImageNet size; torch's default (10 to 30 minutes) would abort the job instead.
 _DEFAULT_TIMEOUT_S = 2 * 3600.0
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def local_world_size() -> int:
-    """Processes of this job on this machine (torchrun and accelerate set LOCAL_WORLD_SIZE;
-    without it, all ranks are taken as local, which never oversubscribes the cores)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE") or world_size())
-
-
-def worker_budget(cores: int | None = None, local_world: int | None = None) -> int:
-    """Loader workers per process: the machine's cores shared by its processes, one core of
-    each share left to the process's own training loop; at least 1, at most 16.
-
-    Example:
-        >>> worker_budget(cores=16, local_world=8)   # not 8 ranks x 15 workers on 16 cores
-        1
-    """
-    if cores is None:
-        cores = available_cores()
-    share = cores // max(1, local_world if local_world is not None else local_world_size())
-    return min(16, max(1, share - 1))
 
 
 def process_group_timeout(seconds: float | None = None) -> float:
@@ -356,46 +331,11 @@ class Session:
                 else:
                     os.environ[k] = v
 
-    @contextmanager
-    def claim(self, run_dir: Any, *, resume: bool = False, overwrite: bool = False
-              ) -> Iterator[Any]:
-        """Hold the run directory's lock for the life of the run (`runlock.claim`); yields the
-        `RunLock` on rank 0, None elsewhere.
-
-        Rank 0 alone writes, so it alone holds the lock; when it cannot, every rank raises
-        the same `RunLockError`, so no process of the launch goes on alone.
-        """
-        from .runlock import RunLockError, claim
-        with ExitStack() as stack:
-            refused, lock = None, None
-            if self.is_main:
-                try:
-                    lock = stack.enter_context(claim(run_dir, resume=resume, overwrite=overwrite))
-                except RunLockError as e:
-                    refused = str(e)
-            refused = self.agree(refused)
-            if refused is not None:
-                raise RunLockError(refused)
-            yield lock
-
-    def train_callbacks(self, cfg: Any = None) -> list:
-        """DDP and sharding, channels_last where it pays, and on CUDA mixed precision (from `cfg`)
-        and the smoothed loss kept on the GPU (no host sync per step)."""
-        cbs: list = [
-            DataParallelTrainer(
-                self.accelerator,
-                self.rank,
-                self.world_size,
-                sync_bn=self.device.type == "cuda" and self.world_size > 1,
-            )
-        ]
-        from .callbacks import ChannelsLastAuto, DeviceSmoothLoss
-        cbs += [ChannelsLastAuto(getattr(cfg, "channels_last", None)), DeviceSmoothLoss()]
-        precision = resolve_precision(getattr(cfg, "mixed_precision", None), self.device)
-        if self.device.type == "cuda" and precision != "no":
-            from fastai.callback.fp16 import MixedPrecision
-            cbs.append(MixedPrecision(precision))
-        return cbs
+    def trainer(self) -> DataParallelTrainer:
+        """The callback that makes training distributed: DDP (with synced batch norm on
+        CUDA) and the sharded loaders."""
+        return DataParallelTrainer(self.accelerator, self.rank, self.world_size,
+                                   sync_bn=self.device.type == "cuda" and self.world_size > 1)
 
     def batch_sizes(self, bs: int) -> str:
         return f"bs {bs} per process x {self.world_size} = {bs * self.world_size}"

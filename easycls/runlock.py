@@ -29,10 +29,11 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from .errors import UserError
+from .job import Group
 
 try:
     import fcntl
@@ -40,7 +41,7 @@ except ImportError:  # Windows: no flock; the pid/host record alone decides
     fcntl = None
 
 __all__ = ["LOCK_NAME", "REPLACED_NAME", "RUN_FILES", "RunLockError", "RunLock", "claim",
-           "run_files", "try_flock", "release_flock"]
+           "claim_together", "run_files", "try_flock", "release_flock"]
 
 LOCK_NAME = ".easycls.lock"
 REPLACED_NAME = ".easycls-replaced"  # an overwritten run's files until the new run writes
@@ -238,3 +239,26 @@ def claim(run_dir: str | os.PathLike, *, resume: bool = False,
             lock.restore()
             raise
         lock.started()
+
+
+@contextmanager
+def claim_together(group: Group, run_dir: str | os.PathLike, *, resume: bool = False,
+                   overwrite: bool = False) -> Iterator[RunLock | None]:
+    """:func:`claim` for the processes of a run: the first alone writes, so it alone holds
+    the lock (yielded there, None elsewhere); when it cannot, every process raises the same
+    `RunLockError`, so none of the launch goes on alone.
+
+    Raises:
+        RunLockError: as :func:`claim`, on every process.
+    """
+    with ExitStack() as stack:
+        refused, lock = None, None
+        if group.rank == 0:
+            try:
+                lock = stack.enter_context(claim(run_dir, resume=resume, overwrite=overwrite))
+            except RunLockError as e:
+                refused = str(e)
+        refused = group.broadcast(refused)
+        if refused is not None:
+            raise RunLockError(refused)
+        yield lock

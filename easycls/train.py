@@ -22,7 +22,7 @@ from fastcore.basics import noop
 from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget, budget_origin
 from .bundle import load
-from .callbacks import AugmentWhenLong, ImageCount, L1Penalty, PlainTensors
+from .callbacks import ChannelsLastAuto, DeviceSmoothLoss, ImageCount, L1Penalty, PlainTensors
 from .check.split import exact_leaks, groups_kept, split_groups
 from .checkpoint import (
     Checkpointer,
@@ -36,6 +36,7 @@ from .checkpoint import (
 )
 from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig
 from .data import storage
+from .data.augment import AugmentWhenLong
 from .data.cachedir import cache_root
 from .data.items import ItemTable
 from .data.prepare import (
@@ -63,6 +64,7 @@ from .predict import decisions, write_predictions
 from .priors import init_output_bias
 from .report import format_metrics, plot_confusion, plot_f1_threshold, plot_history
 from .rundir import RunRecord, write_json, write_per_class, write_skipped
+from .runlock import claim_together
 from .runlog import (
     HistoryCSV,
     JsonEvents,
@@ -153,10 +155,7 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
     norm = norm or (model_normalization(model) if (cfg.pretrained or src) else None)
     norm = norm or data.pixel_stats()
     dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm)
-    cbs = [PlainTensors(), ImageCount()] + ([L1Penalty(cfg.l1)] if cfg.l1 else [])
-    cbs += sess.train_callbacks(cfg)
-    cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
-    cbs += writers
+    cbs = _callbacks(cfg, sess, writers)
     # The model holds its starting weights already; `pretrained` makes the factory freeze it.
     kw = dict(pretrained=bool(cfg.pretrained or src), wd=cfg.wd, cbs=cbs, path=run_dir)
     if data.multi_label:
@@ -182,6 +181,21 @@ def _progress(learn: Learner, silent: bool) -> None:
     elif wants_plain_progress():
         learn.remove_cb(ProgressCallback)
         learn.add_cb(PlainProgress())
+
+
+def _callbacks(cfg: TrainConfig, sess, writers: list) -> list:
+    """Every callback of the run's Learner, assembled here: the training step's (plain
+    tensors, the images trained on, L1, memory format, the smoothed loss on the device,
+    mixed precision on CUDA), the processes' (DDP and sharding), live augmentation, and
+    `writers` (rank 0's: what the run writes as it trains)."""
+    cbs = [PlainTensors(), ImageCount()] + ([L1Penalty(cfg.l1)] if cfg.l1 else [])
+    cbs += [sess.trainer(), ChannelsLastAuto(cfg.channels_last), DeviceSmoothLoss()]
+    precision = resolve_precision(cfg.mixed_precision, sess.device)
+    if sess.device.type == "cuda" and precision != "no":
+        from fastai.callback.fp16 import MixedPrecision
+        cbs.append(MixedPrecision(precision))
+    cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
+    return cbs + writers
 
 
 def _writer_callbacks(cfg: TrainConfig, run_dir: Path, history_start: int) -> list:
@@ -322,8 +336,8 @@ def fit(source: str | None = None, *, resume: str | None = None, **settings: Any
         locks: list = []
 
         def claim(run_dir: str | Path, overwrite: bool = False) -> None:
-            locks.append(held.enter_context(sess.claim(run_dir, resume=resume is not None,
-                                                       overwrite=overwrite)))
+            locks.append(held.enter_context(claim_together(sess, run_dir, resume=resume is not None,
+                                                           overwrite=overwrite)))
         # Claimed before anything is read or written: a second run on it fails at once.
         if resume is not None:
             if not Path(resume).is_dir():

@@ -110,15 +110,16 @@ def test_another_runs_files_are_refused_unless_resumed_or_overwritten(tmp_path):
         pass
 
 
-def test_session_claim_fails_every_rank_together(holder):
-    from easycls.distributed import Session
+def test_claim_together_fails_every_rank_together(holder):
+    from easycls.job import ONE
+    from easycls.runlock import claim_together
     run, proc = holder
     with pytest.raises(RunLockError, match=f"pid {proc.pid}"):
-        with Session().claim(run):
+        with claim_together(ONE, run):
             pass
     proc.kill()
     proc.wait()
-    with Session().claim(run):
+    with claim_together(ONE, run):
         assert (run / LOCK_NAME).exists()
     assert not (run / LOCK_NAME).exists()
 

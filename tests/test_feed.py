@@ -19,7 +19,8 @@ from easycls.data.feed import ArrayGather, FeedDL, ItemGather, JpegGather, batch
 from easycls.data.jpeg import decode_jpegs
 from easycls.data.loaders import ImageDataset, Pixels
 from easycls.data.prefetch import Prefetcher
-from easycls.distributed import TrainShardsDL, worker_budget
+from easycls.distributed import TrainShardsDL
+from easycls.job import worker_budget
 
 
 def _cached(n=37, side=12, multi=False, seed=0) -> ImageDataset:

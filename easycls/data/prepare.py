@@ -16,7 +16,7 @@ import torch
 from fastai.data.core import DataLoaders
 
 from ..config import TrainConfig
-from ..distributed import Session
+from ..job import ONE, Group
 from ..plan import default_bs
 from . import storage
 from .items import DataError, ItemTable
@@ -182,9 +182,9 @@ class PreparedData:
     """An item table made ready to train: split, checked, decoded; vocab and datasets."""
 
     def __init__(self, table: ItemTable, cfg: TrainConfig, progress: bool = False,
-                 sess: Session | None = None, groups: list | None = None):
+                 sess: Group = ONE, groups: list | None = None):
         self.progress = progress  # decode/cache progress: rank 0 only, and not when quiet
-        self.sess = sess or Session()  # the processes that decide and build together
+        self.sess = sess  # the processes that decide and build together
         if table.is_valid is None:  # `groups`: a key per item kept on one side of the split
             table.is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed, groups)
         table.check()
