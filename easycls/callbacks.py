@@ -63,13 +63,13 @@ class L1Penalty(Callback):
 class ChannelsLastAuto(Callback):
     """Channels-last weights where they pay: always on CUDA; on CPU for depthwise-conv models.
 
-    Measured on 2 CPU cores (training step, 64 px, bs 64): mobilenetv3_small_100 83 ms in
-    channels_last vs 154 ms contiguous; resnet18 about 5 % slower, so CPU keeps it off for
-    models without depthwise convolutions. `enabled` True/False forces it.
+    On CPU, channels-last pays for depthwise-conv models and costs the others a little
+    (docs/performance.md), so CPU keeps it off for models without depthwise convolutions.
+    `enabled` True/False forces it.
 
     Batches are handed over in the model's format: a uint8 NHWC batch viewed as NCHW is
     channels-last already, and a contiguous model fed channels-last input runs its
-    convolutions channels-last (measured: a 3-epoch resnet18 run 12 % slower on CPU).
+    convolutions channels-last (slower on CPU: docs/performance.md).
     """
 
     order = -1  # before anything wraps the model (DDP, compile)

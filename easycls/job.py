@@ -18,8 +18,10 @@ __all__ = ["Group", "ONE", "share", "world_size", "local_world_size", "worker_bu
 
 
 def world_size() -> int:
-    """Processes in this job (``WORLD_SIZE``, set by torchrun and accelerate; else 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Processes in this job: fastai's ``num_distrib`` (``WORLD_SIZE``, set by torchrun and
+    accelerate), at least 1."""
+    from fastai.torch_core import num_distrib  # here: this module stays free of torch
+    return max(1, num_distrib())
 
 
 def local_world_size() -> int:

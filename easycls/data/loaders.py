@@ -11,7 +11,7 @@ The datasets are fastai `Datasets`, so fastai's everyday API works on `learn.dls
 - items are indices `0..n-1` into one split's pixel store;
 - the input pipeline is one `LoadImage` transform: an index reads row `i` of the store; a
   path, a PIL image or an array gets exactly the validation preprocessing of
-  `easycls.load` (`images.load_resized` / `resize_square` at the validation size), so
+  `easycls.load` (`images.to_pixels` at the validation size), so
   `dls.test_dl(["a.jpg", PILImage.create(...)])` and `learn.predict("a.jpg")` work;
 - the target pipeline is `IndexedCategorize` (single-label; fastai's `Categorize`, decoding
   to a `Category`) or `IndexedMultiCategorize` (multi-hot rows; fastai's
@@ -49,7 +49,7 @@ from PIL import Image
 from ..job import worker_budget
 from .augment import BatchAugment
 from .feed import FeedDL
-from .images import load_resized, resize_square
+from .images import load_resized, to_pixels
 
 __all__ = ["ImageDataset", "Pixels", "Rows", "LoadImage", "IndexedCategorize",
            "IndexedMultiCategorize",
@@ -131,14 +131,12 @@ class LoadImage(DisplayedTransform):
                 raise IndexError("this DataLoaders holds no pixels (an exported Learner): "
                                  "give image paths, PIL images or arrays instead of indices")
             return self.store[int(o)]
-        if isinstance(o, (str, Path)):
-            return load_resized(str(o), self.size)
         if isinstance(o, torch.Tensor):  # CHW, as fastai tensors are
             o = o.detach().cpu().permute(1, 2, 0).numpy() if o.ndim == 3 else o.cpu().numpy()
-        if isinstance(o, np.ndarray):
+        if isinstance(o, np.ndarray):  # any HWC array, resized like a picture
             o = Image.fromarray(o.astype(np.uint8))
-        if isinstance(o, Image.Image):
-            return resize_square(o.convert("RGB"), self.size)  # as bundle.Predictor does
+        if isinstance(o, (str, Path, Image.Image)):
+            return to_pixels(o, self.size)  # as bundle.Predictor does
         raise TypeError(f"cannot read an image from {type(o).__name__}: give a path, a PIL "
                         "image or an HWC uint8 array")
 

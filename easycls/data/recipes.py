@@ -250,25 +250,19 @@ def write_submission(run_dir: Path, predictor, table: ItemTable, test=None) -> N
 
 # --- the catalogue -----------------------------------------------------------------------
 
+def _embedded(name: str, epochs: int, px: int, size: str) -> Recipe:
+    """A recipe of an embedded dataset: a small model from scratch, offline; digits are not
+    flipped."""
+    return Recipe(name, builtin.describe(name), BUILTIN[name],
+                  dict(arch="resnet18", epochs=epochs, bs=64, size=px, pretrained=False, lr=3e-3),
+                  dict(flip=False), size=size)
+
+
 # Real datasets fine-tune ImageNet weights at sizes near the images' own; the embedded
 # datasets train small models from scratch offline in about a minute on 2 CPU cores.
 RECIPES: dict[str, Recipe] = {
-    "digits": Recipe(
-        "digits",
-        builtin.describe("digits"),
-        BUILTIN["digits"],
-        dict(arch="resnet18", epochs=5, bs=64, size=32, pretrained=False, lr=3e-3),
-        dict(flip=False),
-        size="1,797 images, 10 classes, 32x32",
-    ),
-    "digits-multilabel": Recipe(
-        "digits-multilabel",
-        builtin.describe("digits-multilabel"),
-        BUILTIN["digits-multilabel"],
-        dict(arch="resnet18", epochs=6, bs=64, size=48, pretrained=False, lr=3e-3),
-        dict(flip=False),
-        size="3,600 images, 10 labels, 64x64",
-    ),
+    "digits": _embedded("digits", 5, 32, "1,797 images, 10 classes, 32x32"),
+    "digits-multilabel": _embedded("digits-multilabel", 6, 48, "3,600 images, 10 labels, 64x64"),
     "asl": Recipe(
         "asl",
         "ASL alphabet: photos of hand signs, 29 classes (A-Z, del, nothing, space); "
