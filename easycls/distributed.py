@@ -290,7 +290,6 @@ class Session:
             return value
         return broadcast_object_list([value])[0]
 
-    agree = broadcast  # the name budget and lr_search take it by
 
     def gather(self, value: Any) -> list:
         """Every rank's `value`, in rank order, on every rank."""

@@ -215,7 +215,7 @@ def _pick_lr(learn: Learner, cfg: TrainConfig, say, sess) -> LrChoice:
     steps = len(learn.dls.train) * (cfg.epochs + (cfg.freeze_epochs if fine_tune else 0))
     # Each process probes on its own (fastai's lr_find is single-process); all use rank 0's lr.
     choice = choose_lr(learn, lr=cfg.lr, fine_tune=fine_tune, total_bs=cfg.bs * sess.world_size,
-                       planned_steps=steps, alone=sess.alone, agree=sess.agree)
+                       planned_steps=steps, alone=sess.alone, agree=sess.broadcast)
     if choice.how != "given":
         say(choice.summary())
     return choice
@@ -233,7 +233,7 @@ def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
         last = state and state["phase"] == len(phases) - 1
         guess = state["n_epoch"] if last else cfg.epochs
         budget = TimeBudget(cfg.time_budget, t_start, guess, tail_items=n_test,
-                            check_every=1 if sess.world_size == 1 else 16, agree=sess.agree)
+                            check_every=1 if sess.world_size == 1 else 16, agree=sess.broadcast)
     ckpt = Checkpointer(Path(cfg.out), sess, meta, cfg.checkpoint_minutes, t_start)
     run_phases(learn, phases, ckpt, resume=state, last_phase_cbs=[budget] if budget else None,
                last_phase_epochs=UNBOUNDED_EPOCHS if budget else None)
