@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from easycls.data.cache import load_or_build
 from easycls.data.images import check_images, load_resized
+from easycls.data.storage import open_pixels
 
 
 def make_jpegs(folder: Path, n: int, side: int = 200) -> list[str]:
@@ -84,8 +84,8 @@ def measure(refs: list[str], size: int, workers: int, tmp: str) -> dict[str, flo
     """Images/s for each way of getting pixels."""
     n, roots = len(refs), iter(range(10**6))
 
-    def build() -> None:  # a fresh cache dir each repeat, so every run builds
-        load_or_build(refs, size, root=f"{tmp}/c{next(roots)}", workers=workers, progress=False)
+    def build() -> None:  # a fresh cache dir each repeat, so every run builds (on all cores)
+        open_pixels(refs, size, "cache", root=f"{tmp}/c{next(roots)}")
 
     out = {
         "(a) plain PIL, serial": rate(n, lambda: [plain_pil(r, size) for r in refs]),
@@ -94,8 +94,8 @@ def measure(refs: list[str], size: int, workers: int, tmp: str) -> dict[str, flo
         "    ... on a process pool": pool_rate(ProcessPoolExecutor, refs, size, workers),
         "(c) cache build (thread pool)": rate(n, build),
     }
-    cache = load_or_build(refs, size, root=f"{tmp}/c0", progress=False)
-    out["(d) memmap, shuffled batches of 128"] = rate(n, lambda: read_batches(cache.array))
+    cache = open_pixels(refs, size, "cache", root=f"{tmp}/c0")
+    out["(d) memmap, shuffled batches of 128"] = rate(n, lambda: read_batches(cache.pixels))
     out["(e) check_images (thread pool)"] = rate(n, lambda: check_images(refs, workers=workers))
     return out
 

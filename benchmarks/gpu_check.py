@@ -103,10 +103,10 @@ def loader_rate(dl, passes: int = 2) -> dict:
 def store_loader(dl, size: int, work: Path):
     """The same training split read from the compact JPEG store (nvJPEG on CUDA)."""
     from easycls.data.loaders import Pixels
-    from easycls.data.store import load_or_build_store
+    from easycls.data.storage import open_pixels
     ds = dl.dataset
     refs = list(ds.pixels.refs)
-    store = load_or_build_store(refs, ds.pixels.size, root=work / "store", progress=False)
+    store = open_pixels(refs, ds.pixels.size, "jpeg", root=work / "store").pixels
     store_ds = type(ds)(Pixels(refs, ds.pixels.size, store), ds.targets, False, 0)
     return dl.new(store_ds)  # fastai's way to a loader with the same transforms (as test_dl)
 

@@ -68,17 +68,16 @@ def _timed(fn) -> tuple[float, float]:
 
 
 def builds(refs, store_size, root):
-    from easycls.data.cache import load_or_build
-    from easycls.data.store import load_or_build_store
+    from easycls.data.storage import open_pixels
     out = {}
     made = {}
-    for name, build in (("store", load_or_build_store), ("cache", load_or_build)):
-        wall, cpu = _timed(lambda b=build, n=name: made.__setitem__(
-            n, b(refs, store_size, root=root, progress=False)))
+    for name, kind in (("store", "jpeg"), ("cache", "cache")):
+        wall, cpu = _timed(lambda k=kind, n=name: made.__setitem__(
+            n, open_pixels(refs, store_size, k, root=root)))
         out[name] = dict(build_wall_s=round(wall, 1), build_cpu_s=round(cpu, 1))
-    out["store"]["bytes_per_image"] = round(made["store"].nbytes_on_disk / len(refs))
+    out["store"]["bytes_per_image"] = round(made["store"].pixels.nbytes_on_disk / len(refs))
     out["cache"]["bytes_per_image"] = round(os.path.getsize(made["cache"].path) / len(refs))
-    return out, made["store"], made["cache"]
+    return out, made["store"].pixels, made["cache"].pixels
 
 
 def item_rates(refs, store, cache, store_size, n_items, rounds):
@@ -102,7 +101,7 @@ def item_rates(refs, store, cache, store_size, n_items, rounds):
         "store_bytes_decoded_by_pil": lambda: [
             np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs],
         "store_bytes_decoded_by_torchvision": tv,
-        "cache": lambda: [np.array(cache.array[int(i)]) for i in idx],
+        "cache": lambda: [np.array(cache[int(i)]) for i in idx],
     }
     cpu = alternate({k: (lambda f=f: _timed(f)[1]) for k, f in runs.items()}, rounds)
     return {k: round(len(idx) / min(v), 1) for k, v in cpu.items()}
@@ -125,7 +124,7 @@ def loader_rates(refs, store, cache, size, store_size, n_batches, rounds):
         return _timed(go)[1]
 
     cpu = alternate({"originals": lambda: run(None), "store": lambda: run(store),
-                     "cache": lambda: run(cache.array)}, rounds)
+                     "cache": lambda: run(cache)}, rounds)
     return {k: round(n_batches * bs / min(v), 1) for k, v in cpu.items()}
 
 

@@ -222,7 +222,7 @@ _FRESH_PAGES_ABOVE = 32 << 20
 
 def _cpu_chunk(model: nn.Module, size: int) -> int:
     """Images per model call on a CPU: as many as keep the largest activation under the size
-    the allocator reuses (docs/performance.md: 7 to 20 % faster than 64 images at once)."""
+    the allocator reuses (faster than 64 images at once: docs/performance.md)."""
     largest = 0
 
     def hook(module, inputs, out) -> None:

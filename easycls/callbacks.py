@@ -1,6 +1,6 @@
 """Small fastai callbacks of the training step, one job each: plain tensors, the L1 penalty,
-the memory format, live augmentation, loader timing, the smoothed loss on the device, the
-images trained on.
+the memory format, loader timing, the smoothed loss on the device, the images trained on
+(live augmentation is `data/augment.py`'s `AugmentWhenLong`).
 What a run writes as it trains is `runlog.py`."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ __all__ = [
     "PlainTensors",
     "L1Penalty",
     "ChannelsLastAuto",
-    "AugmentWhenLong",
     "LoaderTiming",
     "DeviceSmoothLoss",
     "ImageCount",
@@ -64,13 +63,13 @@ class L1Penalty(Callback):
 class ChannelsLastAuto(Callback):
     """Channels-last weights where they pay: always on CUDA; on CPU for depthwise-conv models.
 
-    Measured on 2 CPU cores (training step, 64 px, bs 64): mobilenetv3_small_100 83 ms in
-    channels_last vs 154 ms contiguous; resnet18 about 5 % slower, so CPU keeps it off for
-    models without depthwise convolutions. `enabled` True/False forces it.
+    On CPU, channels-last pays for depthwise-conv models and costs the others a little
+    (docs/performance.md), so CPU keeps it off for models without depthwise convolutions.
+    `enabled` True/False forces it.
 
     Batches are handed over in the model's format: a uint8 NHWC batch viewed as NCHW is
     channels-last already, and a contiguous model fed channels-last input runs its
-    convolutions channels-last (measured: a 3-epoch resnet18 run 12 % slower on CPU).
+    convolutions channels-last (slower on CPU: docs/performance.md).
     """
 
     order = -1  # before anything wraps the model (DDP, compile)
@@ -91,39 +90,6 @@ class ChannelsLastAuto(Callback):
         if (isinstance(x, torch.Tensor) and x.dim() == 4
                 and not x.is_contiguous(memory_format=self.format)):
             self.learn.xb = (x.contiguous(memory_format=self.format), *self.xb[1:])
-
-
-class AugmentWhenLong(Callback):
-    """Training augmentation on only while the fit is planned for `from_epochs` or more.
-
-    For runs whose length is planned while they train (`budget.TimeBudget` sets
-    `n_epoch`): a short run from scratch learns faster without augmentation, a long one
-    needs it (`plan.default_augment`). Checked at every batch, so a re-plan takes effect at
-    once; the decision of the last batch is `self.used`. After the fit the transform is
-    left on, as built (`learn.tta()` uses the validation loader's own, always on).
-    """
-
-    order = 60
-
-    def __init__(self, from_epochs: int):
-        self.from_epochs, self.used, self.augments = from_epochs, None, []
-
-    def before_fit(self):
-        from .data.loaders import BatchAugment
-        dl = self.dls.train
-        while hasattr(dl, "dl"):  # the training shards wrap the fastai loader
-            dl = dl.dl
-        self.augments = [t for t in dl.after_batch.fs if isinstance(t, BatchAugment)]
-
-    def before_batch(self):
-        if self.training:
-            self.used = self.n_epoch >= self.from_epochs
-            for t in self.augments:
-                t.enabled = self.used
-
-    def after_fit(self):
-        for t in self.augments:
-            t.enabled = True
 
 
 def _has_depthwise_conv(model: torch.nn.Module) -> bool:

@@ -93,8 +93,8 @@ class TrainConfig:
                                 "lighting). Default: on when fine-tuning and for runs of 10 or "
                                 "more epochs; off for shorter runs from scratch, which it slows.",
                                 flag="--augment/--no-augment")
-    cache: bool | None = _opt(None, "Decoded-image cache: --cache is --store cache, --no-cache "
-                              "is --store none.", flag="--cache/--no-cache")
+    cache: bool | None = _opt(None, "Alias: --cache is --store cache, --no-cache is --store none "
+                              "(when --store is not given).", flag="--cache/--no-cache")
     store: str = _opt("auto", "Where training pixels come from: cache (uint8), jpeg (compact "
                       "store), none (decode the originals each epoch); auto picks by size and "
                       "disk.", choices=("auto", "cache", "jpeg", "none"))
@@ -139,6 +139,13 @@ class TrainConfig:
     fastai: dict[str, Any] = _opt(None, "The fastai pieces given to fit (callbacks, loss, "
                                   "metrics, optimizer, splitter), by import path.",
                                   factory=dict)
+
+    def __post_init__(self) -> None:
+        # `cache` is an alias of a `store` value, resolved here once: the rest reads `store`.
+        if self.cache is not None:
+            if self.store == "auto":
+                self.store = "cache" if self.cache else "none"
+            self.cache = None
 
     def to_json(self, path: str | Path) -> None:
         write_file(path, self.to_text())

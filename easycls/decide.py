@@ -8,7 +8,28 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Decider"]
+__all__ = ["Decider", "labels_on", "tuned_thresholds"]
+
+
+def labels_on(p: np.ndarray, thresholds, at_least_one: bool) -> np.ndarray:
+    """The multi-label decision rule, (n, c) booleans: class j is on in row i iff
+    ``p[i, j] >= thresholds[j]`` (one float or one per class); with ``at_least_one`` a row
+    with none on takes its argmax. The one rule of `fit`'s metrics (`thresholds.decide`),
+    `evaluate`, the Learner's decodes and every predictor."""
+    p = np.asarray(p)
+    pred = p >= np.asarray(thresholds, dtype=np.float64)
+    if at_least_one:
+        empty = ~pred.any(axis=1)
+        pred[empty, p[empty].argmax(axis=1)] = True
+    return pred
+
+
+def tuned_thresholds(tuned: dict | None, n: int) -> tuple[np.ndarray, bool]:
+    """(per-class thresholds, at_least_one) of a bundle's ``thresholds`` entry: its tuned
+    per-class thresholds, else its global one, else 0.5 for each of the ``n`` classes."""
+    tuned = tuned or {}
+    per_class = tuned.get("per_class") or [tuned.get("global", 0.5)] * n
+    return np.asarray(per_class, dtype=np.float64), bool(tuned.get("at_least_one"))
 
 
 class Decider:
@@ -28,23 +49,18 @@ class Decider:
         """Per-class decision thresholds (multi-label): stored tuned ones unless overridden."""
         if override is not None:
             return np.full(len(self.classes), float(override))
-        tuned = self.meta.get("thresholds") or {}
-        per_class = tuned.get("per_class") or [tuned.get("global", 0.5)] * len(self.classes)
-        return np.asarray(per_class, dtype=np.float64)
+        return tuned_thresholds(self.meta.get("thresholds"), len(self.classes))[0]
 
     def decide(self, probs: np.ndarray, threshold: float | None = None) -> list:
         """Single-label: (label, probability) per row. Multi-label: (labels, probabilities)."""
         if not self.multi_label:
             idx = probs.argmax(1)
             return [(self.classes[i], float(p[i])) for i, p in zip(idx, probs)]
-        th = self.thresholds(threshold)
-        at_least_one = bool((self.meta.get("thresholds") or {}).get("at_least_one"))
+        at_least_one = tuned_thresholds(self.meta.get("thresholds"), len(self.classes))[1]
         rows = []
-        for p in probs:
-            on = np.flatnonzero(p >= th)
-            if at_least_one and on.size == 0:
-                on = np.array([p.argmax()])
-            rows.append(([self.classes[i] for i in on], [float(p[i]) for i in on]))
+        for p, on in zip(probs, labels_on(probs, self.thresholds(threshold), at_least_one)):
+            idx = np.flatnonzero(on)
+            rows.append(([self.classes[i] for i in idx], [float(p[i]) for i in idx]))
         return rows
 
     def probabilities(self, images: Sequence, bs: int = 64) -> np.ndarray:

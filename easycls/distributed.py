@@ -1,8 +1,10 @@
 """The only module that knows about processes (and the only one that imports accelerate).
 
-`Session` tells the rest of the code where to run and what to add; callers never test
-ranks themselves: they ask for `session.main_only(callbacks)`, `session.on_main(fn)`,
-`session.any_rank(flag)` or `session.agree(value)`.
+`Session` tells the rest of the code where to run; callers never test ranks themselves:
+they ask for `session.main_only(callbacks)`, `session.on_main(fn)`,
+`session.any_rank(flag)` or `session.broadcast(value)`. What only easycls needs stays here:
+the launch facts, CPU/gloo-safe loader shards, the gloo side group for per-batch flags and
+the exit that leaves the process group cleanly; the collectives are Accelerate's.
 
 Launchers (`accelerate launch --multi_gpu --num_processes N -m easycls fit ...`,
 `torchrun --nproc_per_node N -m easycls fit ...`, SLURM through either) set `WORLD_SIZE`
@@ -24,46 +26,22 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from accelerate.utils import broadcast_object_list, gather_object
 from fastai.callback.core import Callback
 from fastai.callback.schedule import LRFinder
 from fastai.data.load import DataLoader
 from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 
-from .data.images import available_cores
 from .errors import UserError
+from .job import local_world_size, world_size
 
-__all__ = ["Session", "session", "world_size", "TrainShardsDL", "ValidShardsDL",
-           "DataParallelTrainer", "resolve_precision", "PrecisionError", "local_world_size",
-           "worker_budget", "process_group_timeout", "ProcessLocal"]
+__all__ = ["Session", "session", "TrainShardsDL", "ValidShardsDL", "DataParallelTrainer",
+           "resolve_precision", "PrecisionError", "process_group_timeout", "ProcessLocal"]
 
 # Ranks wait at barriers while others build caches or stores, which can take hours at
 # ImageNet size; torch's default (10 to 30 minutes) would abort the job instead.
 _DEFAULT_TIMEOUT_S = 2 * 3600.0
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def local_world_size() -> int:
-    """Processes of this job on this machine (torchrun and accelerate set LOCAL_WORLD_SIZE;
-    without it, all ranks are taken as local, which never oversubscribes the cores)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE") or world_size())
-
-
-def worker_budget(cores: int | None = None, local_world: int | None = None) -> int:
-    """Loader workers per process: the machine's cores shared by its processes, one core of
-    each share left to the process's own training loop; at least 1, at most 16.
-
-    Example:
-        >>> worker_budget(cores=16, local_world=8)   # not 8 ranks x 15 workers on 16 cores
-        1
-    """
-    if cores is None:
-        cores = available_cores()
-    share = cores // max(1, local_world if local_world is not None else local_world_size())
-    return min(16, max(1, share - 1))
 
 
 def process_group_timeout(seconds: float | None = None) -> float:
@@ -174,29 +152,39 @@ class DataParallelTrainer(DistributedTrainer):
         self.active, self.old_dls = False, None
 
 
+@contextmanager
+def one_process() -> Iterator[None]:
+    """Inside, fastai sees one process: `maybe_gather` and `rank_distrib` read WORLD_SIZE
+    and RANK, and would otherwise wait for ranks that have moved on (or never come)."""
+    saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
+    os.environ.update(WORLD_SIZE="1", RANK="0")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class ProcessLocal(Callback):
-    """While `learn` runs anything (get_preds, predict, tta, a fit), fastai sees one process:
-    `maybe_gather` and `rank_distrib` read WORLD_SIZE and RANK, and would wait for ranks
-    that have moved on. Added by `Session.release` once a multi-process fit is over."""
+    """While `learn` runs anything (get_preds, predict, tta, a fit), it runs in
+    :func:`one_process`. Added by `Session.release` once a multi-process fit is over."""
 
     order = -100  # before every other callback looks at the process count
     depth = 0  # fits inside fits (a Learner context around get_preds) restore once
 
     def before_fit(self):
         if self.depth == 0:
-            self.saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
-            os.environ.update(WORLD_SIZE="1", RANK="0")
+            self.inside = ExitStack()
+            self.inside.enter_context(one_process())
         self.depth += 1
 
     def after_fit(self):
         self.depth = max(0, self.depth - 1)
-        if self.depth:
-            return
-        for k, v in getattr(self, "saved", {}).items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if self.depth == 0 and hasattr(self, "inside"):
+            self.inside.close()
 
 
 class PrecisionError(UserError, ValueError):
@@ -226,8 +214,12 @@ def _launcher_precision() -> str | None:
 
 @dataclass
 class Session:
-    """Process context of one run: device, rank, and the callbacks that make training
-    distributed."""
+    """Process context of one run: device, rank, the collectives of its group (a
+    `job.Group`) and the callback that makes training distributed.
+
+    The collectives are Accelerate's (`broadcast_object_list`, `gather_object`,
+    `wait_for_everyone`); flags that every batch may raise go over a CPU (gloo) side group.
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -243,17 +235,31 @@ class Session:
         decide who reports an error that happens before or after the run."""
         return cls(int(os.environ.get("RANK", "0")), world_size())
 
+    @property
+    def size(self) -> int:
+        """Processes in the job (`job.Group`)."""
+        return self.world_size
+
+    @property
+    def local_size(self) -> int:
+        """Processes of the job on this machine (`job.Group`)."""
+        return self.local_world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _joined(self) -> bool:
+        return self.world_size > 1 and dist.is_initialized()
+
     def shows_progress(self, quiet: bool) -> bool:
         """Progress bars, tables and messages: rank 0 only, and not when quiet."""
         return self.is_main and not quiet
 
     def printer(self, quiet: bool) -> Callable[..., None]:
-        """`print` where this process shows messages, else a no-op."""
+        """`print` where this process shows messages, else a no-op. (Accelerate's
+        `Accelerator.print` prints once per machine; easycls prints once per job.)"""
         return print if self.shows_progress(quiet) else (lambda *a, **k: None)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     def main_only(self, items: list) -> list:
         """`items` on rank 0, nothing elsewhere (file writers, loggers, progress bars)."""
@@ -275,12 +281,25 @@ class Session:
             learn.add_cb(ProcessLocal())
 
     def barrier(self) -> None:
-        if self.world_size > 1 and dist.is_initialized():
-            dist.barrier()
+        if self._joined():
+            self.accelerator.wait_for_everyone()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank (decisions made from timings must match)."""
+        if not self._joined():
+            return value
+        return broadcast_object_list([value])[0]
+
+
+    def gather(self, value: Any) -> list:
+        """Every rank's `value`, in rank order, on every rank."""
+        if not self._joined():
+            return [value]
+        return gather_object([value])
 
     def any_rank(self, *flags: bool) -> list[bool]:
         """Each flag true on every rank when it is true on any (a signal seen by one stops all)."""
-        if self.world_size == 1 or not dist.is_initialized():
+        if not self._joined():
             return [bool(f) for f in flags]
         t = torch.tensor([int(f) for f in flags])
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._cpu_group())
@@ -296,92 +315,17 @@ class Session:
             self._gloo = dist.new_group(backend="gloo")
         return self._gloo
 
-    def agree(self, value: Any) -> Any:
-        """Rank 0's `value` on every rank (decisions made from timings must match)."""
-        if self.world_size == 1 or not dist.is_initialized():
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+    def alone(self):
+        """:func:`one_process`: for `lr_find`, whose temporary save/restore is rank-0-only in
+        fastai (the restore then waits in a barrier the other ranks never reach). Pair it
+        with `broadcast` on the result."""
+        return one_process()
 
-    def gather(self, value: Any) -> list:
-        """Every rank's `value`, in rank order, on every rank."""
-        if self.world_size == 1 or not dist.is_initialized():
-            return [value]
-        out: list = [None] * self.world_size
-        dist.all_gather_object(out, value)
-        return out
-
-    def share(self, n: int, local: bool = False) -> range:
-        """This process's contiguous share of `n` work items, among all processes or, with
-        `local`, among those of this machine (work on a machine's own disk).
-
-        Example:
-            >>> Session(rank=1, world_size=2).share(5)
-            range(2, 5)
-        """
-        part, parts = (self.local_rank, self.local_world_size) if local else (
-            self.rank, self.world_size)
-        return range(n * part // parts, n * (part + 1) // parts)
-
-    @contextmanager
-    def alone(self) -> Iterator[None]:
-        """Inside, fastai sees one process: no gathers, every rank saves and loads its own files.
-
-        For `lr_find`, whose temporary save/restore is rank-0-only in fastai (the restore then
-        waits in a barrier the other ranks never reach). Pair it with `agree` on the result.
-        """
-        saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
-        os.environ.update(WORLD_SIZE="1", RANK="0")
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-    @contextmanager
-    def claim(self, run_dir: Any, *, resume: bool = False, overwrite: bool = False
-              ) -> Iterator[Any]:
-        """Hold the run directory's lock for the life of the run (`runlock.claim`); yields the
-        `RunLock` on rank 0, None elsewhere.
-
-        Rank 0 alone writes, so it alone holds the lock; when it cannot, every rank raises
-        the same `RunLockError`, so no process of the launch goes on alone.
-        """
-        from .runlock import RunLockError, claim
-        with ExitStack() as stack:
-            refused, lock = None, None
-            if self.is_main:
-                try:
-                    lock = stack.enter_context(claim(run_dir, resume=resume, overwrite=overwrite))
-                except RunLockError as e:
-                    refused = str(e)
-            refused = self.agree(refused)
-            if refused is not None:
-                raise RunLockError(refused)
-            yield lock
-
-    def train_callbacks(self, cfg: Any = None) -> list:
-        """DDP and sharding, channels_last where it pays, and on CUDA mixed precision (from `cfg`)
-        and the smoothed loss kept on the GPU (no host sync per step)."""
-        cbs: list = [
-            DataParallelTrainer(
-                self.accelerator,
-                self.rank,
-                self.world_size,
-                sync_bn=self.device.type == "cuda" and self.world_size > 1,
-            )
-        ]
-        from .callbacks import ChannelsLastAuto, DeviceSmoothLoss
-        cbs += [ChannelsLastAuto(getattr(cfg, "channels_last", None)), DeviceSmoothLoss()]
-        precision = resolve_precision(getattr(cfg, "mixed_precision", None), self.device)
-        if self.device.type == "cuda" and precision != "no":
-            from fastai.callback.fp16 import MixedPrecision
-            cbs.append(MixedPrecision(precision))
-        return cbs
+    def trainer(self) -> DataParallelTrainer:
+        """The callback that makes training distributed: DDP (with synced batch norm on
+        CUDA) and the sharded loaders."""
+        return DataParallelTrainer(self.accelerator, self.rank, self.world_size,
+                                   sync_bn=self.device.type == "cuda" and self.world_size > 1)
 
     def batch_sizes(self, bs: int) -> str:
         return f"bs {bs} per process x {self.world_size} = {bs * self.world_size}"

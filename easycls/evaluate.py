@@ -27,6 +27,7 @@ from .data.images import open_image
 from .data.items import DataError
 from .data.loaders import encode_labels
 from .data.prepare import SPLITS, run_items
+from .decide import tuned_thresholds
 from .metrics import multi_label_scores
 from .predict import output_name
 from .report import (
@@ -184,9 +185,8 @@ def _top_losses(ev: Evaluation, tally: SingleLabelTally, n: int) -> None:
 def _multi(ev: Evaluation, predictor: Predictor) -> None:
     probs = ev.probs.astype(np.float32)  # kept as float16; the threshold maths in float32
     y = ev.targets.astype(bool)
-    thr = predictor.thresholds()
     tuned = predictor.meta.get("thresholds") or {}
-    at_least_one = bool(tuned.get("at_least_one"))
+    thr, at_least_one = tuned_thresholds(tuned, len(predictor.classes))
     ev.preds = th.apply_thresholds(probs, thr, at_least_one)
     best, info = th.best_class_thresholds(probs, y)
     ev.per_class = [

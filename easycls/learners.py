@@ -23,6 +23,7 @@ from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 from fastai.torch_core import params
 from torch import nn
 
+from .decide import labels_on, tuned_thresholds
 from .errors import UserError
 from .metrics import MultiLabelScore, TopKAccuracy
 from .models import ArchError, SizeError, check_size, custom_arch_name, default_size, size_kwargs
@@ -182,21 +183,16 @@ class MultiLabelLoss(BCEWithLogitsLossFlat):
         self.thresholds, self.at_least_one = thresholds, at_least_one
 
     def decodes(self, x: torch.Tensor) -> torch.Tensor:
-        th = self.thresh if self.thresholds is None else torch.as_tensor(
-            self.thresholds, dtype=x.dtype, device=x.device)
-        on = x >= th
-        if self.at_least_one:  # rows with no label take their most probable one
-            none = ~on.any(-1)
-            on[none, x[none].argmax(-1)] = True
-        return on
+        th = self.thresh if self.thresholds is None else self.thresholds
+        on = labels_on(x.detach().float().cpu().numpy(), th, self.at_least_one)
+        return torch.from_numpy(on).to(x.device).as_subclass(type(x))
 
 
 def set_thresholds(learn: Learner, tuned: dict | None) -> None:
     """Make a multi-label Learner decode with the thresholds tuned by `fit` (model.json's)."""
     if tuned and isinstance(learn.loss_func, MultiLabelLoss):
-        per_class = tuned.get("per_class")
-        learn.loss_func.thresholds = per_class if per_class else tuned.get("global", 0.5)
-        learn.loss_func.at_least_one = bool(tuned.get("at_least_one"))
+        n = len(learn.dls.vocab)
+        learn.loss_func.thresholds, learn.loss_func.at_least_one = tuned_thresholds(tuned, n)
 
 
 def current_thresholds(learn: Learner) -> dict | None:

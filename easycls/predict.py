@@ -18,6 +18,7 @@ import numpy as np
 from .bundle import Predictor
 from .data.images import split_zip_ref
 from .data.tables import TableError, read_id_csv
+from .rundir import write_label_rows
 from .safeio import check_writable, one_field, printable, write_text
 
 __all__ = ["decisions", "predict_files", "write_predictions", "write_submission",
@@ -222,15 +223,4 @@ def write_submission(
         found, failed = decisions(predictor, [refs[i] for i in used], bs, threshold)
         decided = ({used[k]: d for k, d in found.items()},
                    {used[k]: why for k, why in failed.items()})
-    decided, bad = decided
-    labels = [decided[i][0] if i in decided else "" for i in index]
-    write_text(out_csv, _csv_text([id_col, label_col], [
-        [x, " ".join(lab) if isinstance(lab, list) else lab] for x, lab in zip(ids, labels)]))
-    first: dict[int, int] = {}
-    for row, i in enumerate(index):
-        first.setdefault(i, row)
-    reasons = {ids[first[i]]: why for i, why in bad.items() if i in first}
-    if reasons:
-        write_text(Path(out_csv).with_suffix(".skipped.txt"),
-                   "".join(f"{x}\t{why}\n" for x, why in reasons.items()))
-    return len(ids), reasons
+    return len(ids), write_label_rows(out_csv, (id_col, label_col), ids, index, decided)

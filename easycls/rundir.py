@@ -27,7 +27,7 @@ from typing import Any
 from .safeio import one_field, write_bytes, write_text
 
 __all__ = ["RunRecord", "write_file", "append_text", "write_json", "write_csv", "write_per_class",
-           "write_skipped", "write_figure", "PER_CLASS_COLUMNS"]
+           "write_label_rows", "write_skipped", "write_figure", "PER_CLASS_COLUMNS"]
 
 # The per-class table of fit and evaluate: class names, then the counts and scores.
 PER_CLASS_COLUMNS = ["class", "precision", "recall", "f1", "support", "predicted"]
@@ -93,6 +93,33 @@ def write_per_class(path: str | Path, rows: list[dict]) -> Path:
     """The per-class table; each row has a class name under "class" (extra columns follow)."""
     extra = [k for k in (rows[0] if rows else {}) if k not in PER_CLASS_COLUMNS]
     return write_csv(path, rows, PER_CLASS_COLUMNS + extra)
+
+
+def write_label_rows(path: str | Path, columns: tuple[str, str], ids: list[str],
+                     index: list[int], decided: tuple[dict, dict]) -> dict[str, str]:
+    """A submission-style CSV: row k is `ids[k]` and the labels decided for image `index[k]`
+    (several space-separated; an empty cell for an unreadable image, whose id and reason go
+    to `<name>.skipped.txt`). `decided` is `({image: (labels, ...)}, {image: reason})`.
+
+    Returns:
+        {id: reason} for the unreadable images.
+    """
+    found, bad = decided
+    labels = [found[i][0] if i in found else "" for i in index]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(list(columns))
+    writer.writerows([x, " ".join(lab) if isinstance(lab, list) else lab]
+                     for x, lab in zip(ids, labels))
+    write_text(path, buf.getvalue())
+    first: dict[int, int] = {}
+    for row, i in enumerate(index):
+        first.setdefault(i, row)
+    reasons = {ids[first[i]]: why for i, why in bad.items() if i in first}
+    if reasons:
+        write_text(Path(path).with_suffix(".skipped.txt"),
+                   "".join(f"{x}\t{why}\n" for x, why in reasons.items()))
+    return reasons
 
 
 def write_skipped(path: str | Path, skipped: list[tuple[str, str]]) -> Path:

@@ -29,10 +29,11 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from .errors import UserError
+from .job import Group
 
 try:
     import fcntl
@@ -40,7 +41,7 @@ except ImportError:  # Windows: no flock; the pid/host record alone decides
     fcntl = None
 
 __all__ = ["LOCK_NAME", "REPLACED_NAME", "RUN_FILES", "RunLockError", "RunLock", "claim",
-           "run_files"]
+           "claim_together", "run_files", "try_flock", "release_flock"]
 
 LOCK_NAME = ".easycls.lock"
 REPLACED_NAME = ".easycls-replaced"  # an overwritten run's files until the new run writes
@@ -91,8 +92,14 @@ def _read(fd: int) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _try_flock(fd: int) -> bool | None:
-    """True: locked; False: another process holds it; None: this filesystem cannot flock."""
+def try_flock(fd: int) -> bool | None:
+    """Take an exclusive ``flock`` on ``fd`` without waiting: the one file-lock primitive of
+    easycls (run directories here, cache builds in ``data/cachedir.py``).
+
+    Returns:
+        True: locked; False: another process holds it; None: this system or filesystem
+        cannot ``flock`` (the caller decides what then protects it).
+    """
     if fcntl is None:
         return None
     try:
@@ -104,6 +111,12 @@ def _try_flock(fd: int) -> bool | None:
             return None
         raise
     return True
+
+
+def release_flock(fd: int) -> None:
+    """Give back a lock that :func:`try_flock` took."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class RunLock:
@@ -129,7 +142,7 @@ class RunLock:
         return self
 
     def _take(self, fd: int) -> int | None:
-        got, owner = _try_flock(fd), _read(fd)
+        got, owner = try_flock(fd), _read(fd)
         if got is False or (got is None and owner and not _stale(owner)):
             raise RunLockError(f"{self.run_dir} is in use by another easycls run: "
                                f"{_describe(owner)}. Wait for it to finish, or choose another "
@@ -226,3 +239,26 @@ def claim(run_dir: str | os.PathLike, *, resume: bool = False,
             lock.restore()
             raise
         lock.started()
+
+
+@contextmanager
+def claim_together(group: Group, run_dir: str | os.PathLike, *, resume: bool = False,
+                   overwrite: bool = False) -> Iterator[RunLock | None]:
+    """:func:`claim` for the processes of a run: the first alone writes, so it alone holds
+    the lock (yielded there, None elsewhere); when it cannot, every process raises the same
+    `RunLockError`, so none of the launch goes on alone.
+
+    Raises:
+        RunLockError: as :func:`claim`, on every process.
+    """
+    with ExitStack() as stack:
+        refused, lock = None, None
+        if group.rank == 0:
+            try:
+                lock = stack.enter_context(claim(run_dir, resume=resume, overwrite=overwrite))
+            except RunLockError as e:
+                refused = str(e)
+        refused = group.broadcast(refused)
+        if refused is not None:
+            raise RunLockError(refused)
+        yield lock

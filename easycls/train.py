@@ -23,7 +23,7 @@ from fastcore.basics import noop
 from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget, budget_origin
 from .bundle import load
-from .callbacks import AugmentWhenLong, ImageCount, L1Penalty, PlainTensors
+from .callbacks import ChannelsLastAuto, DeviceSmoothLoss, ImageCount, L1Penalty, PlainTensors
 from .check.split import exact_leaks, groups_kept, split_groups
 from .checkpoint import (
     Checkpointer,
@@ -35,8 +35,9 @@ from .checkpoint import (
     run_phases,
     trim_history,
 )
-from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig, check
+from .config import RECIPE_DEFAULTS, RESUMABLE, ConfigError, TrainConfig
 from .data import storage
+from .data.augment import AugmentWhenLong
 from .data.cachedir import cache_root
 from .data.given import GivenData, given_dataloaders
 from .data.items import ItemTable
@@ -45,7 +46,6 @@ from .data.prepare import (
     build_dataloaders,
     check_source,
     load_items,
-    store_mode,
 )
 from .data.recipes import get_recipe, is_recipe
 from .distributed import resolve_precision
@@ -74,6 +74,7 @@ from .predict import decisions, write_predictions
 from .priors import init_output_bias
 from .report import format_metrics, plot_confusion, plot_f1_threshold, plot_history
 from .rundir import RunRecord, write_json, write_per_class, write_skipped
+from .runlock import claim_together
 from .runlog import (
     HistoryCSV,
     JsonEvents,
@@ -171,13 +172,7 @@ def _build_learner(data: PreparedData, cfg: TrainConfig, arch, sess, run_dir: Pa
         norm = norm or data.pixel_stats()
         dls = build_dataloaders(cfg, data, device=sess.device, normalization=norm,
                                 batch_tfms=pieces.batch_tfms)
-    cbs = [PlainTensors(), ImageCount()] + ([L1Penalty(cfg.l1)] if cfg.l1 else [])
-    cbs += sess.train_callbacks(cfg)
-    cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
-    cbs += writers
-    # The user's own: those that only log run where the run's own writers do.
-    cbs += [cb for cb in pieces.cbs if not logs_only(cb)] + sess.main_only(
-        [cb for cb in pieces.cbs if logs_only(cb)])
+    cbs = _callbacks(cfg, sess, writers, pieces.cbs)
     # The model holds its starting weights already; `pretrained` makes the factory freeze it.
     kw = dict(pretrained=bool(cfg.pretrained or src), wd=cfg.wd, cbs=cbs, path=run_dir,
               **pieces.learner_kwargs())
@@ -226,6 +221,24 @@ def _keep_recorder(learn: Learner):
     return lambda: [setattr(rec, k, v) for k, v in saved.items()]
 
 
+def _callbacks(cfg: TrainConfig, sess, writers: list, user: list = ()) -> list:
+    """Every callback of the run's Learner, assembled here: the training step's (plain
+    tensors, the images trained on, L1, memory format, the smoothed loss on the device,
+    mixed precision on CUDA), the processes' (DDP and sharding), live augmentation, and
+    `writers` (rank 0's: what the run writes as it trains), and the `user`'s own (`cbs=`):
+    those that only log run where the writers do, on rank 0."""
+    cbs = [PlainTensors(), ImageCount()] + ([L1Penalty(cfg.l1)] if cfg.l1 else [])
+    cbs += [sess.trainer(), ChannelsLastAuto(cfg.channels_last), DeviceSmoothLoss()]
+    precision = resolve_precision(cfg.mixed_precision, sess.device)
+    if sess.device.type == "cuda" and precision != "no":
+        from fastai.callback.fp16 import MixedPrecision
+        cbs.append(MixedPrecision(precision))
+    cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
+    cbs += [cb for cb in user if not logs_only(cb)] + sess.main_only(
+        [cb for cb in user if logs_only(cb)])
+    return cbs + writers
+
+
 def _writer_callbacks(cfg: TrainConfig, run_dir: Path, history_start: int) -> list:
     cbs = [HistoryCSV(run_dir / "history.csv", start=history_start)]
     return cbs + ([JsonEvents(cfg.log_json)] if cfg.log_json else [])
@@ -248,7 +261,7 @@ def _pick_lr(learn: Learner, cfg: TrainConfig, say, sess) -> LrChoice:
     steps = len(learn.dls.train) * (cfg.epochs + (cfg.freeze_epochs if fine_tune else 0))
     # Each process probes on its own (fastai's lr_find is single-process); all use rank 0's lr.
     choice = choose_lr(learn, lr=cfg.lr, fine_tune=fine_tune, total_bs=cfg.bs * sess.world_size,
-                       planned_steps=steps, alone=sess.alone, agree=sess.agree)
+                       planned_steps=steps, alone=sess.alone, agree=sess.broadcast)
     if choice.how != "given":
         say(choice.summary())
     return choice
@@ -266,7 +279,7 @@ def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
         last = state and state["phase"] == len(phases) - 1
         guess = state["n_epoch"] if last else cfg.epochs
         budget = TimeBudget(cfg.time_budget, t_start, guess, tail_items=n_test,
-                            check_every=1 if sess.world_size == 1 else 16, agree=sess.agree)
+                            check_every=1 if sess.world_size == 1 else 16, agree=sess.broadcast)
     ckpt = Checkpointer(Path(cfg.out), sess, meta, cfg.checkpoint_minutes, t_start)
     run_phases(learn, phases, ckpt, resume=state, last_phase_cbs=[budget] if budget else None,
                last_phase_epochs=UNBOUNDED_EPOCHS if budget else None)
@@ -294,8 +307,9 @@ def _resumed_config(resume: str | Path, source: str | None, settings: dict,
     given = _given({**settings, "source": source})
     if "out" in given and Path(given["out"]).resolve() == Path(resume).resolve():
         del given["out"]
+    # Compared as resolved settings: an alias (`cache`) that names the stored value is no change.
     fixed = [k for k, v in given.items()
-             if k not in RESUMABLE and check(k, v) != getattr(stored, k)]
+             if k not in RESUMABLE and stored.updated(**{k: v}) != stored]
     if fixed:
         shown = ", ".join(f"{k} (run: {getattr(stored, k)!r}, given: {given[k]!r})" for k in fixed)
         raise ConfigError(f"resume={str(resume)!r} continues the run as its config.json says; "
@@ -350,7 +364,7 @@ def _check_writable(cfg: TrainConfig) -> None:
     not after training (`--out` itself is created and locked by the claim)."""
     if not cfg.out:
         check_writable("runs", "the run directory", "pass --out with a folder you can write to")
-    if store_mode(cfg) != "none":
+    if cfg.store != "none":
         check_writable(cache_root(), "the decoded-image cache", "point EASYCLS_CACHE at a "
                        "folder you can write to, or pass --store none")
 
@@ -397,8 +411,8 @@ def fit(source: Any = None, items: Any = None, *, resume: str | None = None,
         locks: list = []
 
         def claim(run_dir: str | Path, overwrite: bool = False) -> None:
-            locks.append(held.enter_context(sess.claim(run_dir, resume=resume is not None,
-                                                       overwrite=overwrite)))
+            locks.append(held.enter_context(claim_together(sess, run_dir, resume=resume is not None,
+                                                           overwrite=overwrite)))
         # Claimed before anything is read or written: a second run on it fails at once.
         if resume is not None:
             if not Path(resume).is_dir():

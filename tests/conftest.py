@@ -22,6 +22,38 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EASYCLS_DATA", str(base / "data"))
 
 
+def two_builders(kind: str, refs: list[str], size: int) -> list[bool]:
+    """Two processes build the same entry at once through `open_pixels`, as two jobs on one
+    machine would; whether each built it, sorted (one builds, the other waits and reuses)."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    children = [ctx.Process(target=_build_slowly, args=(kind, refs, size, queue))
+                for _ in range(2)]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(timeout=60)
+    return sorted([queue.get(timeout=5), queue.get(timeout=5)])
+
+
+def _build_slowly(kind: str, refs: list[str], size: int, queue) -> None:
+    """In a child process: `open_pixels` as `fit` calls it, each part slowed so that a second
+    builder surely comes to the lock while this one builds; puts whether this call built."""
+    import time
+
+    from easycls.data import storage
+    fmt = storage.FORMATS[kind]
+    real = fmt.build_part
+
+    def slow(*args, **kw):
+        time.sleep(0.5)
+        return real(*args, **kw)
+
+    fmt.build_part = slow
+    queue.put(storage.open_pixels(refs, size, kind).built)
+
+
 def color_image(
     label_index: int, n_classes: int, rng: np.random.Generator, size: int = 24
 ) -> Image.Image:

@@ -1,4 +1,4 @@
-"""Run `storage.plan` / `open_pixels` under a launcher; each rank records what it got.
+"""Run `storage.choose` / `open_pixels` under a launcher; each rank records what it got.
 
 Usage (from tests/test_storage.py):
     torchrun --nproc_per_node 2 tests/storage_probe.py IMAGES_DIR RECORDS_DIR
@@ -25,14 +25,14 @@ def main(images: str, records: str) -> None:
     refs = sorted(str(p) for p in Path(images).iterdir())
     out = dict(rank=sess.rank, world=sess.world_size, local=[sess.local_rank,
                                                              sess.local_world_size])
-    out["auto"] = storage.plan("auto", [(len(refs), 24)], sess)
+    out["auto"] = storage.choose("auto", [(len(refs), 24)], sess)
     for kind in ("cache", "jpeg", "none"):
-        pixels, failures = storage.open_pixels(refs, 24, kind, sess)
+        pixels, failures, built, _ = storage.open_pixels(refs, 24, kind, sess)
         digest = None
         if pixels is not None:
             digest = hashlib.sha256(pixels[list(range(len(refs)))].tobytes()).hexdigest()
         out[kind] = dict(failures={str(k): v for k, v in failures.items()}, digest=digest,
-                         built=getattr(pixels, "built", None))
+                         built=built)
     shards = sorted(p.name for p in Path(os.environ["EASYCLS_CACHE"]).glob("*.store/*"))
     out["store_files"] = shards
     Path(records, f"rank{sess.rank}.json").write_text(json.dumps(out))

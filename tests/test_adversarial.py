@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import easycls
 from easycls.bundle import BundleError, load, save_bundle
 from easycls.cli import app
-from easycls.data.cache import cache_key
+from easycls.data.storage import FORMATS
 
 runner = CliRunner()
 CLASSES = ["cat", "dog", "fox"]
@@ -160,6 +160,7 @@ def test_undecodable_file_name_in_cache_key():
     """Failure 2: a name that is not UTF-8 (surrogateescape from os.listdir) hashes like any
     other."""
     bad = os.fsdecode(b"pets/cat/bad\xff.png")
+    cache_key = FORMATS["cache"].key
     key = cache_key(["pets/cat/1.png", bad], 32)
     other = cache_key(["pets/cat/1.png", os.fsdecode(b"pets/cat/bad\xfe.png")], 32)
     assert len(key) == 64 and key != other

@@ -75,7 +75,7 @@ def _dead_pid() -> int:
     ("other", "dead", False),    # another host cannot be checked: respected, file named
 ])
 def test_without_flock_the_pid_and_host_decide(tmp_path, monkeypatch, host, pid, free):
-    monkeypatch.setattr(runlock, "_try_flock", lambda fd: None)  # e.g. a filesystem without flock
+    monkeypatch.setattr(runlock, "try_flock", lambda fd: None)  # e.g. a filesystem without flock
     run = tmp_path / "run"
     run.mkdir()
     record = dict(pid=_dead_pid() if pid == "dead" else os.getppid(), command="easycls fit x",
@@ -110,15 +110,16 @@ def test_another_runs_files_are_refused_unless_resumed_or_overwritten(tmp_path):
         pass
 
 
-def test_session_claim_fails_every_rank_together(holder):
-    from easycls.distributed import Session
+def test_claim_together_fails_every_rank_together(holder):
+    from easycls.job import ONE
+    from easycls.runlock import claim_together
     run, proc = holder
     with pytest.raises(RunLockError, match=f"pid {proc.pid}"):
-        with Session().claim(run):
+        with claim_together(ONE, run):
             pass
     proc.kill()
     proc.wait()
-    with Session().claim(run):
+    with claim_together(ONE, run):
         assert (run / LOCK_NAME).exists()
     assert not (run / LOCK_NAME).exists()
 

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from easycls.cli import app
 from easycls.config import TrainConfig
 from easycls.data import cachedir
-from easycls.data.cache import Rows, load_or_build
-from easycls.data.prepare import PreparedData, load_items, store_mode
-from easycls.data.store import load_or_build_store
+from easycls.data.loaders import Rows
+from easycls.data.prepare import PreparedData, load_items
+from easycls.data.storage import open_pixels
 
 runner = CliRunner()
 TINY = ["--arch", "resnet10t", "--no-pretrained", "--epochs", "1", "--size", "16", "--bs", "8",
@@ -50,18 +50,21 @@ def test_full_disk_exits_1_leaves_nothing_and_the_next_run_works(tmp_path, monke
     assert data.store == "cache" and [e.kind for e in cachedir.entries()] == ["cache", "cache"]
 
 
-def test_store_modes_from_the_options():
-    assert store_mode(TrainConfig()) == "auto"
-    assert store_mode(TrainConfig(cache=True)) == "cache"
-    assert store_mode(TrainConfig(cache=False)) == "none"
-    assert store_mode(TrainConfig(cache=False, store="jpeg")) == "jpeg"  # --store wins
+def test_cache_is_an_alias_of_a_store_resolved_in_the_config(tmp_path):
+    assert TrainConfig().store == "auto"
+    assert TrainConfig(cache=True).store == "cache"
+    assert TrainConfig().updated(cache=False).store == "none"
+    assert TrainConfig(cache=False, store="jpeg").store == "jpeg"  # --store wins
+    assert TrainConfig(cache=True).cache is None  # one setting decides: config.json says store
+    TrainConfig(cache=True).to_json(tmp_path / "config.json")
+    assert TrainConfig.from_json(tmp_path / "config.json").store == "cache"
 
 
 def test_cache_list_and_clear(tmp_path):
     folder = write_class_folders(tmp_path / "img", per_class=3)
     refs = sorted(str(p) for p in folder.rglob("*.png"))
-    cache = load_or_build(refs, 16, progress=False, source="pets-data")
-    store = load_or_build_store(refs, 16, progress=False, source="pets-store")
+    cache = open_pixels(refs, 16, "cache", source="pets-data")
+    store = open_pixels(refs, 16, "jpeg", source="pets-store")
     listed = runner.invoke(app, ["cache", "list"])
     assert listed.exit_code == 0
     assert cache.path.stem[:12] in listed.output and "pets-data" in listed.output

@@ -1,5 +1,6 @@
 """A cache folder that fails safely: full disks, size cap with LRU eviction, listing and
-clearing, bounded lock waits, and row views that do not copy the cache."""
+clearing, bounded lock waits, and row views that do not copy the cache. Every build goes
+through `storage.open_pixels`, the function `fit` calls."""
 
 import errno
 import os
@@ -12,13 +13,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from easycls.data import cachedir
-from easycls.data.cache import Rows, estimate_bytes, load_or_build
-from easycls.data.locks import LockTimeout, locked
+from easycls.data import cachedir, storage
+from easycls.data.cachedir import LockTimeout, locked
+from easycls.data.loaders import Rows
 from easycls.data.sources import DataError
-from easycls.data.store import load_or_build_store
 
 SIZE = 16
+
+
+def estimate_bytes(n, size):
+    return storage.FORMATS["cache"].estimate(n, size)
+
+
+def stored_cache(refs, size, **kw):
+    return storage.open_pixels(refs, size, "cache", **kw)
+
+
+def stored_jpeg(refs, size, **kw):
+    return storage.open_pixels(refs, size, "jpeg", **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -43,10 +55,10 @@ def _no_space(*args):
 @pytest.mark.parametrize("kind", ["cache", "store"])
 def test_fallocate_failure_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch, kind):
     refs = _images(tmp_path / "img", 5)
-    build = load_or_build if kind == "cache" else load_or_build_store
+    build = stored_cache if kind == "cache" else stored_jpeg
     monkeypatch.setattr(os, "posix_fallocate", _no_space)
     with pytest.raises(DataError) as err:
-        build(refs, SIZE, progress=False)
+        build(refs, SIZE)
     message = str(err.value)
     assert "EASYCLS_CACHE" in message and str(cachedir.cache_root()) in message
     assert "it needs 4.0 kB" in message if kind == "cache" else "it needs" in message
@@ -54,14 +66,14 @@ def test_fallocate_failure_is_a_clear_error_and_leaves_nothing(tmp_path, monkeyp
     assert leftovers == []
     monkeypatch.undo()
     monkeypatch.setenv("EASYCLS_CACHE", str(tmp_path / "cache"))
-    assert build(refs, SIZE, progress=False).built  # the next run works
+    assert build(refs, SIZE).built  # the next run works
 
 
 def test_not_enough_free_space_is_checked_before_writing(tmp_path, monkeypatch):
     refs = _images(tmp_path / "img", 3)
     monkeypatch.setattr(cachedir, "free_bytes", lambda path: 10 * 2**20)
     with pytest.raises(DataError, match="not enough disk space"):
-        load_or_build(refs, SIZE, progress=False)
+        stored_cache(refs, SIZE)
     assert not any(cachedir.cache_root().glob("*.npy*"))
 
 
@@ -84,12 +96,12 @@ def test_real_full_disk(tmp_path, monkeypatch):
         refs = _images(tmp_path / "img", 10)
         size = 512  # 10 x 512 x 512 x 3 = 7.9 MB > 4 MB
         monkeypatch.setattr(cachedir, "free_bytes", lambda path: 10**12)
-        for build in (load_or_build, load_or_build_store):
+        for build in (stored_cache, stored_jpeg):
             with pytest.raises(DataError, match="not enough disk space"):
-                build(refs, size if build is load_or_build else 2048, progress=False)
+                build(refs, size if build is stored_cache else 2048)
             assert shutil.disk_usage(disk).used < 2**20  # nothing left filling the disk
             assert [p.name for p in disk.iterdir() if not p.name.endswith(".lock")] == []
-        assert load_or_build(refs, 64, progress=False).built  # a cache that fits: works
+        assert stored_cache(refs, 64).built  # a cache that fits: works
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 
@@ -98,12 +110,12 @@ def test_eviction_keeps_the_cap_and_drops_the_least_recently_used(tmp_path, monk
     one = estimate_bytes(6, SIZE)
     monkeypatch.setenv("EASYCLS_CACHE_MAX_GB", str(2.5 * one / 1e9))
     sets = [_images(tmp_path / f"img{k}", 6, seed=k) for k in range(3)]
-    first = load_or_build(sets[0], SIZE, progress=False)
-    second = load_or_build(sets[1], SIZE, progress=False)
+    first = stored_cache(sets[0], SIZE)
+    second = stored_cache(sets[1], SIZE)
     stamp = time.time()
     os.utime(second.path.with_suffix(".json"), (stamp - 100, stamp - 100))
-    load_or_build(sets[0], SIZE, progress=False)  # reuse: the first is now the most recent
-    load_or_build(sets[2], SIZE, progress=False)
+    stored_cache(sets[0], SIZE)  # reuse: the first is now the most recent
+    stored_cache(sets[2], SIZE)
     kept = cachedir.entries()
     assert sum(e.bytes for e in kept) <= cachedir.cache_cap()
     assert first.path.exists() and not second.path.exists()
@@ -113,12 +125,12 @@ def test_eviction_keeps_the_cap_and_drops_the_least_recently_used(tmp_path, monk
 def test_over_the_cap_alone_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("EASYCLS_CACHE_MAX_GB", "0.000001")
     with pytest.raises(DataError, match="EASYCLS_CACHE_MAX_GB"):
-        load_or_build(_images(tmp_path / "img", 3), SIZE, progress=False)
+        stored_cache(_images(tmp_path / "img", 3), SIZE)
 
 
 def test_listing_and_clearing(tmp_path):
-    load_or_build(_images(tmp_path / "a", 4), SIZE, progress=False, source="a-data")
-    load_or_build_store(_images(tmp_path / "b", 4, seed=1), SIZE, progress=False, source="b")
+    stored_cache(_images(tmp_path / "a", 4), SIZE, source="a-data")
+    stored_jpeg(_images(tmp_path / "b", 4, seed=1), SIZE, source="b")
     root = cachedir.cache_root()
     (root / f"{uuid.uuid4().hex * 2}.npy.partial-1").write_bytes(b"x" * 10)  # crashed build
     listed = cachedir.entries()
@@ -132,7 +144,7 @@ def test_listing_and_clearing(tmp_path):
 
 
 def test_entry_being_built_is_not_cleared(tmp_path):
-    load_or_build(_images(tmp_path / "a", 2), SIZE, progress=False)
+    stored_cache(_images(tmp_path / "a", 2), SIZE)
     (entry,) = cachedir.entries()
     with locked(entry.root / f"{entry.key}.lock"):
         assert cachedir.clear() == []

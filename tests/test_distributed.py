@@ -55,7 +55,8 @@ def test_validation_shards_pad_then_unpad():
 
 def test_single_process_session_and_precision():
     sess = Session()
-    assert sess.any_rank(True, False) == [True, False] and sess.agree(3) == 3
+    assert sess.any_rank(True, False) == [True, False] and sess.broadcast(3) == 3
+    assert sess.gather(4) == [4]
     assert "bs 16 per process x 1 = 16" in sess.batch_sizes(16)
     assert resolve_precision(None, torch.device("cpu")) == "no"
     with pytest.raises(ValueError, match="needs a CUDA GPU"):

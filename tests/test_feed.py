@@ -19,7 +19,8 @@ from easycls.data.feed import ArrayGather, FeedDL, ItemGather, JpegGather, batch
 from easycls.data.jpeg import decode_jpegs
 from easycls.data.loaders import ImageDataset, Pixels
 from easycls.data.prefetch import Prefetcher
-from easycls.distributed import TrainShardsDL, worker_budget
+from easycls.distributed import TrainShardsDL
+from easycls.job import worker_budget
 
 
 def _cached(n=37, side=12, multi=False, seed=0) -> ImageDataset:
@@ -149,14 +150,14 @@ def test_decode_jpegs_on_cpu_matches_pil():
 
 
 def test_jpeg_store_row_views_and_decoded_refs_batch_like_items(tmp_path):
-    from easycls.data.cache import Rows
-    from easycls.data.store import load_or_build_store
+    from easycls.data.loaders import Rows
+    from easycls.data.storage import open_pixels
     rng = np.random.default_rng(1)
     paths = []
     for i in range(12):
         paths.append(str(tmp_path / f"{i}.png"))
         color_image(i % 3, 3, rng, 20).save(paths[-1])
-    store = load_or_build_store(paths, 16, root=tmp_path / "cache", progress=False)
+    store = open_pixels(paths, 16, "jpeg", root=tmp_path / "cache").pixels
     rows = [0, 2, 3, 5, 6, 7, 8, 11, 4, 1]  # kept items, as after dropping unreadable ones
     arr = np.stack([store[i] for i in range(12)])
     kept, nested = [paths[r] for r in rows], [9, 0, 1, 2, 3]

@@ -42,7 +42,7 @@ def test_augmentation_off_shows_the_validation_view():
     import torch.nn.functional as F
     from fastai.torch_core import TensorImage
 
-    from easycls.data.loaders import BatchAugment
+    from easycls.data.augment import BatchAugment
 
     x = TensorImage(torch.rand(4, 3, 73, 73))
     aug = BatchAugment(64)
@@ -60,8 +60,7 @@ def test_augmentation_off_shows_the_validation_view():
 def test_live_augmentation_follows_the_planned_epochs():
     from types import SimpleNamespace
 
-    from easycls.callbacks import AugmentWhenLong
-    from easycls.data.loaders import BatchAugment
+    from easycls.data.augment import AugmentWhenLong, BatchAugment
 
     aug = BatchAugment(32)
     learn = SimpleNamespace(training=True, n_epoch=3,

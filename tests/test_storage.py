@@ -32,13 +32,13 @@ def _images(folder: Path, n: int) -> list[str]:
 def test_one_process(tmp_path, monkeypatch, kind):
     monkeypatch.setenv("EASYCLS_CACHE", str(tmp_path / "cache"))
     refs = _images(tmp_path / "img", 6)
-    pixels, failures = storage.open_pixels(refs, 16, kind, Session())
+    pixels, failures, _, _ = storage.open_pixels(refs, 16, kind, Session())
     assert failures == {6: "not an image"}
     if kind == "none":
         assert pixels is None
     else:
         assert pixels[[0, 5]].shape == (2, 16, 16, 3) and not pixels[6].any()
-    assert storage.plan("auto", [(6, 16)], Session()) == "cache"
+    assert storage.choose("auto", [(6, 16)], Session()) == "cache"
 
 
 def _torchrun(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:

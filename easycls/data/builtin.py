@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .locks import locked
+from .cachedir import locked
 
 __all__ = ["BUILTIN", "data_home", "describe", "materialize"]
 

@@ -1,12 +1,18 @@
-"""The cache folder: its entries, their disk space, and builds that fail safely.
+"""The cache folder: its entries, their disk space, its locks, and builds that fail safely.
 
-Every entry (a decoded uint8 cache or a compact JPEG store) is ``<key>.json`` (its
-manifest, written last) plus its data (``<key>.npy`` or the folder ``<key>.store``).
-The manifest's modification time is the entry's last use, so the folder can be kept
-under a size cap (``$EASYCLS_CACHE_MAX_GB``) by evicting the least recently used
-entries. A build reserves its space up front (``posix_fallocate``), so a full disk is a
-clear :class:`DataError` and never a crash while writing through a memory map, and any
-failure removes the partial files so the disk is not left full.
+Every entry (one stored format of some images, see ``storage.py``) is ``<key>.json`` (its
+manifest, written last, through ``safeio``) plus its data (``<key>.npy``, the folder
+``<key>.store``, ...). The manifest's modification time is the entry's last use, so the
+folder can be kept under a size cap (``$EASYCLS_CACHE_MAX_GB``) by evicting the least
+recently used entries. A build reserves its space up front (``posix_fallocate``), so a full
+disk is a clear :class:`DataError` and never a crash while writing through a memory map, and
+any failure removes the partial files so the disk is not left full.
+
+Builders (of an entry, or of a built-in dataset) serialize on :func:`locked`: an exclusive
+``flock`` (``runlock.try_flock``) that the kernel releases when its holder dies, so a
+crashed build never blocks the next one. Waiting is bounded: a waiting process reports how
+long it has waited and gives up with :class:`LockTimeout` (``$EASYCLS_LOCK_TIMEOUT``
+seconds, default two hours) instead of hanging a multi-node job forever.
 """
 
 from __future__ import annotations
@@ -17,34 +23,23 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runlock import release_flock, try_flock
+from ..safeio import write_json
 from .items import DataError
-from .locks import locked
 
-__all__ = [
-    "Entry",
-    "NoSpace",
-    "cache_cap",
-    "cache_root",
-    "clear",
-    "entries",
-    "format_entries",
-    "free_bytes",
-    "guarded_build",
-    "make_room",
-    "read_manifest",
-    "remove_path",
-    "reserve",
-    "room",
-    "touch",
-    "write_manifest",
-]
+__all__ = ["cache_root", "entries", "clear", "format_entries", "NoSpace", "locked",
+           "LockTimeout"]
 
 _DEFAULT_CAP_GB = 50.0
+_DEFAULT_LOCK_TIMEOUT = 2 * 3600.0
+_REPORT_EVERY = 60.0
+_POLL = 0.25
 HEADROOM = 512 * 2**20  # leave room on disk for everything else
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
@@ -118,10 +113,7 @@ def read_manifest(root: Path, key: str) -> dict | None:
 
 def write_manifest(root: Path, key: str, meta: dict) -> None:
     """Write ``<key>.json`` atomically: it is what vouches for the data, so it comes last."""
-    path = Path(root) / f"{key}.json"
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path)
+    write_json(Path(root) / f"{key}.json", meta)
 
 
 def touch(root: Path, key: str) -> None:
@@ -225,7 +217,7 @@ class NoSpace(DataError):
     exit_code = 1
 
 
-def space_error(need: int, root: Path, what: str, free: int | None = None) -> NoSpace:
+def _space_error(need: int, root: Path, what: str, free: int | None = None) -> NoSpace:
     free = free_bytes(root) if free is None else free
     return NoSpace(
         f"not enough disk space for the {what}: it needs {_gb(need)} (plus {_gb(HEADROOM)} "
@@ -254,7 +246,7 @@ def make_room(root: Path, need: int, what: str) -> None:
             if _remove(e):
                 used, free = used - e.bytes, free_bytes(root)
     if need + HEADROOM > free:
-        raise space_error(need, root, what, free)
+        raise _space_error(need, root, what, free)
 
 
 def reserve(fd: int, offset: int, length: int) -> None:
@@ -268,17 +260,79 @@ def reserve(fd: int, offset: int, length: int) -> None:
 
 
 @contextlib.contextmanager
-def guarded_build(root: Path, partial: Path, need: int, what: str) -> Iterator[None]:
-    """Check and make room for ``need`` bytes, then run the build; on any failure delete
-    ``partial`` (file or folder) and turn disk errors into a :class:`DataError`."""
-    make_room(root, need, what)
+def guarded(root: Path, partial: Path, need: int, what: str) -> Iterator[None]:
+    """Run a step of a build of ``need`` bytes; on any failure delete ``partial`` (file or
+    folder) and turn disk errors into a :class:`DataError`."""
     try:
         yield
     except BaseException as e:
         remove_path(partial)
         if isinstance(e, OSError) and e.errno in _SPACE_ERRNOS:
-            raise space_error(need, root, what) from e
+            raise _space_error(need, root, what) from e
         if isinstance(e, OSError):
             raise DataError(f"could not write the {what} in {root}: {e}; point EASYCLS_CACHE "
                             "at a writable disk, or train with --store none") from e
         raise
+
+
+# ---------------------------------------------------------------- locks
+
+
+class LockTimeout(DataError, TimeoutError):
+    """Another process held a build lock for longer than the allowed wait."""
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for another builder: ``$EASYCLS_LOCK_TIMEOUT``, else two hours."""
+    return float(os.environ.get("EASYCLS_LOCK_TIMEOUT") or _DEFAULT_LOCK_TIMEOUT)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, what: str = "a build", timeout: float | None = None,
+           say: Callable[[str], None] | None = _say,
+           clock: Callable[[], float] = time.monotonic,
+           sleep: Callable[[float], None] = time.sleep) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``; wait for it at most ``timeout`` seconds.
+
+    Where the filesystem cannot lock, builders are not serialized (as ``runlock`` then
+    falls back on its record, a build has nothing better to go on).
+
+    Args:
+        path: the lock file (created if absent, never deleted: deleting it would let
+            a third process lock a different inode).
+        what: what the holder is doing, for the messages.
+        timeout: seconds (default :func:`lock_timeout`).
+        say: where progress lines go (None: silent).
+        clock, sleep: injectable for tests.
+
+    Raises:
+        LockTimeout: still locked after ``timeout`` seconds.
+
+    Example:
+        >>> with locked("/tmp/x.lock", "building the cache"):
+        ...     pass
+    """
+    timeout = lock_timeout() if timeout is None else timeout
+    say = say or (lambda msg: None)
+    with open(Path(path), "a+b") as f:
+        start, next_report = clock(), 0.0
+        while (held := try_flock(f.fileno())) is False:
+            waited = clock() - start
+            if waited >= timeout:
+                raise LockTimeout(
+                    f"gave up after {waited:.0f} s waiting for another process doing {what} "
+                    f"(lock {path}); if no other easycls process is running, the lock holder "
+                    "is stuck: stop it, or raise EASYCLS_LOCK_TIMEOUT (seconds)")
+            if waited >= next_report:
+                say(f"waiting for another process doing {what} ({waited:.0f} s; lock {path})")
+                next_report = waited + _REPORT_EVERY
+            sleep(_POLL)
+        try:
+            yield
+        finally:
+            if held:  # explicitly: a forked child holding the file would keep it locked
+                release_flock(f.fileno())

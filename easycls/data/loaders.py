@@ -1,6 +1,7 @@
 """fastai DataLoaders over an item table: decoded pixels in, augmented normalized batches out.
 
-Pixels come from the decoded-image cache (`cache.py`) or are decoded per item; either way
+Pixels come from a storage format (`storage.py`: the uint8 cache, the compact JPEG store)
+or are decoded per item; either way
 each item is a uint8 CHW tensor already at its stored size, so all per-image float work
 (augmentation, normalization) runs once per batch, on the GPU when there is one.
 
@@ -10,7 +11,7 @@ The datasets are fastai `Datasets`, so fastai's everyday API works on `learn.dls
 - items are indices `0..n-1` into one split's pixel store;
 - the input pipeline is one `LoadImage` transform: an index reads row `i` of the store; a
   path, a PIL image or an array gets exactly the validation preprocessing of
-  `easycls.load` (`images.load_resized` / `resize_square` at the validation size), so
+  `easycls.load` (`images.to_pixels` at the validation size), so
   `dls.test_dl(["a.jpg", PILImage.create(...)])` and `learn.predict("a.jpg")` work;
 - the target pipeline is `IndexedCategorize` (single-label; fastai's `Categorize`, decoding
   to a `Category`) or `IndexedMultiCategorize` (multi-hot rows; fastai's
@@ -26,14 +27,13 @@ dataset is always `pixels[i]`, `targets[i]`.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import fastai.vision.learner  # noqa: F401  (show_batch, show_results, plot_top_losses of images)
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastai.data.core import DataLoaders, Datasets, TfmdLists
 from fastai.data.transforms import (
     Categorize,
@@ -46,12 +46,15 @@ from fastai.torch_core import TensorCategory, TensorImage, TensorMultiCategory
 from fasttransform import Pipeline
 from PIL import Image
 
+from ..job import worker_budget
+from .augment import BatchAugment
 from .feed import FeedDL
-from .images import load_resized, resize_square
+from .images import load_resized, to_pixels
 
-__all__ = ["ImageDataset", "Pixels", "LoadImage", "IndexedCategorize", "IndexedMultiCategorize",
+__all__ = ["ImageDataset", "Pixels", "Rows", "LoadImage", "IndexedCategorize",
+           "IndexedMultiCategorize",
            "train_store_size", "make_dataloaders", "encode_labels", "pixel_stats",
-           "default_workers", "BatchAugment"]
+           "default_workers"]
 
 
 def train_store_size(size: int, augment: bool) -> int:
@@ -77,6 +80,35 @@ class Pixels:
 _INDEX = (int, np.integer)
 
 
+class Rows:
+    """Some rows of a cache or store, indexed without copying the rest.
+
+    ``array[rows]`` on a memory map reads every kept row into RAM at once (the whole
+    cache when one image of many is unreadable); this view reads only what is asked.
+
+    Example:
+        >>> view = Rows(cache.array, [0, 2, 3])
+        >>> view[1].shape == cache.array[2].shape, view[[0, 2]].shape[0]
+        (True, 2)
+    """
+
+    def __init__(self, base, rows: Sequence[int]):
+        self.base, self.rows = base, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, (int, np.integer)):
+            return self.base[int(self.rows[i])]
+        return self.base[self.rows[np.asarray(i, dtype=np.int64)]]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.base.shape[1:]) if hasattr(self.base, "shape") else (
+            len(self.rows),)
+
+
 class LoadImage(DisplayedTransform):
     """An item -> uint8 CHW `TensorImage`: an index reads the pixel store; a path, PIL image,
     HWC array or CHW uint8 tensor is resized as `easycls.load` does (center square, `size`)."""
@@ -99,14 +131,12 @@ class LoadImage(DisplayedTransform):
                 raise IndexError("this DataLoaders holds no pixels (an exported Learner): "
                                  "give image paths, PIL images or arrays instead of indices")
             return self.store[int(o)]
-        if isinstance(o, (str, Path)):
-            return load_resized(str(o), self.size)
         if isinstance(o, torch.Tensor):  # CHW, as fastai tensors are
             o = o.detach().cpu().permute(1, 2, 0).numpy() if o.ndim == 3 else o.cpu().numpy()
-        if isinstance(o, np.ndarray):
+        if isinstance(o, np.ndarray):  # any HWC array, resized like a picture
             o = Image.fromarray(_uint8(o))
-        if isinstance(o, Image.Image):
-            return resize_square(o.convert("RGB"), self.size)  # as bundle.Predictor does
+        if isinstance(o, (str, Path, Image.Image)):
+            return to_pixels(o, self.size)  # as bundle.Predictor does
         raise TypeError(f"cannot read an image from {type(o).__name__}: give a path, a PIL "
                         "image or an HWC uint8 array")
 
@@ -252,90 +282,8 @@ def pixel_stats(pixels: Pixels, n: int = 512, seed: int = 0) -> tuple[list[float
 
 def default_workers(cached: bool) -> int:
     """Decoding threads per process: none for the uint8 cache (one gather per batch),
-    else this process's share of the machine's cores (`distributed.worker_budget`)."""
-    if cached:
-        return 0
-    from ..distributed import worker_budget
-    return worker_budget()
-
-
-class BatchAugment(DisplayedTransform):
-    """Zoom (a random crop of the stored margin), flip, small rotation and lighting of a
-    whole float batch, resampled once to `size`; training batches only.
-
-    The same augmentations as fastai's `aug_transforms(min_scale=1, max_warp=0)`, cheaper:
-    the sampling grid is built by broadcasting (torch's CPU `affine_grid` is slow) and
-    lighting is linear instead of fastai's logit-space version. Measured on 2 CPU cores,
-    64 px, bs 64: about 2.5x the images/s of fastai's version (benchmarks/pipeline_compare.py).
-
-    Example:
-        >>> aug = BatchAugment(64)
-        >>> aug(TensorImage(torch.rand(8, 3, 73, 73)), split_idx=0).shape
-        torch.Size([8, 3, 64, 64])
-    """
-
-    split_idx, order = 0, 20  # after IntToFloatTensor (10), before Normalize (99)
-
-    def __init__(
-        self,
-        size: int,
-        flip: bool = True,
-        max_rotate: float = 10.0,
-        max_zoom: float = 1.1,
-        max_lighting: float = 0.2,
-    ):
-        super().__init__()
-        self.size, self.flip, self.max_rotate, self.max_zoom, self.max_lighting = (
-            size, flip, max_rotate, max_zoom, max_lighting)
-        # Off: the stored images (with their crop margin) are only resized to `size`, the
-        # validation view. `callbacks.AugmentWhenLong` switches it while training.
-        self.enabled = True
-
-    def _grid(self, n: int, device) -> torch.Tensor:
-        u = lambda: torch.rand(n, 1, 1, device=device) * 2 - 1  # noqa: E731  uniform in [-1, 1]
-        angle = u() * math.radians(self.max_rotate)
-        scale = 1 / (1 + (u() + 1) / 2 * (self.max_zoom - 1))
-        flip = torch.where(u() < 0, -1.0, 1.0) if self.flip else torch.ones(n, 1, 1, device=device)
-        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-        shift = 1 - scale  # the crop window stays inside the image
-        line = torch.linspace(-1, 1, self.size, device=device)
-        gx, gy = line.view(1, 1, -1), line.view(1, -1, 1)
-        x = cos * flip * gx - sin * gy + u() * shift
-        y = sin * flip * gx + cos * gy + u() * shift
-        return torch.stack([x, y], dim=-1)
-
-    def encodes(self, x: TensorImage) -> TensorImage:
-        if x.device.type != "cpu":
-            return self._augment(x)
-        # These ops are too small to gain from several CPU threads, and on a busy machine
-        # OpenMP's thread sync made them 3x slower (measured: 4,700 vs 1,500 images/s).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._augment(x)
-        finally:
-            torch.set_num_threads(threads)
-
-    def _augment(self, x: TensorImage) -> TensorImage:
-        n = x.shape[0]
-        plain = x.as_subclass(torch.Tensor)  # skip fastai's per-op dispatch on the big tensor
-        if not self.enabled:
-            if plain.shape[-1] == self.size and plain.shape[-2] == self.size:
-                return x
-            return TensorImage(F.interpolate(plain, size=(self.size, self.size), mode="bilinear",
-                                             antialias=True, align_corners=False))
-        out = F.grid_sample(
-            plain,
-            self._grid(n, x.device),
-            mode="bilinear",
-            padding_mode="reflection",
-            align_corners=True,
-        )
-        if self.max_lighting:
-            r = lambda: torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1  # noqa: E731
-            contrast = torch.exp(r() * -math.log(1 - self.max_lighting))
-            out = ((out - 0.5) * contrast + 0.5 + r() * self.max_lighting / 2).clamp_(0, 1)
-        return TensorImage(out)
+    else this process's share of the machine's cores (`job.worker_budget`)."""
+    return 0 if cached else worker_budget()
 
 
 def _batch_tfms(size: int, mean, std, augment: bool, flip: bool, on_cuda: bool,

@@ -16,14 +16,14 @@ import torch
 from fastai.data.core import DataLoaders
 
 from ..config import TrainConfig
-from ..distributed import Session
+from ..job import ONE, Group
 from ..plan import default_bs
 from . import storage
-from .cache import Rows
 from .items import DataError, ItemTable
 from .loaders import (
     ImageDataset,
     Pixels,
+    Rows,
     default_workers,
     encode_labels,
     make_dataloaders,
@@ -34,8 +34,7 @@ from .recipes import detect, get_recipe, is_recipe, read_recipe_layout
 from .sources import from_path
 
 __all__ = ["check_source", "load_items", "read_path", "random_split", "column_groups",
-           "run_items", "SPLITS",
-           "PreparedData", "build_dataloaders", "store_mode"]
+           "run_items", "SPLITS", "PreparedData", "build_dataloaders"]
 
 SPLITS = ("auto", "valid", "all", "test")
 
@@ -194,20 +193,13 @@ def _label_lookup(table: ItemTable):
     return labels_of
 
 
-def store_mode(cfg: TrainConfig) -> str:
-    """`cfg.store`, or what `--cache` / `--no-cache` ask for when the store is left on auto."""
-    if cfg.store == "auto" and cfg.cache is not None:
-        return "cache" if cfg.cache else "none"
-    return cfg.store
-
-
 class PreparedData:
     """An item table made ready to train: split, checked, decoded; vocab and datasets."""
 
     def __init__(self, table: ItemTable, cfg: TrainConfig, progress: bool = False,
-                 sess: Session | None = None, groups: list | None = None):
+                 sess: Group = ONE, groups: list | None = None):
         self.progress = progress  # decode/cache progress: rank 0 only, and not when quiet
-        self.sess = sess or Session()  # the processes that decide and build together
+        self.sess = sess  # the processes that decide and build together
         if table.is_valid is None:  # `groups`: a key per item kept on one side of the split
             table.is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed, groups)
         table.check()
@@ -223,7 +215,7 @@ class PreparedData:
         self.store_size = train_store_size(cfg.size, cfg.augment is True)
         n_valid = sum(table.is_valid)
         splits = [(len(table.refs) - n_valid, self.store_size), (n_valid, cfg.size)]
-        self.store = storage.plan(store_mode(cfg), splits, self.sess)  # cache, jpeg or none
+        self.store = storage.choose(cfg.store, splits, self.sess)  # cache, jpeg or none
         self._decode_pixels()
         self.vocab = table.classes
 
@@ -237,9 +229,9 @@ class PreparedData:
 
     def _pixels(self, refs: list[str], size: int) -> tuple[Pixels, dict[int, str]]:
         """Pixels of `refs` at `size` from the chosen store, and {index: reason} unreadable."""
-        array, failures = storage.open_pixels(refs, size, self.store, self.sess, self.progress,
-                                              self.cfg.source)
-        return Pixels(refs, size, array), failures
+        stored = storage.open_pixels(refs, size, self.store, self.sess, self.progress,
+                                     self.cfg.source)
+        return Pixels(refs, size, stored.pixels), stored.failures
 
     def _decode_pixels(self) -> None:
         refs, bad = self.table.refs, {}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..rundir import write_json
+from ..rundir import write_json, write_label_rows
 from . import builtin
 from .items import DataError, ItemTable
 from .layouts import BUILTIN, LAYOUTS
@@ -208,25 +208,18 @@ def _located(name: str) -> Callable[[Any], ItemTable]:
 
 # --- after training ----------------------------------------------------------------------
 
-def _test_decisions(predictor, table: ItemTable, test):
-    """`test` ((decisions, unreadable) over `table.test_refs`) or, if not given, made now."""
-    if test is not None:
-        return test
-    from ..predict import decisions  # predict imports the model stack
-    return decisions(predictor, table.test_refs)
-
-
 def score_test(run_dir: Path, predictor, table: ItemTable, test=None) -> None:
     """Write `test_metrics.json` (accuracy on the labelled test images) and `class_names.json`.
 
     `test`: the `predict.decisions` over `table.test_refs` that `fit` made for
-    `test_predictions.csv` (no image is read twice); unreadable images are counted, not scored.
+    `test_predictions.csv` (no image is read twice; `fit` makes it whenever there are test
+    images); unreadable images are counted, not scored.
     """
     if table.class_names:
         write_json(run_dir / "class_names.json", table.class_names)
     if not table.test_refs or not table.test_labels:
         return
-    decided, bad = _test_decisions(predictor, table, test)
+    decided, bad = test
     scored = [i for i, labs in enumerate(table.test_labels) if labs]
     hits = [decided[i][0] == table.test_labels[i][0] for i in scored if i in decided]
     metrics = {
@@ -244,21 +237,12 @@ def write_submission(run_dir: Path, predictor, table: ItemTable, test=None) -> N
     An unreadable test image gets an empty Labels cell (listed in `submission.skipped.txt`)
     and a warning, so the file still has one row per id as Kaggle requires.
     """
-    from ..predict import write_submission as write_rows  # predict imports the model stack
-
-    if table.test_refs:
-        test = _test_decisions(predictor, table, test)
     score_test(run_dir, predictor, table, test)
     if not table.test_ids:
         return
-    _, bad = write_rows(
-        predictor,
-        table.test_refs,
-        run_dir / "submission.csv",
-        fmt="ImageID,Labels",
-        ids=table.test_ids,
-        decided=test,
-    )
+    bad = write_label_rows(run_dir / "submission.csv", ("ImageID", "Labels"),
+                           list(table.test_ids), list(range(len(table.test_refs))),
+                           test or ({}, {}))
     if bad:
         warnings.warn(f"{len(bad)} unreadable test image(s) have empty labels in submission.csv: "
                       f"{list(bad)[:5]}", stacklevel=2)
@@ -266,25 +250,19 @@ def write_submission(run_dir: Path, predictor, table: ItemTable, test=None) -> N
 
 # --- the catalogue -----------------------------------------------------------------------
 
+def _embedded(name: str, epochs: int, px: int, size: str) -> Recipe:
+    """A recipe of an embedded dataset: a small model from scratch, offline; digits are not
+    flipped."""
+    return Recipe(name, builtin.describe(name), BUILTIN[name],
+                  dict(arch="resnet18", epochs=epochs, bs=64, size=px, pretrained=False, lr=3e-3),
+                  dict(flip=False), size=size)
+
+
 # Real datasets fine-tune ImageNet weights at sizes near the images' own; the embedded
 # datasets train small models from scratch offline in about a minute on 2 CPU cores.
 RECIPES: dict[str, Recipe] = {
-    "digits": Recipe(
-        "digits",
-        builtin.describe("digits"),
-        BUILTIN["digits"],
-        dict(arch="resnet18", epochs=5, bs=64, size=32, pretrained=False, lr=3e-3),
-        dict(flip=False),
-        size="1,797 images, 10 classes, 32x32",
-    ),
-    "digits-multilabel": Recipe(
-        "digits-multilabel",
-        builtin.describe("digits-multilabel"),
-        BUILTIN["digits-multilabel"],
-        dict(arch="resnet18", epochs=6, bs=64, size=48, pretrained=False, lr=3e-3),
-        dict(flip=False),
-        size="3,600 images, 10 labels, 64x64",
-    ),
+    "digits": _embedded("digits", 5, 32, "1,797 images, 10 classes, 32x32"),
+    "digits-multilabel": _embedded("digits-multilabel", 6, 48, "3,600 images, 10 labels, 64x64"),
     "asl": Recipe(
         "asl",
         "ASL alphabet: photos of hand signs, 29 classes (A-Z, del, nothing, space); "

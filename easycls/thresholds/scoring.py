@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..decide import labels_on
+
 __all__ = ["AVERAGES", "apply_thresholds", "f1_scores", "per_class_report", "check_average",
            "class_f1", "decide", "f1_of_preds", "validated"]
 
@@ -94,11 +96,8 @@ def apply_thresholds(probs: Any, thresholds: Any, at_least_one: bool = False) ->
 
 
 def decide(p: np.ndarray, thresholds: Any, at_least_one: bool) -> np.ndarray:
-    pred = p >= _as_thresholds(thresholds, p.shape[1])
-    if at_least_one:
-        empty = ~pred.any(axis=1)
-        pred[empty, p[empty].argmax(axis=1)] = True
-    return pred
+    """`decide.labels_on` (the one multi-label rule) with the thresholds checked."""
+    return labels_on(p, _as_thresholds(thresholds, p.shape[1]), at_least_one)
 
 
 def f1_scores(
