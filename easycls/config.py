@@ -57,7 +57,7 @@ class TrainConfig:
     bs: int | None = _opt(None, "Batch size per process (default: the largest of 64, 32, 16 "
                           "that gives an epoch 40 steps over all processes).", lo=1, hi=65_536)
     size: int | None = _opt(None, "Image size in pixels (square; default: the size the model "
-                            "was made for, from timm's pretrained config).", lo=8, hi=4096)
+                            "was made for, from timm's pretrained config).", lo=8, hi=2048)
     pretrained: bool = _opt(True, "Fine-tune ImageNet weights, or train from scratch.",
                             flag="--pretrained/--no-pretrained")
     weights: str | None = _opt(None, "Weights to start from: an easycls run directory or bundle "

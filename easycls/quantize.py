@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.images import check_images, load_resized, parallel_map
+from .errors import UserError
 
 __all__ = ["Quantized", "QuantizeError", "quantize_int8", "training_refs", "throughput",
            "pixels_of", "MIN_AGREEMENT", "CALIBRATION_IMAGES"]
@@ -30,7 +31,7 @@ _BATCH = 32
 _ROUNDS = 3
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(UserError):
     """The int8 model disagrees with the float one more often than allowed."""
 
 

@@ -120,3 +120,13 @@ def test_resume_refuses_the_others_by_name(tmp_path):
     assert "epochs" in str(info.value).split("Settings that can:")[1]
     with pytest.raises(ConfigError, match="source"):
         easycls.fit("other-data", resume=str(run))
+
+
+def test_size_is_bounded_like_a_bundle_input_size():
+    # A run trained at a size its own bundle refuses to load would be lost work.
+    from easycls.bundle_schema import MAX_SIZE, MIN_SIZE
+
+    assert config.check("size", MAX_SIZE) == MAX_SIZE
+    for bad in (MAX_SIZE + 1, MIN_SIZE - 1):
+        with pytest.raises(ConfigError, match="size"):
+            config.check("size", bad)

@@ -61,6 +61,13 @@ def test_labels_split_on_spaces_are_announced(tmp_path):
     assert read_label_csv(csv, label_delimiter="|").labels[0] == ["golden retriever"]
 
 
+def test_lists_of_label_codes_are_not_announced(tmp_path, recwarn):
+    csv = tmp_path / "codes.csv"
+    csv.write_text("image,label\na.png,0 2 5 8\nb.png,1\n")
+    assert read_label_csv(csv).labels[0] == ["0", "2", "5", "8"]
+    assert not [w for w in recwarn if "hold spaces" in str(w.message)]
+
+
 def test_a_budget_that_cannot_be_met_says_so(class_folders, tmp_path, capsys):
     run = tmp_path / "run"
     easycls.fit(str(class_folders), out=str(run), time_budget=0.001, **TINY_RUN)

@@ -305,7 +305,10 @@ def _warn_split_on_spaces(path: PathLike, cells: list[str], labels: list[list[st
     otherwise silently become a multi-label model over the words."""
     if delimiter is None or not delimiter.isspace():
         return
-    split = [(cell, labs) for cell, labs in zip(cells, labels) if len(labs) > 1]
+    # Lists of codes ("0 2 5 8", COMP5329's format) are plainly several labels; only words
+    # can be one name that the spaces cut apart.
+    split = [(cell, labs) for cell, labs in zip(cells, labels)
+             if len(labs) > 1 and any(ch.isalpha() for lab in labs for ch in lab)]
     if split:
         cell, labs = split[0]
         warnings.warn(f"{path}: {len(split)} label cell(s) hold spaces and are read as several "
