@@ -60,9 +60,10 @@ def test_check_labels_ranks_out_of_fold_issues_and_a_run_model_ranks_too(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_run_directory_ranks_its_data_with_its_model(digits_run, tmp_path):
+def test_a_run_directory_ranks_its_data_with_its_model(digits_run, digits_folder, tmp_path):
     r = check(str(digits_run), out=tmp_path / "o", say=lambda s: None)
-    assert r["source"] == "digits" and r["label_source"].startswith("the model of")
+    # the run was trained on the digits folder, so that folder is what gets checked
+    assert r["source"] == str(digits_folder) and r["label_source"].startswith("the model of")
     classes = {str(d) for d in range(10)}
     assert r["label_issues"] and all(x["given"] in classes and x["suggested"] in classes
                                      for x in r["label_issues"])
