@@ -111,8 +111,9 @@ def _fit_signature() -> inspect.Signature:
     params = [inspect.Parameter(n, kind, default=None, annotation=_option_type(n))
               for n in config.OPTIONS]
     resume = Annotated[Path | None, typer.Option(
-        exists=True, file_okay=False, help="Continue the run in this directory from its "
-        f"checkpoint.pth; only {', '.join(config.RESUMABLE)} may change.")]
+        help="Continue the run in this directory from its checkpoint.pth; only "
+        f"{', '.join(config.RESUMABLE)} may change. On several machines, only rank 0's needs "
+        "the directory.")]
     return inspect.Signature(params + [inspect.Parameter("resume", kind, default=None,
                                                          annotation=resume)])
 

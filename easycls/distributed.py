@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -291,6 +292,26 @@ class Session:
         return broadcast_object_list([value])[0]
 
 
+    def from_main(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` run on rank 0 alone, and its result, or the error it raised, on every rank.
+
+        For what only rank 0's machine is sure to hold: on several machines without a shared
+        filesystem, the run directory (config.json, checkpoint.pth) is on rank 0's disk alone,
+        and a file of the same name on another machine may be a stale one.
+        """
+        if not self._joined():
+            return fn()
+        out = None
+        if self.is_main:
+            try:
+                out = (fn(), None)
+            except Exception as e:  # every rank raises it, so none waits for the others alone
+                out = (None, e if _picklable(e) else RuntimeError(f"{type(e).__name__}: {e}"))
+        value, error = self.broadcast(out)
+        if error is not None:
+            raise error
+        return value
+
     def gather(self, value: Any) -> list:
         """Every rank's `value`, in rank order, on every rank."""
         if not self._joined():
@@ -329,6 +350,14 @@ class Session:
 
     def batch_sizes(self, bs: int) -> str:
         return f"bs {bs} per process x {self.world_size} = {bs * self.world_size}"
+
+
+def _picklable(obj: Any) -> bool:
+    try:
+        pickle.dumps(obj)
+        return True
+    except Exception:
+        return False
 
 
 _clean_exit = True  # False once this process is leaving on an error

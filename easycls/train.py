@@ -291,6 +291,12 @@ def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
                 budget_ended_early=budget.ended_early, **augment)
 
 
+def _resumable(resume: str | Path) -> None:
+    if not Path(resume).is_dir():
+        raise CheckpointError(f"{resume} is not a folder: give the run directory of the run to "
+                              "continue")
+
+
 def _resumed_config(resume: str | Path, source: str | None, settings: dict,
                     pieces: Pieces | None = None) -> TrainConfig:
     """The config.json of the run to continue, with the settings that may change on resume.
@@ -415,11 +421,10 @@ def fit(source: Any = None, items: Any = None, *, resume: str | None = None,
                                                            overwrite=overwrite)))
         # Claimed before anything is read or written: a second run on it fails at once.
         if resume is not None:
-            if not Path(resume).is_dir():
-                raise CheckpointError(f"{resume} is not a folder: give the run directory of the "
-                                      "run to continue")
+            # Rank 0's machine holds the run directory (the others may have no copy of it).
+            sess.from_main(lambda: _resumable(resume))
             claim(resume)
-            cfg = _resumed_config(resume, source, settings, pieces)
+            cfg = sess.from_main(lambda: _resumed_config(resume, source, settings, pieces))
         else:
             cfg = resolve_config(source, **settings).updated(fastai=pieces.record())
             if pieces.batch_tfms and settings.get("augment") is None:
@@ -478,7 +483,8 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
     if pieces.data is None:
         sess.on_main(lambda: _warn_leaks(data, cfg, say))
     seen = data_fingerprint(data.table.refs, data.table.is_valid)
-    state = (load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab, data=seen)
+    state = (sess.from_main(lambda: load_checkpoint(run_dir, arch=cfg.arch, classes=data.vocab,
+                                                    data=seen))
              if resumed else None)
     if state is not None:  # the budget and train_seconds count the time before the stop too
         t_start -= state["elapsed"]

@@ -230,3 +230,13 @@ def test_checkpoint_minutes_saves_inside_epochs(tmp_path, monkeypatch):
     )
     # 48 training images: 6 batches, each followed by a timed checkpoint, then the epoch's own.
     assert saved == [(0, b) for b in range(1, 7)] + [(1, 0)]
+
+
+def test_resume_of_a_missing_folder_says_so_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from easycls.cli import app
+    result = CliRunner().invoke(app, ["fit", "--resume", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {tmp_path / 'nope'} is not a folder: give the run "
+                                     "directory of the run to continue")
