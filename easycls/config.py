@@ -33,8 +33,8 @@ def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None =
          kind: str | None = None, factory: Any = None) -> Any:
     """A field with its CLI/validation facts: `lo`/`hi` inclusive bounds, `above` an
     exclusive lower bound, `flag` the CLI spelling of a boolean, `kind`
-    path|file|dir|duration|lr|separator|list (separator: a non-empty string; list: several
-    of `choices`, kept comma-joined)."""
+    path|file|dir|location|duration|lr|separator|list (location: a path or a URL of object
+    storage; separator: a non-empty string; list: several of `choices`, kept comma-joined)."""
     meta = dict(help=help, lo=lo, hi=hi, above=above, choices=choices, flag=flag, kind=kind)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -73,7 +73,8 @@ class TrainConfig:
                            kind="path")
     overwrite: bool = _opt(False, "Replace the files of an earlier run in --out (refused "
                            "otherwise; --resume continues a run instead).", flag="--overwrite")
-    images: str | None = _opt(None, "Image folder for a CSV source.", kind="path")
+    images: str | None = _opt(None, "Image folder (or object-storage URL) for a CSV source.",
+                              kind="location")
     path: str | None = _opt(None, "Where a named dataset lies.", kind="path")
     multi_label: bool | None = _opt(None, "Force multi-label or single-label (default: detected).",
                                     flag="--multi-label/--single-label")

@@ -120,3 +120,39 @@ def digits_run(digits_folder, tmp_path_factory) -> Path:
     easycls.fit(str(digits_folder), out=str(out),
                 **{**TINY, "arch": "test_resnet", "lr": 3e-3, "bs": 32})
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A real S3 API on a free localhost port: moto's server, one per test session."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """The environment pointing at the S3 server, and a boto3 client of it."""
+    import boto3
+    for name, value in dict(AWS_ENDPOINT_URL=s3_endpoint, AWS_ACCESS_KEY_ID="testing",
+                            AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                            EASYCLS_REMOTE_RETRIES="1").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return boto3.client("s3", endpoint_url=s3_endpoint)
+
+
+def upload_folder(client, folder: Path, bucket: str, prefix: str) -> str:
+    """Every file under `folder` into a new `bucket` under `prefix`; the `s3://` URL."""
+    client.create_bucket(Bucket=bucket)
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            client.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(folder).as_posix()}")
+    return f"s3://{bucket}/{prefix}"

@@ -22,6 +22,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import remote
+
 __all__ = [
     "available_cores",
     "IMAGE_EXTENSIONS",
@@ -156,7 +158,9 @@ def _read_source(ref: str) -> str | io.BytesIO:
     """
     parts = split_zip_ref(ref)
     try:
-        if parts is None:
+        if remote.is_remote(ref):  # a RemoteError (the storage, not this image) stops the run
+            data = remote.read_bytes(ref)
+        elif parts is None:
             with open(ref, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size > _READ_AT_ONCE:
@@ -168,7 +172,7 @@ def _read_source(ref: str) -> str | io.BytesIO:
             data = zf.read(parts[1])
     except IsADirectoryError:
         raise UnreadableImage(ref, "not a file") from None
-    except (FileNotFoundError, NotADirectoryError, KeyError):
+    except (FileNotFoundError, NotADirectoryError, KeyError, remote.MissingObject):
         raise UnreadableImage(ref, "missing") from None
     except PermissionError:
         raise UnreadableImage(ref, "permission denied") from None

@@ -18,7 +18,7 @@ from fastai.data.core import DataLoaders
 from ..config import TrainConfig
 from ..job import ONE, Group
 from ..plan import default_bs
-from . import storage
+from . import remote, storage
 from .items import DataError, ItemTable
 from .loaders import (
     ImageDataset,
@@ -63,7 +63,8 @@ def check_source(cfg: TrainConfig) -> None:
     Raises:
         DataError: naming the closest dataset names.
     """
-    if not is_recipe(cfg.source) and not Path(cfg.source).exists():
+    if not is_recipe(cfg.source) and not remote.is_remote(cfg.source) and not Path(
+            cfg.source).exists():
         get_recipe(cfg.source)  # raises with the closest recipe names
 
 
@@ -163,7 +164,8 @@ def run_items(run_dir: str | Path, source: str | None = None, split: str = "auto
     if not cfg.source:
         raise ValueError(f"{run_dir} has no config.json naming its data: "
                          "pass the data to evaluate")
-    if same and not is_recipe(cfg.source) and not Path(cfg.source).exists():
+    if (same and not is_recipe(cfg.source) and not remote.is_remote(cfg.source)
+            and not Path(cfg.source).exists()):
         raise DataError(f"the run's data {cfg.source!r} (config.json) is not found from "
                         f"{Path.cwd()}: pass it, e.g. `easycls evaluate {run_dir} PATH/TO/DATA`")
     refs, labels = _select(load_items(cfg), cfg, same, split)

@@ -7,9 +7,11 @@ Everything lands in one `ItemTable`: image references (paths or zip members, see
 from __future__ import annotations
 
 import difflib
+import tempfile
 import warnings
 from pathlib import Path, PurePosixPath
 
+from . import remote
 from .images import IMAGE_EXTENSIONS, zip_ref
 from .items import DataError, ItemTable
 from .tables import read_label_csv
@@ -147,7 +149,7 @@ def from_tree(tree: Tree) -> ItemTable:
     table.skipped += [(zip_ref(tree.base, m), "outside the archive (an absolute or ../ path): "
                        "not used") for m in tree.outside()]
     table.name = (
-        (tree.base.stem if tree.is_zip else tree.base.name)
+        (tree.base.stem if tree.is_zip else PurePosixPath(str(tree.base)).name)
         if not tree.prefix
         else tree.prefix.strip("/").split("/")[-1]
     )
@@ -173,13 +175,36 @@ def from_zip(path: str | Path) -> ItemTable:
 
 def from_csv(csv: str | Path, images: str | Path | None = None, label_delimiter: str = " ",
              file_column: str | None = None, label_column: str | None = None) -> ItemTable:
-    """A CSV of `filename,label(s)` with the images in `images` (default: beside the CSV)."""
+    """A CSV of `filename,label(s)` with the images in `images` (default: beside the CSV);
+    either may be in object storage."""
+    if remote.is_remote(csv):
+        return _remote_csv(str(csv), images, label_delimiter, file_column, label_column)
     csv = Path(csv).resolve()
     root = Path(images).resolve() if images else _guess_image_dir(csv)
     table = read_label_csv(csv, file_column, label_column, label_delimiter)
     refs = resolve_files(table.files, table.rows, root, csv)
     items = ItemTable(refs, table.labels, root=str(root), columns=table.extra)
     items.name = csv.parent.name if csv.stem in ("train", "labels", "train_labels") else csv.stem
+    return items
+
+
+def _remote_csv(csv: str, images: str | Path | None, label_delimiter: str,
+                file_column: str | None, label_column: str | None) -> ItemTable:
+    """`from_csv` for a CSV in object storage: the CSV is read into a temporary file."""
+    folder, _, name = csv.rpartition("/")
+    here = Tree(folder)
+    if images is None:
+        guess = next((d for d in ("images", "data", "train", "imgs") if d in here.dirs()), "")
+        images = here.sub(guess).where()
+    with tempfile.TemporaryDirectory() as tmp:
+        table = read_label_csv(here.extract(name, Path(tmp)), file_column, label_column,
+                               label_delimiter)
+    tree = Tree(str(images))
+    refs = resolve_in_tree(table.files, table.rows, tree, name,
+                           "pass the image folder with --images")
+    items = ItemTable(refs, table.labels, root=tree.where(), columns=table.extra)
+    stem = PurePosixPath(name).stem
+    items.name = PurePosixPath(folder).name if stem in ("train", "labels", "train_labels") else stem
     return items
 
 
@@ -241,7 +266,10 @@ def from_path(
     source: str | Path, images: str | Path | None = None, label_delimiter: str = " "
 ) -> ItemTable:
     """Dispatch on what `source` is: a CSV, a zip or a folder (generic layouts only;
-    `prepare.read_path` first checks for a known download's layout)."""
+    `prepare.read_path` first checks for a known download's layout); `source` may be a URL
+    of object storage (`s3://bucket/prefix`: a folder or a CSV)."""
+    if remote.is_remote(source):
+        return _from_remote(str(source), images, label_delimiter)
     p = Path(source)
     if not p.exists():
         raise DataError(f"{source!r} is neither an existing file or folder nor a dataset name")
@@ -252,6 +280,16 @@ def from_path(
         return from_csv(p, images, label_delimiter)
     raise DataError(f"{source}: don't know how to read a {suffix or 'suffix-less'} file; "
                     "give a folder, a .zip or a .csv of labels")
+
+
+def _from_remote(url: str, images: str | Path | None, label_delimiter: str) -> ItemTable:
+    suffix = PurePosixPath(url).suffix.lower()
+    if suffix in (".csv", ".tsv", ".txt"):
+        return from_csv(url, images, label_delimiter)
+    if suffix == ".zip":
+        raise DataError(f"{url}: a zip in object storage is not read in place; upload its "
+                        "extracted folder (`aws s3 sync FOLDER s3://...`) and give that prefix")
+    return from_folder(url)
 
 
 def closest(name: str, options: list[str], n: int = 3) -> list[str]:

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from ..job import ONE, Group, share
-from . import cachedir
+from . import cachedir, remote
 from .images import (
     UnreadableImage,
     check_images,
@@ -102,6 +102,8 @@ class Stored(NamedTuple):
 
 def _fingerprint(ref: str) -> str:
     """What identifies a file's content cheaply: size and mtime (zip: size, CRC, zip mtime)."""
+    if remote.is_remote(ref):
+        return remote.fingerprint(ref)
     parts = split_zip_ref(ref)
     try:
         if parts is None:

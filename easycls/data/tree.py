@@ -1,7 +1,8 @@
 """A folder or a zip seen as relative POSIX paths: the one listing every layout reads.
 
 Recipes and the generic layouts read the same files from an extracted folder and from the
-Kaggle zip through `Tree`; zip listings are cached per archive and modification time.
+Kaggle zip through `Tree`; zip listings are cached per archive and modification time. A
+prefix in object storage (`s3://bucket/prefix`, see `remote`) is a third kind of tree.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
+from . import remote
 from .images import is_image_name, zip_ref
 from .items import DataError
 
@@ -63,6 +65,13 @@ def _zip_index(path: str, mtime_ns: int) -> tuple[frozenset[str], frozenset[str]
     return frozenset(folders | files), frozenset(folders)
 
 
+@lru_cache(maxsize=8)
+def _folders(names: tuple[str, ...]) -> frozenset[str]:
+    """Every folder that holds one of ``names`` (object keys have no folders of their own)."""
+    return frozenset("/".join(parts[:i]) for n in names
+                     for parts in [n.split("/")] for i in range(1, len(parts)))
+
+
 class Tree:
     """A folder, or a folder inside a zip, seen as relative POSIX paths.
 
@@ -75,8 +84,14 @@ class Tree:
     """
 
     def __init__(self, base: str | Path, prefix: str = ""):
-        self.base = Path(base).resolve()
+        self.remote = remote.is_remote(base)
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        if self.remote:  # a URL: its listing stands for the zip's member names
+            self.base = str(base).rstrip("/")
+            self.is_zip = False
+            self._names = tuple(remote.listing(self.base))
+            return
+        self.base = Path(base).resolve()
         self.is_zip = self.base.is_file()
         if self.is_zip:
             try:
@@ -92,6 +107,8 @@ class Tree:
     def where(self, rel: str = "") -> str:
         """Human-readable location of `rel` (`archive.zip!/inner/rel` inside a zip)."""
         inner = (self.prefix + rel).strip("/")
+        if self.remote:
+            return f"{self.base}/{inner}" if inner else self.base
         if self.is_zip:
             return zip_ref(self.base, inner) if inner else str(self.base)
         return str(self.base / inner) if inner else str(self.base)
@@ -101,6 +118,8 @@ class Tree:
 
     def ref(self, rel: str) -> str:
         """The image reference (path or zip ref) of `rel`."""
+        if self.remote:
+            return f"{self.base}/{self.prefix}{rel}"
         return (
             zip_ref(self.base, self.prefix + rel)
             if self.is_zip
@@ -114,7 +133,7 @@ class Tree:
     def images(self) -> list[str]:
         """Image files, sorted, relative to this tree (zip members outside the archive's root
         left out: see `outside`)."""
-        if self.is_zip:
+        if self.is_zip or self.remote:
             return sorted(
                 m
                 for m in self._members()
@@ -132,6 +151,10 @@ class Tree:
 
     def dirs(self) -> set[str]:
         """Every folder below this tree (relative), for spotting empty class folders."""
+        if self.remote:
+            n = len(self.prefix)
+            return {d[n:] for d in _folders(self._names)
+                    if d.startswith(self.prefix) and len(d) > n and not _hidden(d[n:])}
         if not self.is_zip:
             root = self.base / self.prefix
             found = {Path(d).relative_to(root).as_posix() for d, _, _ in os.walk(root)} - {"."}
@@ -146,24 +169,30 @@ class Tree:
 
     def exists(self, rel: str) -> bool:
         rel = rel.strip("/")
+        if self.remote:
+            inner = (self.prefix + rel).rstrip("/")
+            return inner in self._names or inner in _folders(self._names)
         if not self.is_zip:
             return (self.base / self.prefix / rel).exists()
         return (self.prefix + rel).rstrip("/") in self.paths()
 
     def read_text(self, rel: str) -> str:
         try:
-            if self.is_zip:
+            if self.remote:
+                data = remote.read_bytes(self.ref(rel))
+            elif self.is_zip:
                 with zipfile.ZipFile(self.base) as zf:
                     data = zf.read(self.prefix + rel)
             else:
                 data = (self.base / self.prefix / rel).read_bytes()
-        except (KeyError, FileNotFoundError):
+        except (KeyError, FileNotFoundError, remote.MissingObject):
             raise DataError(f"{self.where(rel)} is missing; the dataset looks incomplete") from None
         return data.decode("utf-8-sig", errors="replace")
 
     def extract(self, rel: str, dest: Path) -> Path:
-        """`rel` as a real file (copied out of a zip into `dest`), for readers that need a path."""
-        if not self.is_zip:
+        """`rel` as a real file (copied out of a zip or the storage into `dest`), for readers
+        that need a path."""
+        if not (self.is_zip or self.remote):
             return self.base / self.prefix / rel
         dest.mkdir(parents=True, exist_ok=True)
         out = dest / Path(rel).name
@@ -172,7 +201,8 @@ class Tree:
 
     def summary(self) -> str:
         """What is there, for errors: `12 files (.txt x10, .csv x2)`."""
-        files = ([m for m in self._members() if not m.endswith("/")] if self.is_zip else
+        files = ([m for m in self._members() if not m.endswith("/")]
+                 if self.is_zip or self.remote else
                  [f for _, _, fs in os.walk(self.base / self.prefix) for f in fs])
         if not files:
             return "nothing (an empty folder)"
