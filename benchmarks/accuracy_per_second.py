@@ -27,15 +27,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_data import asl_folder, mosaic_csv  # noqa: E402
+from bench_data import asl_folder, hard_folder, mosaic_csv  # noqa: E402
 
 HERE = Path(__file__).parent
 
 
 def _data(name: str) -> tuple[list[str], list[str]]:
     """(easycls source args, plain fastai args) of a dataset."""
-    if name == "asl":
-        folder = str(asl_folder())
+    if name in ("asl", "hard"):
+        folder = str(asl_folder() if name == "asl" else hard_folder())
         return [folder], [folder]
     folder = mosaic_csv()
     return [str(folder / "train.csv"), "--images", str(folder / "data")], [
@@ -73,13 +73,14 @@ def run_fastai(args, data_args: list[str]) -> dict:
         "--size",
         str(args.size),
         "--epochs",
-        str(args.epochs),
+        str(args.fastai_epochs or args.epochs),
         "--lr",
         str(args.fastai_lr),
         *shlex.split(args.fastai_args),
     ]
     wall, out, load = _timed(cmd)
-    return dict(side="fastai", wall=wall, load=load, **json.loads(out.strip().splitlines()[-1]))
+    return dict(side="fastai", wall=wall, load=load, epochs=args.fastai_epochs or args.epochs,
+                args=args.fastai_args, **json.loads(out.strip().splitlines()[-1]))
 
 
 def run_easycls(args, data_args: list[str], budget: float | None, tmp: Path) -> dict:
@@ -156,13 +157,14 @@ def plot(results: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     recs = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     marks = {"fastai": ("o", "plain fastai"), "easycls": ("s", "easycls defaults"),
              "easycls-budget": ("^", "easycls --time-budget")}
     for ax, (ds, key, title) in zip(
         axes,
         [
             ("asl", "accuracy", "ASL-like folder: accuracy"),
+            ("hard", "accuracy", "hard folder (48 classes): accuracy"),
             ("mosaic", "f1_samples", "mosaic CSV: tuned samples-F1"),
         ],
     ):
@@ -180,11 +182,12 @@ def plot(results: Path, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--dataset", choices=["asl", "mosaic"], default="asl")
+    p.add_argument("--dataset", choices=["asl", "hard", "mosaic"], default="asl")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--fastai-lr", type=float, default=2e-3)
+    p.add_argument("--fastai-epochs", type=int, default=None, help="default: --epochs")
     p.add_argument("--budgets", default="", help="comma list: seconds, or 'fastai'")
     p.add_argument("--easycls-args", default="", help="extra `easycls fit` options")
     p.add_argument("--fastai-args", default="")

@@ -6,6 +6,7 @@ unquoted commas, so it is read line by line (pandas cannot); samples-F1 is repor
 and at the best global threshold on the validation set.
 
     python benchmarks/plain_fastai_aps.py DATA [--multi-label] --size 64 --epochs 3 --lr 2e-3
+    python benchmarks/plain_fastai_aps.py DATA --no-aug     # issue 25's plain fastai: Resize only
 Prints one JSON line.
 """
 
@@ -54,12 +55,12 @@ def _mosaic_frame(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ImageID", "Labels"])
 
 
-def _multi_dls(folder: Path, size: int, bs: int):
+def _multi_dls(folder: Path, size: int, bs: int, batch_tfms):
     block = DataBlock(blocks=(ImageBlock, MultiCategoryBlock),
                       get_x=ColReader("ImageID", pref=folder / "data"),
                       get_y=ColReader("Labels", label_delim=" "),
                       splitter=RandomSplitter(0.2, seed=42),
-                      item_tfms=Resize(size), batch_tfms=aug_transforms(size=size))
+                      item_tfms=Resize(size), batch_tfms=batch_tfms)
     return block.dataloaders(_mosaic_frame(folder), bs=bs)
 
 
@@ -72,14 +73,17 @@ def main() -> None:
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--no-aug", action="store_true",
+                   help="no batch augmentation (only item_tfms=Resize), as issue 25 defines it")
     a = p.parse_args()
     set_seed(42)
+    batch_tfms = None if a.no_aug else aug_transforms(size=a.size)
     if a.multi_label:
-        dls = _multi_dls(Path(a.data), a.size, a.bs)
+        dls = _multi_dls(Path(a.data), a.size, a.bs, batch_tfms)
         metrics = accuracy_multi
     else:
         dls = ImageDataLoaders.from_folder(a.data, valid_pct=0.2, seed=42, item_tfms=Resize(a.size),
-                                           batch_tfms=aug_transforms(size=a.size), bs=a.bs)
+                                           batch_tfms=batch_tfms, bs=a.bs)
         metrics = accuracy
     learn = vision_learner(dls, a.arch, pretrained=False, metrics=metrics)
     t = time.perf_counter()
