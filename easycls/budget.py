@@ -56,19 +56,21 @@ class TimeBudget(Callback):
 
     The plan is a number of optimizer steps, not of epochs: the last epoch may be cut short
     so the budget is spent training rather than left over. `reserve` seconds are kept for
-    writing the run directory; the final validation pass and the prediction of `tail_items`
-    test images are added to it at the measured validation speed. `agree` makes every
-    process use rank 0's plan and clock.
+    writing the run directory; a final validation pass (`final_pass`: the caller does not
+    reuse the last epoch's) and the prediction of `tail_items` test images are added to it
+    at the measured validation speed. `agree` makes every process use rank 0's plan and
+    clock.
     """
 
     order = 55  # after TrainEvalCallback (-10) has counted the batch; before SkipToEpoch (70)
 
     def __init__(self, seconds: float, t_start: float, first_guess: int, *, reserve: float = 2.0,
                  probe_batches: int = 4, tail_items: int = 0, check_every: int = 1,
-                 agree: Callable = lambda v: v):
+                 agree: Callable = lambda v: v, final_pass: bool = True):
         self.seconds, self.t_start, self.planned = seconds, t_start, max(1, first_guess)
         self.reserve, self.probe, self.agree = reserve, probe_batches, agree
         self.tail_items, self.check_every = tail_items, max(1, check_every)
+        self.final_pass = final_pass
         self.valid_seconds, self.replans, self.ended_early = None, 0, False
         self.planned_steps: int | None = None
         self._measured = False  # a plan from measured steps exists (not the first guess)
@@ -85,10 +87,11 @@ class TimeBudget(Callback):
         return 0.5 * (step or 0.0) * self._n * ratio
 
     def _tail(self, step: float | None = None) -> float:
-        """Seconds needed after training: final evaluation, test predictions, the run directory."""
+        """Seconds needed after training: final evaluation (unless the last epoch's
+        validation is reused), test predictions, the run directory."""
         valid = self._valid_pass(step)
         per_image = valid / max(1, len(self.dls.valid.dataset))
-        return self.reserve + valid + per_image * self.tail_items
+        return self.reserve + valid * self.final_pass + per_image * self.tail_items
 
     def _left(self, step: float | None = None) -> float:
         used = time.perf_counter() - self.t_start

@@ -1,6 +1,6 @@
 """Small fastai callbacks of the training step, one job each: plain tensors, the L1 penalty,
-the memory format, loader timing, the smoothed loss on the device, the images trained on
-(live augmentation is `data/augment.py`'s `AugmentWhenLong`).
+the memory format, loader timing, the smoothed loss on the device, the images trained on,
+bf16 autocast on a CPU (live augmentation is `data/augment.py`'s `AugmentWhenLong`).
 What a run writes as it trains is `runlog.py`."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ __all__ = [
     "LoaderTiming",
     "DeviceSmoothLoss",
     "ImageCount",
+    "CpuBf16",
 ]
 
 
@@ -224,3 +225,47 @@ class ImageCount(Callback):
     def after_batch(self):
         if self.training and not hasattr(self.learn, "lr_finder") and self.yb:
             self.images += len(self.yb[0])
+
+
+class CpuBf16(Callback):
+    """bf16 autocast of the training steps on a CPU (fastai's `MixedPrecision` is CUDA's).
+
+    Only the forward pass and the loss of training batches run in bf16; backward follows
+    autocast's casts, and the weights, the optimizer and every validation or prediction
+    pass stay float32, so a run's validation scores are what `easycls.load` predicts.
+    No loss scaling: bf16 has float32's range.
+    """
+
+    order = 10  # fastai's MixedPrecision's place
+
+    def __init__(self):
+        self._ctx = None
+
+    def before_batch(self):
+        # Left first: an error that escaped a step (fastai has no `finally` there) must not
+        # leave autocast on for what runs next, a validation pass included.
+        self._leave()
+        if self.training:
+            self._ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+            self._ctx.__enter__()
+
+    def after_pred(self):
+        if self._ctx is not None:
+            self.learn.pred = self.pred.float()
+
+    def after_loss(self):
+        self._leave()
+
+    def after_cancel_batch(self):
+        self._leave()
+
+    def before_fit(self):
+        self._leave()
+
+    def after_fit(self):
+        self._leave()
+
+    def _leave(self):
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            ctx.__exit__(None, None, None)

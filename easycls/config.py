@@ -102,7 +102,8 @@ class TrainConfig:
     workers: int | None = _opt(None, "DataLoader worker processes (default: from the cores).",
                                lo=0, hi=256)
     mixed_precision: str | None = _opt(None, "no, fp16 or bf16 (default: bf16 on a capable GPU, "
-                                       "else no).", choices=("no", "fp16", "bf16"))
+                                       "else no; bf16 on a CPU: its training steps).",
+                                       choices=("no", "fp16", "bf16"))
     channels_last: bool | None = _opt(None, "Channels-last memory format (default: on for CUDA "
                                       "and for depthwise-conv models on CPU).",
                                       flag="--channels-last/--no-channels-last")

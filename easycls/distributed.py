@@ -38,7 +38,8 @@ from .errors import UserError
 from .job import local_world_size, world_size
 
 __all__ = ["Session", "session", "TrainShardsDL", "ValidShardsDL", "DataParallelTrainer",
-           "resolve_precision", "PrecisionError", "process_group_timeout", "ProcessLocal"]
+           "resolve_precision", "cpu_has_native_bf16", "PrecisionError", "process_group_timeout",
+           "ProcessLocal"]
 
 # Ranks wait at barriers while others build caches or stores, which can take hours at
 # ImageNet size; torch's default (10 to 30 minutes) would abort the job instead.
@@ -193,16 +194,47 @@ class PrecisionError(UserError, ValueError):
 
 
 def resolve_precision(requested: str | None, device: torch.device) -> str:
-    """"no", "fp16" or "bf16"; None picks bf16 on CUDA that supports it, else no."""
+    """"no", "fp16" or "bf16"; None picks bf16 on a CUDA GPU that supports it, else no.
+    On a CPU, bf16 (asked for) autocasts the training steps only (`callbacks.CpuBf16`);
+    fp16 needs CUDA."""
     requested = requested or _launcher_precision()
     if requested is None:
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
     if requested not in ("no", "fp16", "bf16"):
         raise PrecisionError(f"mixed_precision must be 'no', 'fp16' or 'bf16', not {requested!r}")
-    if requested != "no" and device.type != "cuda":
-        raise PrecisionError(f"mixed precision {requested} needs a CUDA GPU; on CPU use "
-                             "--mixed-precision no")
+    if requested == "fp16" and device.type != "cuda":
+        raise PrecisionError("mixed precision fp16 needs a CUDA GPU; on CPU use "
+                             "--mixed-precision bf16 or no")
+    if requested == "bf16" and device.type not in ("cuda", "cpu"):
+        raise PrecisionError(f"mixed precision bf16 runs on a CUDA GPU or a CPU, not on "
+                             f"{device.type}; use --mixed-precision no")
     return requested
+
+
+# CPU flags of native bf16 arithmetic (x86: AVX-512 BF16, AMX; Arm: the BF16 extension).
+# Without them, oneDNN emulates bf16 and autocast makes the step slower, not faster.
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes in bf16 natively, from the flags in `/proc/cpuinfo`
+    (`cpuinfo`: its text, for tests). False where it cannot be read (not Linux).
+
+    Example:
+        >>> cpu_has_native_bf16("flags : fpu avx2 avx512f avx512_bf16")
+        True
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and _BF16_FLAGS & set(value.split()):
+            return True
+    return False
 
 
 def _launcher_precision() -> str | None:

@@ -19,7 +19,8 @@ from . import thresholds as th
 from .tally import SingleLabelTally
 
 __all__ = ["single_label_metrics", "multi_label_metrics", "multi_label_scores",
-           "confusion_matrix", "TopKAccuracy", "TallyValidation", "MultiLabelScore"]
+           "confusion_matrix", "TopKAccuracy", "TallyValidation", "LastValidation",
+           "MultiLabelScore"]
 
 
 class TopKAccuracy(Metric):
@@ -108,10 +109,32 @@ class TallyValidation(Callback):
         self.tally = tally
 
     def after_batch(self) -> None:
-        if self.training:
+        if self.training or self.tally is None:
             return
         logits, targ = self.learn.to_detach(self.learn.pred), self.learn.to_detach(self.learn.y)
         self.tally.update(logits.float().softmax(-1).numpy(), targ.numpy())
+
+
+class LastValidation(TallyValidation):
+    """Tallies each validation pass of a fit afresh; after the fit, `last` is the final
+    model's pass (validation ends every epoch), so `fit` need not run the pass again.
+    `last` stays None until a pass has finished."""
+
+    def __init__(self, n_classes: int):
+        super().__init__(None)
+        self.n_classes, self.last = n_classes, None
+
+    def before_validate(self) -> None:
+        self.tally = SingleLabelTally(self.n_classes)
+
+    def after_validate(self) -> None:
+        self.last, self.tally = self.tally, None
+
+    def after_cancel_validate(self) -> None:
+        self.tally = None
+
+    def before_train(self) -> None:
+        self.last = None  # the weights change: an earlier pass no longer scores the model
 
 
 def single_label_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,14 @@ from fastcore.basics import noop
 from . import distributed
 from .budget import UNBOUNDED_EPOCHS, TimeBudget, budget_origin
 from .bundle import load
-from .callbacks import ChannelsLastAuto, DeviceSmoothLoss, ImageCount, L1Penalty, PlainTensors
+from .callbacks import (
+    ChannelsLastAuto,
+    CpuBf16,
+    DeviceSmoothLoss,
+    ImageCount,
+    L1Penalty,
+    PlainTensors,
+)
 from .check.split import exact_leaks, groups_kept, split_groups
 from .checkpoint import (
     Checkpointer,
@@ -48,7 +56,7 @@ from .data.prepare import (
     load_items,
 )
 from .data.recipes import get_recipe, is_recipe
-from .distributed import resolve_precision
+from .distributed import cpu_has_native_bf16, resolve_precision
 from .learners import (
     arch_name,
     check_arch,
@@ -59,7 +67,7 @@ from .learners import (
     single_label_learner,
 )
 from .lr_search import LrChoice, choose_lr
-from .metrics import TallyValidation, multi_label_metrics
+from .metrics import LastValidation, TallyValidation, multi_label_metrics
 from .models import check_size, default_size
 from .pieces import (
     Pieces,
@@ -224,15 +232,22 @@ def _keep_recorder(learn: Learner):
 def _callbacks(cfg: TrainConfig, sess, writers: list, user: list = ()) -> list:
     """Every callback of the run's Learner, assembled here: the training step's (plain
     tensors, the images trained on, L1, memory format, the smoothed loss on the device,
-    mixed precision on CUDA), the processes' (DDP and sharding), live augmentation, and
-    `writers` (rank 0's: what the run writes as it trains), and the `user`'s own (`cbs=`):
-    those that only log run where the writers do, on rank 0."""
+    mixed precision on CUDA, bf16 training steps on a CPU), the processes' (DDP and
+    sharding), live augmentation, and `writers` (rank 0's: what the run writes as it
+    trains), and the `user`'s own (`cbs=`): those that only log run where the writers do,
+    on rank 0."""
     cbs = [PlainTensors(), ImageCount()] + ([L1Penalty(cfg.l1)] if cfg.l1 else [])
     cbs += [sess.trainer(), ChannelsLastAuto(cfg.channels_last), DeviceSmoothLoss()]
     precision = resolve_precision(cfg.mixed_precision, sess.device)
     if sess.device.type == "cuda" and precision != "no":
         from fastai.callback.fp16 import MixedPrecision
         cbs.append(MixedPrecision(precision))
+    elif sess.device.type == "cpu" and precision == "bf16":
+        if not cpu_has_native_bf16():
+            warnings.warn("--mixed-precision bf16 on a CPU without native bf16 (AVX-512 BF16, "
+                          "AMX or Arm BF16): emulated, it trains slower than float32",
+                          stacklevel=2)
+        cbs.append(CpuBf16())
     cbs += [AugmentWhenLong(AUGMENT_FROM_EPOCHS)] if cfg.augment is None else []
     cbs += [cb for cb in user if not logs_only(cb)] + sess.main_only(
         [cb for cb in user if logs_only(cb)])
@@ -268,9 +283,10 @@ def _pick_lr(learn: Learner, cfg: TrainConfig, say, sess) -> LrChoice:
 
 
 def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
-           state: dict | None, n_test: int = 0) -> dict:
+           state: dict | None, n_test: int = 0, seen: LastValidation | None = None) -> dict:
     """fine_tune or fit_one_cycle, checkpointed and resumable; under a time budget the last
-    phase's epochs are planned by `TimeBudget`. Returns the budget facts for metrics.json."""
+    phase's epochs are planned by `TimeBudget`; `seen` tallies the last phase's validation
+    passes. Returns the budget facts for metrics.json."""
     lr = cfg.lr * (sess.world_size if cfg.scale_lr else 1)
     phases = plan_phases(bool(cfg.pretrained or cfg.weights), cfg.epochs, lr, cfg.freeze_epochs,
                          cfg.body_lr_ratio)
@@ -278,10 +294,13 @@ def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
     if cfg.time_budget:
         last = state and state["phase"] == len(phases) - 1
         guess = state["n_epoch"] if last else cfg.epochs
+        # The final scores reuse the last epoch's validation when `seen` tallies it.
         budget = TimeBudget(cfg.time_budget, t_start, guess, tail_items=n_test,
-                            check_every=1 if sess.world_size == 1 else 16, agree=sess.broadcast)
+                            check_every=1 if sess.world_size == 1 else 16, agree=sess.broadcast,
+                            final_pass=seen is None)
     ckpt = Checkpointer(Path(cfg.out), sess, meta, cfg.checkpoint_minutes, t_start)
-    run_phases(learn, phases, ckpt, resume=state, last_phase_cbs=[budget] if budget else None,
+    last_cbs = [cb for cb in (budget, seen) if cb is not None]
+    run_phases(learn, phases, ckpt, resume=state, last_phase_cbs=last_cbs or None,
                last_phase_epochs=UNBOUNDED_EPOCHS if budget else None)
     if not budget:
         return {}
@@ -332,21 +351,24 @@ def _resumed_config(resume: str | Path, source: str | None, settings: dict,
 
 
 def _final_metrics(learn: Learner, data: PreparedData, cfg: TrainConfig,
-                   pieces: Pieces | None = None) -> dict:
+                   pieces: Pieces | None = None, seen: LastValidation | None = None) -> dict:
     """metrics.json's validation metrics, and what the run's report needs of the predictions:
     multi-label, the (probs, targets) the thresholds were tuned on (N x labels); single-label,
-    the confusion matrix only, counted batch by batch (no N x classes array is kept). The
-    user's own metrics are scored in the same pass (fastai's Recorder feeds them)."""
+    the confusion matrix only, counted batch by batch (no N x classes array is kept): the
+    last epoch's validation pass (`seen`) when it scored every image, else a pass of its own.
+    The user's own metrics are scored in the same pass (fastai's Recorder feeds them)."""
     if data.multi_label:
         # Probabilities whatever the loss (a user's loss may have no `activation`).
         probs, targets = learn.get_preds(ds_idx=1, act=torch.sigmoid)
         metrics = multi_label_metrics(probs, targets, cfg.threshold_average)
         out = dict(metrics=metrics, valid_preds=(probs, targets))
     else:
-        tally = SingleLabelTally(len(data.vocab))
-        # A prediction pass as fastai knows it (loggers stay out of it), storing nothing itself.
-        learn.get_preds(ds_idx=1, with_preds=False, with_targs=False,
-                        cbs=[TallyValidation(tally)])
+        tally = seen.last if seen is not None else None
+        if tally is None or tally.n != len(learn.dls.valid.dataset):
+            tally = SingleLabelTally(len(data.vocab))
+            # A prediction pass as fastai knows it (loggers stay out of it), storing nothing.
+            learn.get_preds(ds_idx=1, with_preds=False, with_targs=False,
+                            cbs=[TallyValidation(tally)])
         out = dict(metrics=tally.metrics(), confusion=tally.confusion)
     for m in pieces.metrics if pieces else []:
         if m.name not in out["metrics"] and m.value is not None:
@@ -500,11 +522,13 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
     t_session = time.perf_counter()
     t_train = t_session - (state["elapsed"] if state else 0.0)
     meta = dict(arch=cfg.arch, classes=data.vocab, data=seen)
-    budget_facts = _train(learn, cfg, sess, meta, t_start, state, len(data.table.test_refs))
+    seen = None if data.multi_label else LastValidation(len(data.vocab))
+    budget_facts = _train(learn, cfg, sess, meta, t_start, state, len(data.table.test_refs),
+                          seen)
     put_back_recorder = _keep_recorder(learn)
     t_trained = time.perf_counter()
     train_seconds = t_trained - t_train
-    final = _final_metrics(learn, data, cfg, pieces)
+    final = _final_metrics(learn, data, cfg, pieces, seen)
     metrics = final.pop("metrics")
     metrics.update(train_seconds=round(train_seconds, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts,

@@ -168,6 +168,17 @@ def test_validation_and_the_test_split_are_paid_for_before_the_deadline(monkeypa
     assert planned[400] < planned[0]
 
 
+def test_a_reused_last_validation_leaves_its_time_to_training(monkeypatch):
+    steps = {}
+    for final_pass in (True, False):
+        cb, learn, clock = _budget(monkeypatch, 100.0, final_pass=final_pass)
+        _fit(cb, learn, clock, lambda e, i: 1.0, valid=5.0)
+        # with the final pass: its 5 s are kept back after training; without: trained
+        assert clock.now + (5.0 if final_pass else 0.0) <= 100.0 + 1e-9
+        steps[final_pass] = cb.planned_steps
+    assert steps[False] == steps[True] + 5
+
+
 def test_several_processes_decide_on_rank_0s_clock_every_few_batches(monkeypatch):
     asked = []
 

@@ -58,11 +58,31 @@ def test_single_process_session_and_precision():
     assert sess.any_rank(True, False) == [True, False] and sess.broadcast(3) == 3
     assert sess.gather(4) == [4]
     assert "bs 16 per process x 1 = 16" in sess.batch_sizes(16)
-    assert resolve_precision(None, torch.device("cpu")) == "no"
-    with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        resolve_precision("bf16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", torch.device("cpu"))
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(ValueError, match="'no', 'fp16' or 'bf16'"):
         resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_cpu_trains_in_float32_unless_bf16_is_asked_for(monkeypatch):
+    from easycls import distributed
+
+    cpu = torch.device("cpu")
+    # bf16 stays opt-in even with native units: oneDNN's bf16 kernels gave non-finite
+    # weights in tiny runs (docs/performance.md)
+    monkeypatch.setattr(distributed, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision(None, cpu) == "no" and resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_native_bf16_read_from_cpu_flags():
+    from easycls.distributed import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16("flags : fpu avx512f amx_tile amx_bf16 amx_int8")
+    assert cpu_has_native_bf16("Features : fp asimd bf16 i8mm")  # Arm
+    assert not cpu_has_native_bf16("flags : fpu sse2 avx2 avx512f avx512bw avx512_vnni")
+    assert not cpu_has_native_bf16("")
 
 
 def test_accelerate_launch_default_keeps_bf16_on_cuda(monkeypatch):

@@ -229,3 +229,38 @@ def test_channels_last_stays_off_on_cpu_without_depthwise_convs(trained):
     learn, _, _ = trained  # resnet18
     conv = next(m.weight for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.is_contiguous()
+
+
+def test_bf16_on_cpu_autocasts_training_steps_only(class_folders, tmp_path):
+    from fastai.callback.core import Callback
+
+    class Dtypes(Callback):
+        def __init__(self):
+            self.seen = {True: set(), False: set()}
+
+        def after_pred(self):  # before CpuBf16 (order 10) casts the prediction back
+            self.seen[self.training].add(self.pred.dtype)
+
+    spy = Dtypes()
+    learn = easycls.fit(str(class_folders), out=str(tmp_path / "r"), mixed_precision="bf16",
+                        cbs=[spy], **TINY)
+    assert spy.seen == {True: {torch.bfloat16}, False: {torch.float32}}
+    assert not torch.is_autocast_enabled("cpu")  # nothing runs in bf16 after the fit
+    assert all(p.dtype == torch.float32 for p in learn.model.parameters())
+    probs, _ = learn.get_preds(ds_idx=1)
+    again = easycls.load(tmp_path / "r", device="cpu").probabilities(
+        learn.dls.valid.dataset.pixels.refs)
+    np.testing.assert_allclose(again, probs.numpy(), atol=1e-4)  # fit scores as predict does
+
+
+def test_final_scores_reuse_the_last_epochs_validation_and_match_a_fresh_pass(trained):
+    learn, out, _ = trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    probs, targets = learn.get_preds(ds_idx=1)  # the returned Learner, scored afresh
+    assert metrics["accuracy"] == pytest.approx(float((probs.argmax(1) == targets).float().mean()))
+    assert metrics["valid_loss"] == pytest.approx(
+        float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), targets)), rel=1e-4)
+    seen = [cb for cb in learn.cbs if type(cb).__name__ == "LastValidation"]
+    assert not seen  # the fit's own callback left with the fit
+    history = list(csv.DictReader((out / "history.csv").open()))
+    assert float(history[-1]["accuracy"]) == pytest.approx(metrics["accuracy"])
