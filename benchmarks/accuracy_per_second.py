@@ -4,7 +4,9 @@ Every run is a whole fresh process (imports, data, training, final validation), 
 outside. The sides alternate (fastai first in even rounds, last in odd ones) so machine load
 hits them alike, and the load average is recorded around every run. easycls starts each run
 with an empty cache directory, so its wall time includes decoding and caching the images.
-A budget of `fastai` means "the wall time of the latest plain fastai run on this dataset".
+A budget of `fastai` means "the wall time of the latest plain fastai run on this dataset",
+`default` that of the latest default easycls run (a budget run against the fixed-epoch run
+of the same length).
 
     python benchmarks/accuracy_per_second.py --dataset asl --budgets fastai --rounds 1
     python benchmarks/accuracy_per_second.py --dataset mosaic --budgets fastai
@@ -130,7 +132,7 @@ def measure(args) -> None:
     ec_args, fa_args = _data(args.dataset)
     tmp = Path(tempfile.mkdtemp(prefix="aps-"))
     budgets = [b for b in args.budgets.split(",") if b]
-    last_fastai = None
+    last = {"fastai": None, "default": None}  # the walls a budget of that name means
     for r in range(args.rounds):
         sides = ["fastai", "easycls"] + [f"budget:{b}" for b in budgets]
         for side in sides if r % 2 == 0 else sides[::-1]:
@@ -138,14 +140,15 @@ def measure(args) -> None:
                 if args.no_fastai:
                     continue
                 rec = run_fastai(args, fa_args)
-                last_fastai = rec["wall"]
+                last["fastai"] = rec["wall"]
             elif side == "easycls":
                 if args.no_default:
                     continue
                 rec = run_easycls(args, ec_args, None, tmp)
+                last["default"] = rec["wall"]
             else:
                 b = side.split(":", 1)[1]
-                rec = run_easycls(args, ec_args, last_fastai if b == "fastai" else float(b), tmp)
+                rec = run_easycls(args, ec_args, last[b] if b in last else float(b), tmp)
             rec.update(dataset=args.dataset, round=r, time=time.strftime("%Y-%m-%d %H:%M:%S"))
             print(json.dumps(rec), flush=True)
             with open(args.results, "a") as f:
@@ -188,7 +191,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--fastai-lr", type=float, default=2e-3)
     p.add_argument("--fastai-epochs", type=int, default=None, help="default: --epochs")
-    p.add_argument("--budgets", default="", help="comma list: seconds, or 'fastai'")
+    p.add_argument("--budgets", default="", help="comma list: seconds, 'fastai' or 'default'")
     p.add_argument("--easycls-args", default="", help="extra `easycls fit` options")
     p.add_argument("--fastai-args", default="")
     p.add_argument("--no-default", action="store_true", help="skip the default easycls run")
