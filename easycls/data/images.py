@@ -22,7 +22,12 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import remote
+try:  # object storage (s3://...): a copy of this file beside an exported predict.py has none
+    from . import remote
+except ImportError:
+    remote = None
+
+_MISSING_REMOTE = (remote.MissingObject,) if remote is not None else ()
 
 __all__ = [
     "available_cores",
@@ -158,7 +163,8 @@ def _read_source(ref: str) -> str | io.BytesIO:
     """
     parts = split_zip_ref(ref)
     try:
-        if remote.is_remote(ref):  # a RemoteError (the storage, not this image) stops the run
+        # A RemoteError (the storage, not this image) stops the run.
+        if remote is not None and remote.is_remote(ref):
             data = remote.read_bytes(ref)
         elif parts is None:
             with open(ref, "rb") as f:
@@ -172,7 +178,7 @@ def _read_source(ref: str) -> str | io.BytesIO:
             data = zf.read(parts[1])
     except IsADirectoryError:
         raise UnreadableImage(ref, "not a file") from None
-    except (FileNotFoundError, NotADirectoryError, KeyError, remote.MissingObject):
+    except (FileNotFoundError, NotADirectoryError, KeyError, *_MISSING_REMOTE):
         raise UnreadableImage(ref, "missing") from None
     except PermissionError:
         raise UnreadableImage(ref, "permission denied") from None
