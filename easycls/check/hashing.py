@@ -39,6 +39,7 @@ class Scan:
             and the aspect ratio, so small sides are exact.
         contrast: standard deviation of the grey thumbnail (0 for a blank image).
         thumbs: 16x16 grey thumbnails, to confirm that two close hashes are close images.
+        grey: the 32x32 grey images the hashes come from, to line up shifted frames.
         colours: 4x4 RGB cell means: the hash and the thumbnails are grey, and two pictures
             that differ only in colour are not copies.
         unreadable: {index: reason} for images that cannot be decoded.
@@ -51,6 +52,7 @@ class Scan:
     thumbs: np.ndarray
     colours: np.ndarray
     unreadable: dict[int, str]
+    grey: np.ndarray | None = None
 
     @property
     def readable(self) -> np.ndarray:
@@ -109,7 +111,8 @@ def _scan_one(ref: str) -> tuple | str:
     digest = int.from_bytes(hashlib.blake2b(grey.tobytes(), digest_size=8).digest(), "big")
     thumb = np.asarray(Image.fromarray(grey).resize((_THUMB, _THUMB), Image.Resampling.BOX))
     colour = np.asarray(img.resize((_CELLS, _CELLS), Image.Resampling.BOX))
-    return phash_bits(grey), digest, img.size[0], img.size[1], float(grey.std()), thumb, colour
+    return (phash_bits(grey), digest, img.size[0], img.size[1], float(grey.std()), thumb, colour,
+            grey)
 
 
 def scan(refs: Sequence[str], workers: int | None = None, progress: bool = False) -> Scan:
@@ -124,9 +127,11 @@ def scan(refs: Sequence[str], workers: int | None = None, progress: bool = False
     sizes, contrast, bad = np.zeros((n, 2), np.int64), np.zeros(n), {}
     thumbs = np.zeros((n, _THUMB, _THUMB), np.uint8)
     colours = np.zeros((n, _CELLS, _CELLS, 3), np.uint8)
+    greys = np.zeros((n, HASH_SIDE, HASH_SIDE), np.uint8)
     for i, got in enumerate(parallel_map(_scan_one, refs, workers, progress)):
         if isinstance(got, str):
             bad[i] = got
             continue
-        hashes[i], digests[i], sizes[i, 0], sizes[i, 1], contrast[i], thumbs[i], colours[i] = got
-    return Scan(hashes, digests, sizes, contrast, thumbs, colours, bad)
+        (hashes[i], digests[i], sizes[i, 0], sizes[i, 1], contrast[i], thumbs[i], colours[i],
+         greys[i]) = got
+    return Scan(hashes, digests, sizes, contrast, thumbs, colours, bad, greys)
