@@ -59,14 +59,17 @@ class TimeBudget(Callback):
     writing the run directory; a final validation pass (`final_pass`: the caller does not
     reuse the last epoch's) and the prediction of `tail_items` test images are added to it
     at the measured validation speed. `agree` makes every process use rank 0's plan and
-    clock.
+    clock. `max_epochs` caps the plan: a fixed amount of work that the budget only
+    shortens when the machine is too slow for it.
     """
 
     order = 55  # after TrainEvalCallback (-10) has counted the batch; before SkipToEpoch (70)
 
     def __init__(self, seconds: float, t_start: float, first_guess: int, *, reserve: float = 2.0,
                  probe_batches: int = 4, tail_items: int = 0, check_every: int = 1,
-                 agree: Callable = lambda v: v, final_pass: bool = True):
+                 agree: Callable = lambda v: v, final_pass: bool = True,
+                 max_epochs: int | None = None):
+        self.max_epochs = max_epochs
         self.seconds, self.t_start, self.planned = seconds, t_start, max(1, first_guess)
         self.reserve, self.probe, self.agree = reserve, probe_batches, agree
         self.tail_items, self.check_every = tail_items, max(1, check_every)
@@ -117,6 +120,8 @@ class TimeBudget(Callback):
 
     def _set_plan(self, done: int, step: float) -> None:
         steps = max(done + 1 if done % self._n else done, self._plan_steps(done, step))
+        if self.max_epochs:
+            steps = min(steps, max(done, self.max_epochs * self._n))
         steps = self.agree(max(1, steps))
         planned = max(1, math.ceil(steps / self._n))
         if steps != self.planned_steps:

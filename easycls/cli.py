@@ -260,8 +260,11 @@ def check_cmd(
         exists=True, file_okay=False, help="Rank likely label errors with this run's model "
         "instead (it has seen its training images). A run directory given as SOURCE does "
         "the same on the run's data.")] = None,
+    label_model: Annotated[str, typer.Option(
+        help="Out-of-fold model for --labels: linear (over image features, seconds) or cnn "
+        "(a small CNN per fold, from scratch; minutes).")] = "linear",
     label_budget: Annotated[str, typer.Option(
-        help="Time for the out-of-fold runs, all folds together (90s, 5m).")] = "5m",
+        help="Time ceiling of the cnn folds, all together (90s, 5m).")] = "5m",
     max_distance: Annotated[int, typer.Option(
         min=0, max=32, help="Perceptual-hash bits two near-duplicates may differ by.")] = 10,
     quiet: Quiet = False,
@@ -276,9 +279,12 @@ def check_cmd(
         seconds = config.parse_duration(label_budget)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--label-budget") from e
+    if label_model not in ("linear", "cnn"):
+        raise typer.BadParameter(f"{label_model!r}: use linear or cnn",
+                                 param_hint="--label-model")
     try:
-        check(source, images=images, out=out, labels=labels, run=run, label_seconds=seconds,
-              max_distance=max_distance, progress=not quiet)
+        check(source, images=images, out=out, labels=labels, run=run, label_model=label_model,
+              label_seconds=seconds, max_distance=max_distance, progress=not quiet)
     except (DataError, TableError, FileNotFoundError, ImportError) as e:
         _fail(e)
 

@@ -136,6 +136,15 @@ def test_steady_run_ends_its_schedule_on_the_planned_last_batch(monkeypatch):
     assert clock.now == pytest.approx(100.0)
 
 
+def test_max_epochs_caps_the_plan_and_the_schedule_still_completes(monkeypatch):
+    cb, learn, clock = _budget(monkeypatch, 100.0, max_epochs=4)  # ten epochs would fit
+    positions = _fit(cb, learn, clock, lambda e, i: 1.0)
+    assert cb.planned == 4 and len(positions) == 40 and learn.pct_train == 1.0
+    slow, learn, clock = _budget(monkeypatch, 100.0, max_epochs=40)  # the budget binds
+    _fit(slow, learn, clock, lambda e, i: 1.0)
+    assert slow.planned == 10 and clock.now <= 100.0
+
+
 def test_the_last_epoch_is_cut_short_rather_than_the_budget_left_unused(monkeypatch):
     cb, learn, clock = _budget(monkeypatch, 95.0)
     positions = _fit(cb, learn, clock, lambda e, i: 1.0)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from easycls.check import check
-from easycls.check.labels import _folds, rank_label_issues
+from easycls.check.labels import _folds, linear_out_of_fold, rank_label_issues
 from easycls.check.planted import planted_folder
 from easycls.cli import app
 
@@ -41,13 +43,40 @@ def test_rank_puts_confidently_contradicted_labels_first():
     assert issues[0]["given"] == "dog" and issues[0]["score"] >= issues[-1]["score"] > 0.5
 
 
+def test_linear_out_of_fold_finds_the_planted_wrong_labels(tmp_path):
+    planted = planted_folder(tmp_path / "d", n_classes=4, per_class=40, dup_frac=0,
+                             wrong_frac=0.05, size=32, seed=3)
+    r = check(str(tmp_path / "d"), out=tmp_path / "o", labels=True, say=lambda s: None)
+    assert r["label_source"].startswith("out-of-fold, linear")
+    wrong = {w["path"] for w in planted["wrong_labels"]}
+    top = {str(Path(x["path"]).relative_to(tmp_path / "d").as_posix())
+           for x in r["label_issues"][:2 * len(wrong)]}
+    assert len(wrong) == 8 and len(wrong & top) >= 6
+    truth = {w["path"]: w["true"] for w in planted["wrong_labels"]}
+    hits = [x for x in r["label_issues"] if Path(x["path"]).relative_to(tmp_path / "d")
+            .as_posix() in truth]
+    assert sum(x["suggested"] == truth[Path(x["path"]).relative_to(tmp_path / "d").as_posix()]
+               for x in hits) >= len(hits) - 1
+
+
+def test_linear_out_of_fold_never_predicts_an_image_it_trained_on():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    labels = ["a", "b"] * 20
+    x[7] = x[9] = 100.0  # two identical extreme images, labelled a and b
+    probs, ranked = linear_out_of_fold(x, labels, ["a", "b"], folds=4, seed=0)
+    assert ranked.all() and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    seen = linear_out_of_fold(np.concatenate([x, x]), labels * 2, ["a", "b"], folds=4)[0]
+    assert not np.allclose(probs, seen[:40])  # copies in other folds change the answer
+
+
 @pytest.mark.slow
 def test_check_labels_ranks_out_of_fold_issues_and_a_run_model_ranks_too(tmp_path):
     planted_folder(tmp_path / "d", n_classes=3, per_class=24, dup_frac=0, wrong_frac=0.05,
                    size=32, seed=2)
-    r = check(str(tmp_path / "d"), out=tmp_path / "o", labels=True, label_seconds=40,
-              say=lambda s: None)
-    assert r["label_source"] == "out-of-fold" and r["label_issues"]
+    r = check(str(tmp_path / "d"), out=tmp_path / "o", labels=True, label_model="cnn",
+              label_seconds=40, say=lambda s: None)
+    assert r["label_source"] == "out-of-fold, small CNN" and r["label_issues"]
     scores = [x["score"] for x in r["label_issues"]]
     assert scores == sorted(scores, reverse=True)
     assert {x["given"] for x in r["label_issues"]} <= {"class0", "class1", "class2"}
@@ -57,6 +86,9 @@ def test_check_labels_ranks_out_of_fold_issues_and_a_run_model_ranks_too(tmp_pat
     result = CliRunner().invoke(app, ["check", str(tmp_path / "d"), "--labels",
                                       "--label-budget", "soon"])
     assert result.exit_code == 2 and "--label-budget" in result.output
+    result = CliRunner().invoke(app, ["check", str(tmp_path / "d"), "--labels",
+                                      "--label-model", "forest"])
+    assert result.exit_code == 2 and "--label-model" in result.output
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..data.items import DataError, ItemTable
 from ..data.prepare import load_items
+from .features import image_features
 from .findings import (
     MAX_DISTANCE,
     MIN_CORRELATION,
@@ -21,11 +22,19 @@ from .findings import (
     imbalance,
     items_of,
 )
-from .hashing import scan
-from .labels import LABEL_BUDGET, out_of_fold, rank_label_issues, run_probabilities
+from .hashing import Scan, scan
+from .labels import (
+    LABEL_BUDGET,
+    linear_out_of_fold,
+    out_of_fold,
+    rank_label_issues,
+    run_probabilities,
+)
 from .report import verdicts, write_report
 
-__all__ = ["check", "default_out"]
+__all__ = ["check", "default_out", "LABEL_MODELS"]
+
+LABEL_MODELS = ("linear", "cnn")
 
 
 def default_out(name: str) -> Path:
@@ -43,8 +52,9 @@ def _run_config(source: str) -> TrainConfig | None:
 
 def check(source: str, *, images: str | None = None, out: str | Path | None = None,
           labels: bool = False, run: str | Path | None = None,
-          label_seconds: float = LABEL_BUDGET, max_distance: int = MAX_DISTANCE,
-          min_correlation: float = MIN_CORRELATION, workers: int | None = None,
+          label_model: str = "linear", label_seconds: float = LABEL_BUDGET,
+          max_distance: int = MAX_DISTANCE, min_correlation: float = MIN_CORRELATION,
+          workers: int | None = None,
           progress: bool = False, say=print) -> dict:
     """Check a dataset before (or after) training and write its report folder.
 
@@ -55,7 +65,9 @@ def check(source: str, *, images: str | None = None, out: str | Path | None = No
         labels: rank likely label errors from out-of-fold probabilities of short runs.
         run: rank them with this run directory's model instead (a run directory given as
             `source` does the same, on the run's own data).
-        label_seconds: time budget of the out-of-fold runs, all folds together.
+        label_model: the out-of-fold model: "linear" (a logistic regression over features
+            of the scan, seconds) or "cnn" (a small CNN per fold, from scratch).
+        label_seconds: time ceiling of the CNN folds, all together.
         max_distance: perceptual-hash bits two near-duplicates may differ by.
         min_correlation: thumbnail correlation that confirms a near-duplicate.
         workers: decoding threads (default: one per core).
@@ -73,6 +85,8 @@ def check(source: str, *, images: str | None = None, out: str | Path | None = No
     if (run_cfg := _run_config(str(source))) is not None:
         run, source, images = source, run_cfg.source, images or run_cfg.images
     table = load_items(TrainConfig(source=str(source), images=images))
+    if label_model not in LABEL_MODELS:
+        raise ValueError(f"label_model {label_model!r}: use one of {', '.join(LABEL_MODELS)}")
     if (labels or run) and table.multi_label:
         raise DataError(f"{source} is multi-label: label issues are ranked for single-label "
                         "data only; drop --labels / --run")
@@ -85,8 +99,7 @@ def check(source: str, *, images: str | None = None, out: str | Path | None = No
     result.update(group_findings(items, group_ids))
     result.update(image_findings(items, found), imbalance=imbalance(items), label_issues=None)
     if labels or run:
-        result.update(_label_issues(table, found.readable[:len(table.refs)], run, label_seconds,
-                                    say))
+        result.update(_label_issues(table, found, run, label_model, label_seconds, say))
     result["seconds"] = round(time.perf_counter() - t0, 3)
     result["verdicts"] = verdicts(result)
     out = Path(out) if out else default_out(table.name)
@@ -96,19 +109,22 @@ def check(source: str, *, images: str | None = None, out: str | Path | None = No
     return result
 
 
-def _label_issues(table, readable, run, seconds: float, say) -> dict:
+def _label_issues(table, found: Scan, run, model: str, seconds: float, say) -> dict:
     """`label_issues` over the readable labelled (training and validation) images."""
-    keep = [i for i in range(len(table.refs)) if readable[i]]
+    keep = np.flatnonzero(found.readable[:len(table.refs)])
     sub = ItemTable([table.refs[i] for i in keep], [table.labels[i] for i in keep],
                     is_valid=None, name=table.name, root=table.root)
     given = [x[0] if x else "" for x in sub.labels]
     if run:
         probs, ranked = run_probabilities(str(run), sub.refs, sub.classes), None
         how = f"the model of {run}, which trained on some of them"
+    elif model == "linear":
+        probs, ranked = linear_out_of_fold(image_features(found, keep), given, sub.classes)
+        how = "out-of-fold, linear model over image features"
     else:
-        say(f"label issues: out-of-fold runs for up to {seconds:g} s")
+        say(f"label issues: out-of-fold CNN runs, for at most {seconds:g} s")
         probs, ranked = out_of_fold(sub, seconds=seconds)
-        how = "out-of-fold"
+        how = "out-of-fold, small CNN"
     idx = np.arange(len(sub.refs)) if ranked is None else np.flatnonzero(ranked)
     issues = rank_label_issues(probs[idx], [given[i] for i in idx], sub.classes,
                                [sub.refs[i] for i in idx])
