@@ -1,7 +1,8 @@
 """What `easycls check` finds and what it costs, on generated data with planted problems.
 
     python benchmarks/check_quality.py duplicates --per-class 2000   # recall, false pairs, time
-    python benchmarks/check_quality.py labels --per-class 60 --budget 480
+    python benchmarks/check_quality.py labels --per-class 60 --size 48 --seed 1
+    python benchmarks/check_quality.py labels --label-model cnn --budget 480
     python benchmarks/check_quality.py split                          # grouped vs random split
     python benchmarks/check_quality.py index --n 1000000              # the index alone
 
@@ -58,16 +59,18 @@ def duplicates(a) -> dict:
 
 
 def labels(a) -> dict:
-    root, planted = _planted(a.classes, a.per_class, a.size, seed=1)
-    t0 = time.perf_counter()
-    r = check(str(root), out=CACHE / "out-labels", labels=True, label_seconds=a.budget,
-              say=lambda s: None)
+    root, planted = _planted(a.classes, a.per_class, a.size, seed=a.seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = check(str(root), out=CACHE / "out-labels", labels=True, label_model=a.label_model,
+              label_seconds=a.budget, say=lambda s: None)
     wrong = {w["path"] for w in planted["wrong_labels"]}
     top = [_rel(x["path"], root) for x in r["label_issues"][: 2 * len(wrong)]]
     return dict(part="labels", images=r["n_images"], planted_wrong=len(wrong),
                 flagged=len(r["label_issues"]),
                 recall_at_2x=round(sum(p in wrong for p in top) / len(wrong), 3),
-                budget=a.budget, seconds=round(time.perf_counter() - t0, 1))
+                label_model=a.label_model, seed=a.seed, budget=a.budget,
+                seconds=round(time.perf_counter() - t0, 1),
+                cpu_seconds=round(time.process_time() - c0, 1))
 
 
 def split(a) -> dict:
@@ -110,6 +113,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--budget", type=float, default=300)
+    p.add_argument("--label-model", default="linear", choices=["linear", "cnn"])
+    p.add_argument("--seed", type=int, default=1)
     p.add_argument("--groups", type=int, default=20)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--frames", type=int, default=10)
