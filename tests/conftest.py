@@ -76,6 +76,32 @@ def label_mosaic(labels: list[str], names: list[str], rng: np.random.Generator) 
     return Image.fromarray(img.astype(np.uint8))
 
 
+LABELS = ["a", "b", "c", "d"]
+
+
+def write_multilabel(root: Path, n: int = 64, seed: int = 0) -> Path:
+    """train.csv (ImageID,Labels) and images whose lit quadrants are their labels."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    lines = ["ImageID,Labels"]
+    for i in range(n):
+        labels = sorted(rng.choice(LABELS, size=rng.integers(1, 3), replace=False).tolist())
+        label_mosaic(labels, LABELS, rng).save(root / "images" / f"{i}.png")
+        lines.append(f"{i}.png,{' '.join(labels)}")
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def fit_multilabel(tmp_path_factory, name: str, **settings):
+    """(learn, run_dir, data root) of a multi-label run on `write_multilabel`'s images."""
+    import easycls
+    root = write_multilabel(tmp_path_factory.mktemp("ml") / "data")
+    out = tmp_path_factory.mktemp("runs") / name
+    learn = easycls.fit(str(root / "train.csv"), images=str(root / "images"), out=str(out),
+                        **settings)
+    return learn, out, root
+
+
 def write_class_folders(
     root: Path, classes=("cat", "dog", "fox"), per_class: int = 12, seed: int = 0, ext: str = ".png"
 ) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from conftest import LABELS, fit_multilabel, write_multilabel
 from PIL import Image
 
 import easycls
@@ -26,26 +27,7 @@ from fastai.vision.core import PILImage  # noqa: E402
 pytestmark = pytest.mark.slow
 
 RUN = dict(arch="resnet18", pretrained=False, epochs=1, size=32, bs=32, lr=2e-3, quiet=True)
-LABELS = ["a", "b", "c", "d"]
 PROBE = Path(__file__).with_name("contract_probe.py")
-
-
-def write_multilabel(root: Path, n: int = 64, seed: int = 0) -> Path:
-    """train.csv (ImageID,Labels) and images whose lit quadrants are their labels."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    lines = ["ImageID,Labels"]
-    for i in range(n):
-        labels = sorted(rng.choice(LABELS, size=rng.integers(1, 3), replace=False).tolist())
-        img = np.clip(rng.normal(30, 10, (32, 32, 3)), 0, 255)
-        for k, name in enumerate(LABELS):
-            if name in labels:
-                r, c = divmod(k, 2)
-                img[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16, k % 3] = 230
-        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"{i}.png")
-        lines.append(f"{i}.png,{' '.join(labels)}")
-    (root / "train.csv").write_text("\n".join(lines) + "\n")
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +39,7 @@ def digits_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def multi_run(tmp_path_factory):
-    root = write_multilabel(tmp_path_factory.mktemp("ml") / "data")
-    out = tmp_path_factory.mktemp("contract") / "multi"
-    learn = easycls.fit(str(root / "train.csv"), images=str(root / "images"), out=str(out),
-                        **{**RUN, "bs": 16, "epochs": 2})
+    learn, out, _ = fit_multilabel(tmp_path_factory, "multi", **{**RUN, "bs": 16, "epochs": 2})
     return learn, out
 
 

@@ -11,9 +11,8 @@ import shutil
 import matplotlib
 import numpy as np
 import pytest
-from conftest import write_class_folders
+from conftest import fit_multilabel, write_class_folders
 from PIL import Image
-from test_fastai_contract import write_multilabel
 
 import easycls
 
@@ -37,11 +36,7 @@ def single(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory):
-    root = write_multilabel(tmp_path_factory.mktemp("ml") / "data")
-    out = tmp_path_factory.mktemp("runs") / "m"
-    learn = easycls.fit(str(root / "train.csv"), images=str(root / "images"), out=str(out),
-                        **{**TINY, "epochs": 2})
-    return learn, out, root
+    return fit_multilabel(tmp_path_factory, "m", **{**TINY, "epochs": 2})
 
 
 def test_test_dl_with_labels_takes_them_from_the_run_or_the_folder(single, tmp_path):
