@@ -32,7 +32,7 @@ from .weights import head_module, load_start, start_weights
 __all__ = ["create_model", "single_label_learner", "multi_label_learner", "model_splitter",
            "model_normalization", "check_arch", "ArchError", "PretrainedUnavailable", "SizeError",
            "arch_name", "default_size", "check_size", "MultiLabelLoss", "set_thresholds",
-           "current_thresholds", "ClassifierLearner"]
+           "current_thresholds", "ClassifierLearner", "TunedDecodes"]
 
 ArchSpec = str | nn.Module | Callable[[int], nn.Module]
 
@@ -184,22 +184,49 @@ class MultiLabelLoss(BCEWithLogitsLossFlat):
 
     def decodes(self, x: torch.Tensor) -> torch.Tensor:
         th = self.thresh if self.thresholds is None else self.thresholds
-        on = labels_on(x.detach().float().cpu().numpy(), th, self.at_least_one)
-        return torch.from_numpy(on).to(x.device).as_subclass(type(x))
+        return _labels(x, th, self.at_least_one)
+
+
+def _labels(x: torch.Tensor, thresholds, at_least_one: bool) -> torch.Tensor:
+    on = labels_on(x.detach().float().cpu().numpy(), thresholds, at_least_one)
+    return torch.from_numpy(on).to(x.device).as_subclass(type(x))
+
+
+class TunedDecodes:
+    """The `decodes` `fit` gives the user's own multi-label loss (`loss_func=`, e.g. a focal
+    loss): labels at the thresholds tuned on the loss (`loss.thresholds`), as
+    `MultiLabelLoss.decodes` does. A class, not a closure, so `learn.export()` pickles it."""
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _labels(x, self.loss.thresholds, self.loss.at_least_one)
 
 
 def set_thresholds(learn: Learner, tuned: dict | None) -> None:
-    """Make a multi-label Learner decode with the thresholds tuned by `fit` (model.json's)."""
-    if tuned and isinstance(learn.loss_func, MultiLabelLoss):
-        n = len(learn.dls.vocab)
-        learn.loss_func.thresholds, learn.loss_func.at_least_one = tuned_thresholds(tuned, n)
+    """Make a multi-label Learner decode with the thresholds tuned by `fit` (model.json's).
+
+    The user's own loss (`fit(..., loss_func=...)`) gets them too: `thresholds`,
+    `at_least_one` and a `decodes` set on the object (and a sigmoid `activation` when it has
+    none), which `learn.predict`, `validate` and `easycls.save` read as they read easycls's.
+    """
+    loss = learn.loss_func
+    if not tuned:
+        return
+    loss.thresholds, loss.at_least_one = tuned_thresholds(tuned, len(learn.dls.vocab))
+    if isinstance(loss, MultiLabelLoss):
+        return
+    loss.decodes = TunedDecodes(loss)
+    if getattr(loss, "activation", None) is None:
+        loss.activation = torch.sigmoid
 
 
 def current_thresholds(learn: Learner) -> dict | None:
     """The thresholds a multi-label Learner decodes with now, in model.json's form (the
     inverse of `set_thresholds`); None for a single-label Learner."""
     loss = learn.loss_func
-    if not isinstance(loss, BCEWithLogitsLossFlat):
+    if not (isinstance(loss, BCEWithLogitsLossFlat) or hasattr(loss, "thresholds")):
         return None
     th = getattr(loss, "thresholds", None)
     th = loss.thresh if th is None else th

@@ -8,13 +8,14 @@ import json
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import write_class_folders
+from conftest import fit_multilabel, write_class_folders
 from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.learner import load_learner
-from fastai.losses import LabelSmoothingCrossEntropyFlat
+from fastai.losses import BCEWithLogitsLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import F1Score
 from fastai.optimizer import Adam
 
@@ -207,3 +208,47 @@ def test_batch_tfms_extend_easycls_augmentation_when_asked(class_folders):
     kinds = [type(t) for t in dls.train.after_batch.fs]
     assert BatchAugment in kinds and Flip in kinds
     assert kinds.index(BatchAugment) < kinds.index(Flip)  # by fastai's order: 20, then 30
+
+
+class FocalLoss(torch.nn.Module):
+    """A multi-label focal loss as users write one: no `activation`, no `decodes`."""
+
+    def __init__(self, gamma: float = 2.0):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits, targets):
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float(),
+                                                                   reduction="none")
+        return ((1 - torch.exp(-bce)) ** self.gamma * bce).mean()
+
+
+@pytest.mark.parametrize("make_loss", [
+    pytest.param(lambda: BCEWithLogitsLossFlat(pos_weight=torch.full((4,), 2.0)),
+                 id="bce_pos_weight", marks=pytest.mark.slow),
+    pytest.param(FocalLoss, id="focal")])
+def test_a_users_multi_label_loss_gets_tuned_thresholds(make_loss, tmp_path_factory):
+    loss = make_loss()
+    learn, out, root = fit_multilabel(tmp_path_factory, "loss", **{**TINY, "epochs": 2},
+                                      loss_func=loss)
+    assert learn.loss_func is loss
+    metrics = json.loads((out / "metrics.json").read_text())
+    meta = json.loads((out / "model.json").read_text())
+    tuned = metrics["thresholds"]["per_class"]
+    assert tuned != [0.5] * 4  # tuned, not fastai's default
+    assert meta["multi_label"] and meta["thresholds"]["per_class"] == pytest.approx(tuned)
+    assert {"f1_samples", "f1_micro", "precision_micro"} <= set(_rows(out / "history.csv")[0])
+    # validate() scores at the tuned thresholds, as metrics.json does
+    scores = dict(zip(["valid_loss"] + [m.name for m in learn.metrics], learn.validate()))
+    assert scores["f1_samples"] == pytest.approx(metrics["f1_samples"], abs=1e-6)
+    # learn.predict decides at the tuned thresholds, on the probabilities the bundle gives.
+    files = sorted((root / "images").glob("*.png"))[:20]
+    saved = easycls.load(out, device="cpu")
+    th, vocab = np.asarray(tuned), np.asarray(learn.dls.vocab)
+    refs = [str(f) for f in files]
+    for f, (labels, _), probs in zip(files, saved.predict_many(refs), saved.probabilities(refs)):
+        got, _, p = learn.predict(f)
+        assert np.allclose(p.numpy(), probs, atol=1e-4)
+        assert sorted(got) == sorted(vocab[p.numpy() >= th].tolist())
+        if np.abs(probs - th).min() > 1e-4:  # thresholds sit on validation probabilities
+            assert sorted(got) == sorted(labels)
