@@ -1,5 +1,5 @@
 """The fastai pieces `fit` takes besides its settings, with fastai's names: `cbs`,
-`loss_func`, `metrics`, `opt_func`, `splitter`, `moms`, `batch_tfms`.
+`loss_func`, `metrics`, `opt_func`, `splitter`, `moms`, `batch_tfms`, `item_tfms`.
 
 They are objects, not plain values, so they are keyword arguments of `fit` only, not
 command-line options. `config.json` names each one by import path, with its arguments
@@ -39,6 +39,7 @@ class Pieces:
     splitter: Any = None
     moms: tuple | None = None
     batch_tfms: list = field(default_factory=list)
+    item_tfms: list = field(default_factory=list)  # fastai's per-item pipeline (itemwise)
     data: Any = None   # the user's DataLoaders or DataBlock (`fit(dls)`, `fit(block, source)`)
     items: Any = None  # a DataBlock's source
 
@@ -51,7 +52,7 @@ class Pieces:
     def record(self) -> dict:
         """config.json's `fastai` entry: each piece given, described (`describe`)."""
         out: dict[str, Any] = {}
-        for name in ("cbs", "metrics", "batch_tfms"):
+        for name in ("cbs", "metrics", "batch_tfms", "item_tfms"):
             if getattr(self, name):
                 out[name] = [describe(o) for o in getattr(self, name)]
         for name in ("loss_func", "opt_func", "splitter"):
@@ -90,10 +91,6 @@ def split_pieces(settings: dict) -> tuple[Pieces, dict]:
     if not isinstance(given.get("default_metrics", True), bool):
         raise ConfigError("default_metrics must be True (metrics= adds to easycls's) or False "
                           "(metrics= replaces them)")
-    if given.get("item_tfms") is not None:
-        raise ConfigError("item_tfms: easycls decodes and stores each image once and batches "
-                          "them whole, so per-item transforms would never run; set the size "
-                          "with size=, augment with batch_tfms= (e.g. aug_transforms())")
     batch_tfms = _listed("batch_tfms", given.get("batch_tfms"))
     own = [type(t).__name__ for t in batch_tfms
            if type(t).__name__ in ("IntToFloatTensor", "Normalize")]
@@ -103,6 +100,7 @@ def split_pieces(settings: dict) -> tuple[Pieces, dict]:
     pieces = Pieces(cbs=_listed("cbs", given.get("cbs")),
                     metrics=_listed("metrics", given.get("metrics")),
                     batch_tfms=batch_tfms,
+                    item_tfms=_listed("item_tfms", given.get("item_tfms")),
                     loss_func=given.get("loss_func"), opt_func=given.get("opt_func"),
                     splitter=given.get("splitter"),
                     moms=tuple(moms) if moms is not None else None,
@@ -111,14 +109,16 @@ def split_pieces(settings: dict) -> tuple[Pieces, dict]:
 
 
 def augmentation_note(pieces: Pieces, augment: bool | None) -> str:
-    """What the training augmentation is, in words, when `batch_tfms` were given ("" else)."""
-    if not pieces.batch_tfms:
+    """What the training augmentation is, in words, when `batch_tfms` or `item_tfms` were
+    given ("" else)."""
+    kinds = [k for k in ("item_tfms", "batch_tfms") if getattr(pieces, k)]
+    if not kinds:
         return ""
-    names = ", ".join(type(t).__name__ for t in pieces.batch_tfms)
+    names = ", ".join(type(t).__name__ for k in kinds for t in getattr(pieces, k))
+    yours = f"your {' and '.join(kinds)} ({names})"
     if augment:
-        return f"augmentation: easycls's and your batch_tfms ({names})"
-    return (f"augmentation: your batch_tfms ({names}), replacing easycls's "
-            "(augment=True keeps both)")
+        return f"augmentation: easycls's and {yours}"
+    return f"augmentation: {yours}, replacing easycls's (augment=True keeps both)"
 
 
 def validation_note(pieces: Pieces) -> str:

@@ -49,6 +49,7 @@ from .data.augment import AugmentWhenLong
 from .data.cachedir import cache_root
 from .data.given import GivenData, given_dataloaders
 from .data.items import ItemTable
+from .data.itemwise import ITEMWISE_NOTE, itemwise_data
 from .data.prepare import (
     PreparedData,
     build_dataloaders,
@@ -432,6 +433,9 @@ def fit(source: Any = None, items: Any = None, *, resume: str | None = None,
         # The user's own fastai data: config.json names it, as it names the other pieces.
         pieces.data, pieces.items = settings.pop("dls", None) or source, items
         source = f"<{type(pieces.data).__name__}>"
+        if pieces.item_tfms or pieces.batch_tfms:
+            raise ConfigError("item_tfms/batch_tfms with your own DataLoaders or DataBlock: "
+                              "give them to the DataBlock (or ImageDataLoaders) instead")
     settings.pop("dls", None)
     # The process group's timeout: set before any setting is checked, so taken as given.
     sess = distributed.session(timeout=settings.get("dist_timeout"))
@@ -449,7 +453,7 @@ def fit(source: Any = None, items: Any = None, *, resume: str | None = None,
             cfg = sess.from_main(lambda: _resumed_config(resume, source, settings, pieces))
         else:
             cfg = resolve_config(source, **settings).updated(fastai=pieces.record())
-            if pieces.batch_tfms and settings.get("augment") is None:
+            if (pieces.batch_tfms or pieces.item_tfms) and settings.get("augment") is None:
                 cfg = cfg.updated(augment=False)  # the user's augmentation replaces easycls's
             if cfg.out:
                 claim(cfg.out, cfg.overwrite)
@@ -482,14 +486,15 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
     set_seed(cfg.seed)
     # From the process's start for the CLI (imports count against a budget), else from here.
     t_start = budget_origin(time.perf_counter())
-    if pieces.data is None:
+    if pieces.data is None and not pieces.item_tfms:
         table = load_items(cfg)
         groups = split_groups(table, cfg.split_by, sess.shows_progress(cfg.quiet))
         data = PreparedData(table, cfg, progress=sess.shows_progress(cfg.quiet), sess=sess,
                             groups=groups)
-    else:  # the user's loaders decide size, batch size and augmentation
-        data, groups = _given_data(pieces, cfg, sess), None
-        cfg = cfg.updated(size=data.size, bs=data.dls.bs, augment=False)
+    else:  # fastai's loaders (the user's, or per item) decide size, batch size, augmentation
+        data, groups = _given_data(pieces, cfg, sess)
+        cfg = cfg.updated(size=data.size, bs=data.dls.bs,
+                          augment=cfg.augment is True and pieces.data is None)
     run_dir = Path(cfg.out) if cfg.out else _default_out(cfg, data.table)
     if claim is not None:
         claim(run_dir)
@@ -500,7 +505,9 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
     say(_summary(data, cfg, sess, groups))
     if augmentation_note(pieces, cfg.augment):
         say(augmentation_note(pieces, cfg.augment))
-    if validation_note(pieces):  # a caveat about the saved model: also under --quiet
+    if pieces.item_tfms:
+        say(ITEMWISE_NOTE)
+    if validation_note(pieces) and not isinstance(data, GivenData):  # also under --quiet
         sess.printer(quiet=False)(validation_note(pieces))
     if pieces.data is None:
         sess.on_main(lambda: _warn_leaks(data, cfg, say))
@@ -558,13 +565,23 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
     return learn
 
 
-def _given_data(pieces: Pieces, cfg: TrainConfig, sess) -> GivenData:
-    """The user's DataLoaders, or their DataBlock's over its source (`pieces.data`)."""
-    dls = given_dataloaders(pieces.data, pieces.items, bs=cfg.bs, device=sess.device)
-    data = GivenData(dls, name=type(pieces.data).__name__.lower())
+def _given_data(pieces: Pieces, cfg: TrainConfig, sess) -> tuple[GivenData, list | None]:
+    """The user's DataLoaders, or their DataBlock's over its source (`pieces.data`); or,
+    with `item_tfms`, easycls's source through fastai's per-item pipeline (`itemwise`).
+    With the split's groups (`--split-by`), when easycls split the data."""
+    groups = None
+    if pieces.data is None:
+        table = load_items(cfg)
+        groups = split_groups(table, cfg.split_by, sess.shows_progress(cfg.quiet))
+        data = itemwise_data(table, cfg, pieces.item_tfms, pieces.batch_tfms, groups=groups,
+                             world_size=sess.world_size, device=sess.device,
+                             progress=sess.shows_progress(cfg.quiet))
+    else:
+        dls = given_dataloaders(pieces.data, pieces.items, bs=cfg.bs, device=sess.device)
+        data = GivenData(dls, name=type(pieces.data).__name__.lower())
     for note in sess.main_only(data.bundle_notes()):
         print(note)
-    return data
+    return data, groups
 
 
 def _close_run(learn: Learner, writers: list) -> None:

@@ -23,7 +23,7 @@ def _section_snippets() -> list[str]:
 def test_the_section_has_a_snippet_per_piece():
     joined = "\n".join(_section_snippets())
     for piece in ("cbs=", "loss_func=", "metrics=", "opt_func=", "moms=", "splitter",
-                  "slice(1e-5, 1e-3)", "batch_tfms=", "fit(dls", "fit(block, path",
+                  "slice(1e-5, 1e-3)", "batch_tfms=", "item_tfms=", "fit(dls", "fit(block, path",
                   "with_labels=True", "plot_loss()", "/ 255.0"):
         assert piece in joined, piece
 
@@ -38,4 +38,4 @@ def test_bring_your_own_pieces_snippets_run(tmp_path, monkeypatch, capsys):
     assert len(learn.dls.vocab) == 10
     out = capsys.readouterr().out
     assert "LabelSmoothingCrossEntropy" in out and "epoch 1/1" in out
-    assert len(list((tmp_path / "runs").iterdir())) == 4  # one run directory per fit
+    assert len(list((tmp_path / "runs").iterdir())) == 5  # one run directory per fit

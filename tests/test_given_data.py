@@ -10,7 +10,8 @@ import pytest
 from conftest import write_class_folders
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.transforms import RandomSplitter, get_image_files, parent_label
-from fastai.vision.augment import Resize
+from fastai.vision.augment import RandTransform, Resize
+from fastai.vision.core import PILImage
 from fastai.vision.data import ImageBlock, ImageDataLoaders
 
 import easycls
@@ -83,3 +84,32 @@ def test_validation_transforms_the_bundle_cannot_carry_are_named(folders):
                                         item_tfms=Resize(16))
     given = GivenData(crop)
     assert given.bundle_notes() == [] and given.size == 16 and not given.multi_label
+
+
+class SeenItems(RandTransform):
+    """A training-only item transform of the user's: records each image it is given."""
+
+    split_idx, order = 0, 0  # training items only, before any resize
+
+    def __init__(self):
+        super().__init__(p=1.0)
+        self.sizes = []
+
+    def encodes(self, img: PILImage):
+        self.sizes.append(img.size)
+        return img.flip_lr()
+
+
+def test_item_tfms_run_on_each_item_and_the_bundle_predicts_as_learn(folders, tmp_path):
+    seen = SeenItems()
+    learn = easycls.fit(str(folders), out=str(tmp_path / "run"), size=16, bs=8, workers=0,
+                        item_tfms=[seen], **TINY)
+    # Every training item of every epoch, as opened (24 px), before easycls's Resize(16).
+    per_epoch = len(learn.dls.train_ds) // 8 * 8
+    assert len(seen.sizes) >= TINY["epochs"] * per_epoch and set(seen.sizes) == {(24, 24)}
+    assert learn.dls.one_batch()[0].shape[-2:] == (16, 16)
+    assert all((tmp_path / "run" / f).is_file() for f in FILES)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["source"] == str(folders) and cfg["size"] == 16
+    assert [t["import"] for t in cfg["fastai"]["item_tfms"]] == [f"{__name__}:SeenItems"]
+    _same_labels(learn, tmp_path / "run", sorted(folders.glob("*/*.png"))[:50])

@@ -184,8 +184,7 @@ def test_batch_tfms_checks_and_notes():
     from easycls.pieces import augmentation_note, validation_note
     with pytest.raises(ConfigError, match="leave out Normalize"):
         split_pieces({"batch_tfms": [Flip(), Normalize()]})
-    with pytest.raises(ConfigError, match="item_tfms"):
-        split_pieces({"item_tfms": [Flip()]})
+    assert len(split_pieces({"item_tfms": Flip()})[0].item_tfms) == 1  # kept: run per item
     pieces, _ = split_pieces({"batch_tfms": [Flip(), Brightness()]})
     assert augmentation_note(pieces, True) == (
         "augmentation: easycls's and your batch_tfms (Flip, Brightness)")

@@ -56,12 +56,15 @@ class GivenData:
 
     store = "none"  # the user's loaders decode their own images
 
-    def __init__(self, dls: DataLoaders, name: str = "dataloaders"):
+    def __init__(self, dls: DataLoaders, name: str = "dataloaders",
+                 table: ItemTable | None = None):
         self.dls = dls
         n_train, n_valid = len(dls.train_ds), len(dls.valid_ds)
-        self.table = ItemTable(refs=_refs(dls.train_ds) + _refs(dls.valid_ds),
-                               labels=[[]] * (n_train + n_valid),
-                               is_valid=[False] * n_train + [True] * n_valid, name=name)
+        # easycls's own item table when it built the loaders (`itemwise`): its test images,
+        # skipped images and labels stay part of the run.
+        self.table = table if table is not None else ItemTable(
+            refs=_refs(dls.train_ds) + _refs(dls.valid_ds), labels=[[]] * (n_train + n_valid),
+            is_valid=[False] * n_train + [True] * n_valid, name=name)
         loss = getattr(dls.train_ds, "loss_func", None)
         self.multi_label = type(loss).__name__.startswith("BCE")
         vocab = getattr(dls, "vocab", None)
@@ -108,8 +111,8 @@ class GivenData:
         from fastai.vision.core import ToTensor
         notes = []
         for t in self.dls.valid.after_item.fs:
-            if isinstance(t, ToTensor):
-                continue
+            if isinstance(t, ToTensor) or getattr(t, "split_idx", None) == 0:
+                continue  # training-only transforms never touch validation images
             if isinstance(t, Resize) and t.method == ResizeMethod.Crop:
                 continue
             notes.append(type(t).__name__)

@@ -34,6 +34,7 @@ from .recipes import detect, get_recipe, is_recipe, read_recipe_layout
 from .sources import from_path
 
 __all__ = ["check_source", "load_items", "read_path", "random_split", "column_groups",
+           "multi_label_of",
            "run_items", "SPLITS", "PreparedData", "build_dataloaders"]
 
 SPLITS = ("auto", "valid", "all", "test")
@@ -195,6 +196,20 @@ def _label_lookup(table: ItemTable):
     return labels_of
 
 
+def multi_label_of(table: ItemTable, cfg: TrainConfig) -> bool:
+    """Multi-label as the labels say, unless `multi_label` is set; never drops labels.
+
+    Raises:
+        DataError: `multi_label=False` for images with several (or no) labels.
+    """
+    multi_label = table.multi_label if cfg.multi_label is None else cfg.multi_label
+    if not multi_label and table.multi_label:  # never drop labels silently
+        n = sum(len(labs) != 1 for labs in table.labels)
+        raise DataError(f"multi_label=False, but {n} images of {cfg.source} have several "
+                        "(or no) labels; drop --single-label to train a multi-label model")
+    return multi_label
+
+
 class PreparedData:
     """An item table made ready to train: split, checked, decoded; vocab and datasets."""
 
@@ -206,11 +221,7 @@ class PreparedData:
             table.is_valid = random_split(len(table.refs), cfg.valid_pct, cfg.seed, groups)
         table.check()
         self.table, self.cfg = table, cfg
-        self.multi_label = table.multi_label if cfg.multi_label is None else cfg.multi_label
-        if not self.multi_label and table.multi_label:  # never drop labels silently
-            n = sum(len(labs) != 1 for labs in table.labels)
-            raise DataError(f"multi_label=False, but {n} images of {cfg.source} have several "
-                            "(or no) labels; drop --single-label to train a multi-label model")
+        self.multi_label = multi_label_of(table, cfg)
         # None: decided while training (a time budget). Stored at the size itself, so a run
         # that stays short sees exactly the validation view; one that grows long enough to
         # augment crops inside the image instead of inside a margin.
