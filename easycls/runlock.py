@@ -48,7 +48,7 @@ REPLACED_NAME = ".easycls-replaced"  # an overwritten run's files until the new 
 # Files a run writes into its directory (plots, reports and predictions included).
 RUN_FILES = ("config.json", "checkpoint.pth", "history.csv", "metrics.json", "model.json",
              "model.safetensors", "skipped.txt", "loss.png", "confusion_matrix.png",
-             "f1_threshold.png", "per_class.csv", "test_predictions.csv")
+             "f1_threshold.png", "per_class.csv", "test_predictions.csv", "trackers.json")
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 

@@ -15,8 +15,8 @@ from fastcore.basics import noop
 
 from .rundir import append_text
 
-__all__ = ["epoch_record", "HistoryCSV", "JsonEvents", "PlainProgress", "tensorboard_callback",
-           "wants_plain_progress"]
+__all__ = ["epoch_record", "TrainedEpochs", "HistoryCSV", "JsonEvents", "PlainProgress",
+           "tensorboard_callback", "wants_plain_progress"]
 
 
 def epoch_record(learn) -> dict:
@@ -34,7 +34,22 @@ def epoch_record(learn) -> dict:
     return {n: (float(v) if v is not None else None) for n, v in zip(names, values)}
 
 
-class HistoryCSV(Callback):
+class TrainedEpochs(Callback):
+    """Base of the callbacks that report trained epochs only: in `after_epoch`,
+    `self.trained` says whether the epoch trained. get_preds and validate also fire epoch
+    events (fastai's Learner is their context manager), and lr_find's "epochs" are not the
+    run's."""
+
+    trained = False
+
+    def before_epoch(self):
+        self.trained = False
+
+    def after_train(self):
+        self.trained = not hasattr(self.learn, "lr_finder")
+
+
+class HistoryCSV(TrainedEpochs):
     """One row per epoch in `history.csv`: epoch, train_loss, valid_loss, metrics, seconds.
 
     Epochs are counted across `fine_tune`'s two phases and across resumed runs (`start`).
@@ -43,14 +58,11 @@ class HistoryCSV(Callback):
     order = 60  # after fastai's Recorder (50) has filled `final_record`
 
     def __init__(self, path: str | Path, start: int = 0):
-        self.path, self.count, self.trained = Path(path), start, False
+        self.path, self.count = Path(path), start
 
     def before_epoch(self):
-        self._t0, self.trained = time.perf_counter(), False
-
-    # get_preds/validate also fire epoch events; only epochs that trained are history.
-    def after_train(self):
-        self.trained = not hasattr(self.learn, "lr_finder")  # lr_find's "epochs" are not history
+        super().before_epoch()
+        self._t0 = time.perf_counter()
 
     def after_epoch(self):
         if not self.trained:
@@ -68,7 +80,7 @@ class HistoryCSV(Callback):
         self.count += 1
 
 
-class JsonEvents(Callback):
+class JsonEvents(TrainedEpochs):
     """JSON-lines events for scripts: one object per trained epoch, plus fit start and end.
 
     Epochs count across `fine_tune`'s phases like `history.csv`. lr_find, get_preds and
@@ -78,19 +90,13 @@ class JsonEvents(Callback):
     order = 61
 
     def __init__(self, path: str | Path):
-        self.path, self.count, self.started, self.trained = Path(path), 0, False, False
+        self.path, self.count, self.started = Path(path), 0, False
 
     def _emit(self, **event):
         append_text(self.path, json.dumps(dict(time=time.time(), **event)) + "\n")
 
     def before_fit(self):
         self.started = False
-
-    def before_epoch(self):
-        self.trained = False
-
-    def after_train(self):
-        self.trained = not hasattr(self.learn, "lr_finder")
 
     def after_epoch(self):
         if not self.trained:

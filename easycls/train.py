@@ -260,10 +260,11 @@ def _writer_callbacks(cfg: TrainConfig, run_dir: Path, history_start: int) -> li
     return cbs + ([JsonEvents(cfg.log_json)] if cfg.log_json else [])
 
 
-def _trackers(cfg: TrainConfig, run_dir: Path, sess, start: int) -> Trackers:
-    """The run's trackers (`--log`, and `--tensorboard`), opened on rank 0 only."""
+def _trackers(cfg: TrainConfig, run_dir: Path, sess, start: int, resumed: bool) -> Trackers:
+    """The run's trackers (`--log`, and `--tensorboard`), opened on rank 0 only; a resumed
+    run continues the trackers' runs of its first session."""
     names = (cfg.log.split(",") if cfg.log else []) + (["tensorboard"] if cfg.tensorboard else [])
-    return Trackers(sess.main_only(names), run_dir, dataclasses.asdict(cfg), start)
+    return Trackers(sess.main_only(names), run_dir, dataclasses.asdict(cfg), start, resumed)
 
 
 def _pos_weight(targets: np.ndarray) -> torch.Tensor:
@@ -519,7 +520,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
         t_start -= state["elapsed"]
         sess.on_main(lambda: trim_history(run_dir / "history.csv", state["history_rows"]))
     history_start = state["history_rows"] if state else 0
-    trackers = hold(_trackers(cfg, run_dir, sess, history_start))
+    trackers = hold(_trackers(cfg, run_dir, sess, history_start, resumed))
     writers = sess.main_only(_writer_callbacks(cfg, run_dir, history_start)) + trackers.callbacks
     learn, norm = _build_learner(data, cfg, arch_obj, sess, run_dir, writers, pieces)
     lr_choice = _pick_lr(learn, cfg, say, sess)

@@ -39,8 +39,8 @@ def wandb_records(path: Path):
             payload = b""
 
 
-def _wandb_logged(run_dir: Path) -> tuple[list[dict], dict]:
-    (file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+def _wandb_logged(file: Path) -> tuple[list[dict], dict]:
+    """(history rows, summary) of one session's `.wandb` file."""
     history, summary = [], {}
     key = lambda i: i.key or "/".join(i.nested_key)  # noqa: E731  wandb-core writes nested_key
     for r in wandb_records(file):
@@ -81,7 +81,8 @@ def test_wandb_mlflow_and_csv_get_each_epoch_and_the_final_metrics(class_folders
     assert run.info.status == "FINISHED" and run.data.params["epochs"] == "2"
     assert run.data.metrics["final/accuracy"] == pytest.approx(final["accuracy"])
 
-    rows, summary = _wandb_logged(out)
+    (file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    rows, summary = _wandb_logged(file)
     per_epoch = [r["valid_loss"] for r in rows if "valid_loss" in r]
     assert per_epoch == pytest.approx(valid_losses)
     assert summary["accuracy"] == pytest.approx(final["accuracy"])
@@ -121,3 +122,45 @@ def test_mlflow_store_that_cannot_open_fails_before_training(class_folders, tmp_
 
 def test_flat_numbers_joins_nested_keys():
     assert flat_numbers({"a": 1, "b": {"c": 0.5, "d": "x"}, "e": True}) == {"a": 1.0, "b/c": 0.5}
+
+
+@pytest.mark.slow
+def test_resume_logs_into_the_same_wandb_and_mlflow_runs(class_folders, tmp_path, offline,
+                                                         monkeypatch):
+    import os
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from easycls import checkpoint
+    from easycls.checkpoint import TrainingInterrupted
+    real_after_batch = checkpoint.Checkpointer.after_batch
+
+    def sigint_in_second_epoch(self):
+        if self.training and self.epoch == 1 and self.iter == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_after_batch(self)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", sigint_in_second_epoch)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        easycls.fit(str(class_folders), out=str(out), log="wandb,mlflow", **TINY)
+    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", real_after_batch)
+    ids = json.loads((out / "trackers.json").read_text())
+    easycls.fit(resume=str(out), quiet=True)
+    assert json.loads((out / "trackers.json").read_text()) == ids
+    with open(out / "history.csv", newline="") as f:
+        valid_losses = [float(r["valid_loss"]) for r in csv.DictReader(f)]
+    assert len(valid_losses) == 2  # epoch 0 from the first session, epoch 1 from the second
+
+    client = MlflowClient(offline)
+    (run,) = client.search_runs(["0"])  # one run, not one per session
+    assert run.info.run_id == ids["mlflow"] and run.info.status == "FINISHED"
+    logged = client.get_metric_history(run.info.run_id, "valid_loss")
+    assert [m.step for m in logged] == [0, 1]
+    assert [m.value for m in logged] == pytest.approx(valid_losses)
+
+    sessions = sorted(out.glob("wandb/offline-run-*"))
+    assert len(sessions) == 2 and all(s.name.endswith(f"-{ids['wandb']}") for s in sessions)
+    rows = [row for s in sessions for row in _wandb_logged(next(s.glob("run-*.wandb")))[0]]
+    assert [r["valid_loss"] for r in rows if "valid_loss" in r] == pytest.approx(valid_losses)
