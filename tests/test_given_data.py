@@ -113,3 +113,10 @@ def test_item_tfms_run_on_each_item_and_the_bundle_predicts_as_learn(folders, tm
     assert cfg["source"] == str(folders) and cfg["size"] == 16
     assert [t["import"] for t in cfg["fastai"]["item_tfms"]] == [f"{__name__}:SeenItems"]
     _same_labels(learn, tmp_path / "run", sorted(folders.glob("*/*.png"))[:50])
+
+
+def test_transforms_beside_the_users_own_dataloaders_are_refused(folders):
+    dls = ImageDataLoaders.from_folder(folders, valid_pct=0.25, seed=0, bs=8,
+                                       item_tfms=Resize(16))
+    with pytest.raises(ConfigError, match="give them to the DataBlock"):
+        easycls.fit(dls, batch_tfms=[Resize(8)], **TINY)

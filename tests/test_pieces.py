@@ -160,6 +160,29 @@ def test_user_callbacks_under_two_gloo_processes(tmp_path):
     assert len(rows) == 2
 
 
+@pytest.mark.slow
+def test_users_dataloaders_under_two_gloo_processes(tmp_path):
+    from test_distributed import _torchrun
+    root = tmp_path / "split"
+    write_class_folders(root / "train", per_class=16, seed=1)  # 48: 3 batches of 8 per rank
+    write_class_folders(root / "valid", per_class=4, seed=2)
+    work = tmp_path / "work"
+    work.mkdir()
+    probe = Path(__file__).with_name("pieces_probe.py")
+    res = _torchrun(str(probe), str(root), "run", "records", "dls", cwd=work)
+    assert res.returncode == 0, res.stdout + res.stderr
+    r0, r1 = (json.loads((work / "records" / f"rank{r}.json").read_text()) for r in (0, 1))
+    # Each rank trains its own shard of the user's loader: 3 of the 6 batches, each epoch.
+    assert r0["epochs"] == r1["epochs"] == 2 and r0["seen"] == r1["seen"] == 2 * 3
+    run = work / "run"
+    assert all((run / f).is_file() for f in ("model.safetensors", "model.json", "metrics.json",
+                                             "history.csv", "config.json"))
+    assert len(_rows(run / "history.csv")) == 2
+    assert json.loads((run / "metrics.json").read_text())["n_valid"] == 12  # gathered, once each
+    saved = easycls.load(run, device="cpu")
+    assert [label for label, _ in saved.predict_many(r0["files"])] == r0["predict"]
+
+
 def test_batch_tfms_replace_easycls_augmentation_and_the_run_says_so(class_folders, tmp_path,
                                                                      capsys):
     from fastai.vision.augment import Brightness, Flip, aug_transforms
