@@ -137,18 +137,25 @@ def test_only_logging_callbacks_are_rank_zero_only():
     assert logs_only(marked)
 
 
-@pytest.mark.slow
-def test_user_callbacks_under_two_gloo_processes(tmp_path):
+def _two_gloo_ranks(tmp_path, *mode: str) -> tuple[dict, dict, Path]:
+    """`pieces_probe.py` under 2 gloo processes on train/ (48 images: 3 batches of 8 per
+    rank) and valid/ (12) folders: (rank 0's record, rank 1's, the working folder)."""
     from test_distributed import _torchrun
     root = tmp_path / "split"
-    write_class_folders(root / "train", per_class=16, seed=1)  # 48: 3 batches of 8 per rank
+    write_class_folders(root / "train", per_class=16, seed=1)
     write_class_folders(root / "valid", per_class=4, seed=2)
     work = tmp_path / "work"
     work.mkdir()
     probe = Path(__file__).with_name("pieces_probe.py")
-    res = _torchrun(str(probe), str(root), "run", "records", cwd=work)
+    res = _torchrun(str(probe), str(root), "run", "records", *mode, cwd=work)
     assert res.returncode == 0, res.stdout + res.stderr
     r0, r1 = (json.loads((work / "records" / f"rank{r}.json").read_text()) for r in (0, 1))
+    return r0, r1, work
+
+
+@pytest.mark.slow
+def test_user_callbacks_under_two_gloo_processes(tmp_path):
+    r0, r1, work = _two_gloo_ranks(tmp_path)
     # A training callback runs on every rank, on that rank's shard (3 batches an epoch), and
     # early stopping stops both ranks after the same epoch.
     assert r0["epochs"] == r1["epochs"] == 2
@@ -162,16 +169,7 @@ def test_user_callbacks_under_two_gloo_processes(tmp_path):
 
 @pytest.mark.slow
 def test_users_dataloaders_under_two_gloo_processes(tmp_path):
-    from test_distributed import _torchrun
-    root = tmp_path / "split"
-    write_class_folders(root / "train", per_class=16, seed=1)  # 48: 3 batches of 8 per rank
-    write_class_folders(root / "valid", per_class=4, seed=2)
-    work = tmp_path / "work"
-    work.mkdir()
-    probe = Path(__file__).with_name("pieces_probe.py")
-    res = _torchrun(str(probe), str(root), "run", "records", "dls", cwd=work)
-    assert res.returncode == 0, res.stdout + res.stderr
-    r0, r1 = (json.loads((work / "records" / f"rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1, work = _two_gloo_ranks(tmp_path, "dls")
     # Each rank trains its own shard of the user's loader: 3 of the 6 batches, each epoch.
     assert r0["epochs"] == r1["epochs"] == 2 and r0["seen"] == r1["seen"] == 2 * 3
     run = work / "run"
