@@ -212,7 +212,7 @@ def set_thresholds(learn: Learner, tuned: dict | None) -> None:
     none), which `learn.predict`, `validate` and `easycls.save` read as they read easycls's.
     """
     loss = learn.loss_func
-    if not tuned:
+    if not tuned or not (isinstance(loss, MultiLabelLoss) or _multi_label_data(learn)):
         return
     loss.thresholds, loss.at_least_one = tuned_thresholds(tuned, len(learn.dls.vocab))
     if isinstance(loss, MultiLabelLoss):
@@ -220,6 +220,15 @@ def set_thresholds(learn: Learner, tuned: dict | None) -> None:
     loss.decodes = TunedDecodes(loss)
     if getattr(loss, "activation", None) is None:
         loss.activation = torch.sigmoid
+
+
+def _multi_label_data(learn: Learner) -> bool:
+    """Whether the Learner's targets are multi-label: easycls's datasets say so; fastai's
+    infer the loss from the target block, as fastai's Learner does."""
+    ds = learn.dls.valid_ds
+    if getattr(ds, "multi_label", None) is not None:
+        return bool(ds.multi_label)
+    return type(getattr(ds, "loss_func", None)).__name__.startswith("BCE")
 
 
 def current_thresholds(learn: Learner) -> dict | None:
