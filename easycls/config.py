@@ -97,8 +97,10 @@ class TrainConfig:
     cache: bool | None = _opt(None, "Alias: --cache is --store cache, --no-cache is --store none "
                               "(when --store is not given).", flag="--cache/--no-cache")
     store: str = _opt("auto", "Where training pixels come from: cache (uint8), jpeg (compact "
-                      "store), none (decode the originals each epoch); auto picks by size and "
-                      "disk.", choices=("auto", "cache", "jpeg", "none"))
+                      "store), stream (the compact store in chunks in $EASYCLS_STREAM_DIR, "
+                      "streamed through a bounded cache), none (decode the originals each "
+                      "epoch); auto picks cache, jpeg or none by size and disk.",
+                      choices=("auto", "cache", "jpeg", "stream", "none"))
     workers: int | None = _opt(None, "DataLoader worker processes (default: from the cores).",
                                lo=0, hi=256)
     mixed_precision: str | None = _opt(None, "no, fp16 or bf16 (default: bf16 on a capable GPU, "

@@ -269,6 +269,15 @@ class FeedDL(TfmdDL):
         finally:
             gather.close()
 
+    def shuffle_fn(self, idxs):
+        # A store read a chunk at a time (the streaming store) orders an epoch by chunks:
+        # each chunk is downloaded once, not once per batch that touches it.
+        base, rows = _unwrap(getattr(getattr(self.dataset, "pixels", None), "array", None))
+        if not hasattr(base, "shuffled") or len(idxs) != len(self.dataset):
+            return super().shuffle_fn(idxs)
+        rows = np.arange(len(idxs)) if rows is None else rows
+        return base.shuffled(rows, self.rng.getrandbits(32)).tolist()
+
     def _reader(self):
         # Kept across epochs: its reused host blocks are what make a gather cheap.
         device = self.device or torch.device("cpu")

@@ -271,10 +271,13 @@ def encode_labels(labels: list[list[str]], vocab: list[str], multi_label: bool) 
     return hot
 
 
-def pixel_stats(pixels: Pixels, n: int = 512, seed: int = 0) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (0..1 scale) of a sample of images, for training from scratch."""
+def pixel_stats(pixels: Pixels, n: int = 512, seed: int = 0,
+                first: bool = False) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0..1 scale) of a sample of images, for training from scratch
+    (``first``: the first ``n`` images, for pixels already in a random order)."""
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(pixels), size=min(n, len(pixels)), replace=False)
+    idx = (np.arange(min(n, len(pixels))) if first else
+           rng.choice(len(pixels), size=min(n, len(pixels)), replace=False))
     sample = np.stack([pixels[int(i)] for i in idx]).reshape(-1, 3).astype(np.float64) / 255.0
     std = np.maximum(sample.std(0), 1e-3)  # a constant channel must not divide by zero
     return sample.mean(0).tolist(), std.tolist()

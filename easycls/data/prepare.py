@@ -173,6 +173,18 @@ def run_items(run_dir: str | Path, source: str | None = None, split: str = "auto
     return cfg.source, refs, labels
 
 
+def _shuffle_train(table: ItemTable, seed: int) -> None:
+    """Put the training items in a seeded random order among themselves (the validation
+    items keep their places and order)."""
+    train = [i for i, v in enumerate(table.is_valid) if not v]
+    order = list(range(len(table.refs)))
+    for slot, k in zip(train, np.random.default_rng(seed).permutation(len(train))):
+        order[slot] = train[k]
+    table.refs = [table.refs[i] for i in order]
+    table.labels = [table.labels[i] for i in order]
+    table.columns = {name: [v[i] for i in order] for name, v in table.columns.items()}
+
+
 def _rows(px: Pixels, rows: list[int]) -> Pixels:
     """The readable rows, as a view: `array[rows]` would copy a memory-mapped cache into RAM."""
     if len(rows) == len(px):
@@ -229,6 +241,8 @@ class PreparedData:
         n_valid = sum(table.is_valid)
         splits = [(len(table.refs) - n_valid, self.store_size), (n_valid, cfg.size)]
         self.store = storage.choose(cfg.store, splits, self.sess)  # cache, jpeg or none
+        if self.store == "stream":  # each chunk is read as a whole: make it a random sample
+            _shuffle_train(table, cfg.seed)
         self._decode_pixels()
         self.vocab = table.classes
 
@@ -276,8 +290,10 @@ class PreparedData:
         )
 
     def pixel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of (a sample of) the training pixels."""
-        return pixel_stats(self.datasets[0].pixels, seed=self.cfg.seed)
+        """Per-channel mean and std of (a sample of) the training pixels (of a stream: its
+        first images, already a random sample, so that few chunks are read)."""
+        return pixel_stats(self.datasets[0].pixels, seed=self.cfg.seed,
+                           first=self.store == "stream")
 
 
 def build_dataloaders(cfg: TrainConfig, data: PreparedData | None = None, *,

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from ..job import ONE, Group, share
-from . import cachedir, remote
+from . import cachedir, remote, stream
 from .images import (
     UnreadableImage,
     check_images,
@@ -197,8 +197,9 @@ class JpegShards:
         store = JpegStore(path, size, failures)
         return store if store.index.shape == (n, 3) else None
 
-    def _encode(self, ref: str, size: int) -> bytes | str:
-        """The stored JPEG of ``ref``, or the reason it cannot be read."""
+    def encode(self, ref: str, size: int) -> bytes | str:
+        """The stored JPEG of ``ref``, or the reason it cannot be read (also what the
+        streaming store keeps)."""
         try:
             pixels = load_resized(ref, size)
         except UnreadableImage as e:
@@ -215,7 +216,7 @@ class JpegShards:
         failures: dict[int, str] = {}
         writer = _ShardWriter(partial / f"shard-{part:03d}.bin")
         try:
-            encoded = parallel_map(lambda i: self._encode(refs[i], size), span, None, progress)
+            encoded = parallel_map(lambda i: self.encode(refs[i], size), span, None, progress)
             for k, (i, data) in enumerate(zip(span, encoded)):
                 if isinstance(data, str):
                     failures[i] = data
@@ -269,8 +270,11 @@ class _ShardWriter:
 
 
 FORMATS: dict[str, Format] = {"cache": Uint8Cache(), "jpeg": JpegShards()}
-_WORDS = {"cache": "uint8 cache", "jpeg": "compact JPEG store", "none": "decoded originals"}
-MODES = ("auto", *FORMATS, "none")
+_WORDS = {"cache": "uint8 cache", "jpeg": "compact JPEG store", "none": "decoded originals",
+          "stream": "streaming store"}
+# "stream": the compact store's JPEGs in litdata chunks, in $EASYCLS_STREAM_DIR (stream.py)
+MODES = ("auto", *FORMATS, "stream", "none")
+_STREAM_VERSION = "easycls-stream-v1"
 
 
 def describe(kind: str) -> str:
@@ -349,9 +353,11 @@ def open_pixels(refs: Sequence[str], size: int, kind: str, group: Group = ONE,
     """
     if kind == "none":
         return Stored(None, _check_together(refs, group, progress))
-    fmt = FORMATS[kind]
     root = Path(root) if root is not None else cachedir.cache_root()
     root.mkdir(parents=True, exist_ok=True)
+    if kind == "stream":
+        return _open_stream(refs, size, group, progress, source, root)
+    fmt = FORMATS[kind]
     key = fmt.key(refs, size)
     found = _open(fmt, root, key, len(refs), size)
     if not any(group.gather(found is None)):
@@ -365,6 +371,17 @@ def open_pixels(refs: Sequence[str], size: int, kind: str, group: Group = ONE,
             _build(fmt, refs, size, root, key, group, progress and group.rank == 0, source)
             found = _open(fmt, root, key, len(refs), size)._replace(built=True)
     return found
+
+
+def _open_stream(refs: Sequence[str], size: int, group: Group, progress: bool, source: str,
+                 root: Path) -> Stored:
+    """The streaming store (built once by the first process, with the compact store's
+    encoder), read through this machine's bounded cache."""
+    jpeg = FORMATS["jpeg"]
+    key = hashlib.sha256(f"{_STREAM_VERSION}\n{jpeg.key(refs, size)}".encode()).hexdigest()
+    pixels, failures, built, _ = stream.open_stream(
+        refs, size, jpeg.encode, key, group, progress and group.rank == 0, source, root)
+    return Stored(pixels, failures, built, root / f"{key}.stream")
 
 
 def _open(fmt: Format, root: Path, key: str, n: int, size: int) -> Stored | None:
