@@ -133,7 +133,8 @@ def test_choose_store(monkeypatch):
     assert choose_store("auto", [(20_000, 255)]) == "jpeg"
     assert choose_store("auto", [(200_000, 255)]) == "none"  # not even the store fits
     assert choose_store("cache", [(200_000, 255)]) == "cache"  # forced: its build checks space
-    with pytest.raises(ValueError, match="auto, cache, jpeg, none"):
+    assert choose_store("stream", [(200_000, 255)]) == "stream"  # never picked by auto
+    with pytest.raises(ValueError, match="auto, cache, jpeg, stream, none"):
         choose_store("zarr", [(1, 8)])
     assert JPEG.estimate(1000, 224) < 1000 * 224 * 224 * 3 / 4
 
