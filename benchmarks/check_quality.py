@@ -39,7 +39,7 @@ def _planted(classes: int, per_class: int, size: int, seed: int = 0) -> tuple[Pa
 
 
 def _rel(path: str, root: Path) -> str:
-    return Path(path).relative_to(root).as_posix()
+    return Path(path).resolve().relative_to(root.resolve()).as_posix()
 
 
 def duplicates(a) -> dict:
