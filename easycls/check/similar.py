@@ -23,8 +23,8 @@ __all__ = ["NEIGHBOURS", "MIN_DETAIL", "MIN_ALIGNED", "MAX_SHIFT", "MAX_CHROMA_D
            "neighbour_pairs", "aligned_scores", "chroma_difference", "shifted_pairs"]
 
 NEIGHBOURS = 8      # candidates per image
-MIN_DETAIL = 0.4    # detail correlation at the best shift
-MIN_ALIGNED = 0.92  # whole-pixel correlation of the aligned overlap
+MIN_DETAIL = 0.6    # detail correlation at the best shift
+MIN_ALIGNED = 0.95  # whole-pixel correlation of the aligned overlap
 MAX_SHIFT = 5       # pixels of the 32x32 grey image, about 15 % of a side
 MAX_CHROMA_DIFF = 0.05  # difference of the shares of red, green and blue in the mean colour
 _PAD = 40           # FFT size: 32 px plus the largest shift, so lags do not wrap
