@@ -229,13 +229,15 @@ class StreamStore(JpegStore):
 
     def _item(self, i: int) -> bytes:
         # Going back to a chunk read before (validation, fastai's one_batch) can meet
-        # litdata's deletion of that chunk: asked again, it downloads it again.
+        # litdata's deletion of that chunk. Its reader still counts the chunk as present and
+        # would not fetch it again, so a fresh dataset (a fresh reader) downloads it again.
         for attempt in range(_REREADS + 1):
             try:
                 return bytes(self._dataset()[i]["jpeg"])
             except FileNotFoundError:
                 if attempt == _REREADS:
                     raise
+                self._ds = None
             except RuntimeError as e:  # litdata's download thread died: say why, in one line
                 if isinstance(e.__cause__, DataError):
                     raise e.__cause__ from None
