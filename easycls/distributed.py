@@ -35,7 +35,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import UserError
-from .job import local_world_size, world_size
+from .job import environ_set, local_world_size, world_size
 
 __all__ = ["Session", "session", "TrainShardsDL", "ValidShardsDL", "DataParallelTrainer",
            "resolve_precision", "cpu_has_native_bf16", "PrecisionError", "process_group_timeout",
@@ -158,16 +158,8 @@ class DataParallelTrainer(DistributedTrainer):
 def one_process() -> Iterator[None]:
     """Inside, fastai sees one process: `maybe_gather` and `rank_distrib` read WORLD_SIZE
     and RANK, and would otherwise wait for ranks that have moved on (or never come)."""
-    saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
-    os.environ.update(WORLD_SIZE="1", RANK="0")
-    try:
+    with environ_set(WORLD_SIZE="1", RANK="0"):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class ProcessLocal(Callback):

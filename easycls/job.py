@@ -10,11 +10,14 @@ process). The job's facts come from what launchers set (``WORLD_SIZE``,
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 from fastcore.basics import num_cpus
 
-__all__ = ["Group", "ONE", "share", "world_size", "local_world_size", "worker_budget"]
+__all__ = ["Group", "ONE", "share", "world_size", "local_world_size", "worker_budget",
+           "environ_set"]
 
 
 def world_size() -> int:
@@ -41,6 +44,23 @@ def worker_budget(cores: int | None = None, local_world: int | None = None) -> i
     n = (num_cpus() or 1) if cores is None else cores  # the affinity mask's cores
     each = n // max(1, local_world if local_world is not None else local_world_size())
     return min(16, max(1, each - 1))
+
+
+@contextmanager
+def environ_set(**values: str) -> Iterator[None]:
+    """Inside, these environment variables have these values; after, each is as it was
+    (set back, or removed). Only the names given are touched, unlike fastcore's
+    ``modified_env``, which refills all of ``os.environ`` that other threads may be reading."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @runtime_checkable

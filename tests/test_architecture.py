@@ -146,3 +146,16 @@ def test_no_private_name_is_imported_from_another_module():
 
 def test_sources_does_not_know_recipes():
     assert "easycls.data.recipes" not in _graph()["easycls.data.sources"]
+
+
+def test_environ_set_restores_only_the_names_it_set(monkeypatch):
+    import os
+
+    from easycls.job import environ_set
+    monkeypatch.setenv("EASYCLS_T_KEPT", "a")
+    monkeypatch.delenv("EASYCLS_T_NEW", raising=False)
+    with environ_set(EASYCLS_T_KEPT="b", EASYCLS_T_NEW="c"):
+        assert os.environ["EASYCLS_T_KEPT"] == "b" and os.environ["EASYCLS_T_NEW"] == "c"
+        os.environ["EASYCLS_T_OTHER"] = "d"  # set inside by someone else: stays
+    assert os.environ["EASYCLS_T_KEPT"] == "a" and "EASYCLS_T_NEW" not in os.environ
+    assert os.environ.pop("EASYCLS_T_OTHER") == "d"

@@ -21,7 +21,6 @@ downloader for the schemes easycls reads.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..job import Group
+from ..job import Group, environ_set
 from . import cachedir, remote
 from .images import parallel_map
 from .items import DataError
@@ -87,21 +86,11 @@ def _publish(path: Path, where: str) -> None:
         shutil.move(str(path), Path(where) / path.name)
 
 
-@contextlib.contextmanager
 def _one_writer():
     """Tell litdata's writer it is the only one (it otherwise counts the torch process group
     as writers and waits for their indexes), as its own ``optimize`` workers are told."""
-    names = ("DATA_OPTIMIZER_GLOBAL_RANK", "DATA_OPTIMIZER_NUM_WORKERS", "DATA_OPTIMIZER_NUM_NODES")
-    old = {n: os.environ.get(n) for n in names}
-    os.environ.update(dict.fromkeys(names[1:], "1"), DATA_OPTIMIZER_GLOBAL_RANK="0")
-    try:
-        yield
-    finally:
-        for n, v in old.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
+    return environ_set(DATA_OPTIMIZER_GLOBAL_RANK="0", DATA_OPTIMIZER_NUM_WORKERS="1",
+                       DATA_OPTIMIZER_NUM_NODES="1")
 
 
 def build(refs: Sequence[str], size: int, encode: Callable[[str, int], bytes | str], where: str,
