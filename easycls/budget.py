@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from fastai.callback.core import Callback, CancelFitException, CancelTrainException
 
-__all__ = ["TimeBudget", "UNBOUNDED_EPOCHS", "budget_origin", "count_from_process_start"]
+__all__ = ["TimeBudget", "UNBOUNDED_EPOCHS", "budget_origin", "counting_from_process_start"]
 
 # Loop bound handed to `fit_one_cycle` under a budget; `TimeBudget` stops it far sooner.
 UNBOUNDED_EPOCHS = 100_000
@@ -31,14 +32,20 @@ UNBOUNDED_EPOCHS = 100_000
 _from_process_start = False
 
 
-def count_from_process_start() -> None:
-    """Budgets in this process count from the process's start, not from the `fit` call.
+@contextmanager
+def counting_from_process_start() -> Iterator[None]:
+    """Within this block, budgets count from the process's start, not from the `fit` call.
 
-    The CLI calls this: a user who types `easycls fit --time-budget 2m` times the command,
-    imports included. In Python, a budget counts from the call to `fit`.
+    The CLI's `fit` runs in it: a user who types `easycls fit --time-budget 2m` times the
+    command, imports included. In Python, a budget counts from the call to `fit`; so does a
+    later `fit` in a process that ran the CLI in-process before (a notebook, a test).
     """
     global _from_process_start
-    _from_process_start = True
+    before, _from_process_start = _from_process_start, True
+    try:
+        yield
+    finally:
+        _from_process_start = before
 
 
 def budget_origin(t_call: float) -> float:

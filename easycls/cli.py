@@ -120,12 +120,12 @@ def _fit_signature() -> inspect.Signature:
 
 def fit_cmd(source: str | None = None, resume: Path | None = None, **settings: Any) -> None:
     """Train a classifier on SOURCE and write a run directory."""
-    from .budget import count_from_process_start
+    from .budget import counting_from_process_start
     from .train import fit
-    count_from_process_start()  # `--time-budget 2m`: the command ends within 2 minutes
     # Errors (a full disk: status 1; a signal after its checkpoint: 128 + signal; bad options
     # or data: 2) are the app's error boundary's to show.
-    fit(source, resume=resume, **settings)
+    with counting_from_process_start():  # `--time-budget 2m`: the command ends within 2 min
+        fit(source, resume=resume, **settings)
 
 
 # The options of `easycls fit` are TrainConfig's fields: declared once, in config.py.

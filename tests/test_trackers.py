@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,9 @@ def test_resume_logs_into_the_same_wandb_and_mlflow_runs(class_folders, tmp_path
     assert [m.value for m in logged] == pytest.approx(valid_losses)
 
     sessions = sorted(out.glob("wandb/offline-run-*"))
-    assert len(sessions) == 2 and all(s.name.endswith(f"-{ids['wandb']}") for s in sessions)
+    # wandb names a session's folder offline-run-<time>-<id>, plus -1, -2... when two start
+    # within one second
+    named = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{ids['wandb']}(-\d+)?")
+    assert len(sessions) == 2 and all(named.fullmatch(s.name) for s in sessions), sessions
     rows = [row for s in sessions for row in _wandb_logged(next(s.glob("run-*.wandb")))[0]]
     assert [r["valid_loss"] for r in rows if "valid_loss" in r] == pytest.approx(valid_losses)
