@@ -123,25 +123,32 @@ def touch(root: Path, key: str) -> None:
 
 
 def entries(root: Path | None = None) -> list[Entry]:
-    """Every entry of the cache folder, least recently used first."""
+    """Every entry of the cache folder, least recently used first.
+
+    The folder is listed once (every `fit` asks, and it may hold thousands of files)."""
     root = Path(root) if root is not None else cache_root()
     if not root.is_dir():
         return []
-    keys = {p.name.split(".", 1)[0] for p in root.iterdir()}
-    found = [_entry(root, k) for k in sorted(keys) if _KEY.match(k)]
+    by_key: dict[str, list[Path]] = {}
+    for p in root.iterdir():
+        by_key.setdefault(p.name.split(".", 1)[0], []).append(p)
+    found = [_entry(root, k, paths) for k, paths in sorted(by_key.items()) if _KEY.match(k)]
     return sorted((e for e in found if e is not None), key=lambda e: e.last_used)
 
 
-def _entry(root: Path, key: str) -> Entry | None:
+def _entry(root: Path, key: str, paths: list[Path]) -> Entry | None:
     meta = read_manifest(root, key)
-    data = [p for p in root.glob(f"{key}.*") if p.suffix not in (".lock", ".json")]
+    data = [p for p in paths if p.suffix not in (".lock", ".json")]
     if meta is None and not data:
         return None  # a lone lock file
     size = sum(_disk_bytes(p) for p in data)
-    if meta is None:
-        mtime = max(p.stat().st_mtime for p in data)
-        return Entry(key, "partial", size, mtime, mtime, "", 0, 0, root)
-    used = (root / f"{key}.json").stat().st_mtime
+    try:  # another process may evict the entry while this one lists it
+        if meta is None:
+            mtime = max(p.stat().st_mtime for p in data)
+            return Entry(key, "partial", size, mtime, mtime, "", 0, 0, root)
+        used = (root / f"{key}.json").stat().st_mtime
+    except OSError:
+        return None
     return Entry(key, str(meta.get("kind", "cache")), size, float(meta.get("created", used)),
                  used, str(meta.get("source", "")), int(meta.get("n", 0)),
                  int(meta.get("size", 0)), root)
