@@ -143,8 +143,6 @@ def asl_folder(n: int = 1740, side: int = 128) -> Path:
     return folder
 
 
-HARD_CLASSES = 40
-
 
 def _hard_sign(cls: int, variant: int) -> list[tuple]:
     """A class of the hard set: a palm shared by four classes, two fingers of its own and a
@@ -153,10 +151,10 @@ def _hard_sign(cls: int, variant: int) -> list[tuple]:
             + _strokes(70_000 + 2 * cls + variant, 1))
 
 
-def _hard_tone(cls: int, rng: np.random.Generator) -> np.ndarray:
+def _hard_tone(cls: int, classes: int, rng: np.random.Generator) -> np.ndarray:
     """A colour family per two classes, jittered widely: a hint, not an answer."""
     import colorsys
-    hue = (cls // 2) / math.ceil(HARD_CLASSES / 2) + rng.normal(0, 0.03)
+    hue = (cls // 2) / math.ceil(classes / 2) + rng.normal(0, 0.03)
     return np.array(colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.4, 0.9), 0.95)) * 255
 
 
@@ -166,21 +164,25 @@ def _occlude(draw: ImageDraw.ImageDraw, rng: np.random.Generator, side: int) -> 
     draw.rectangle([x, y, x + w, y + h], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
 
 
-def hard_folder(n: int = 2400, side: int = 96) -> Path:
+HARD_CLASSES = 40
+
+
+def hard_folder(n: int = 2400, side: int = 96, classes: int = HARD_CLASSES) -> Path:
     """The harder class folder (generated once; reused when complete)."""
-    folder = bench_root() / f"hard_signs-{n}-{side}"
+    name = f"hard_signs-{n}-{side}" + (f"-{classes}c" if classes != HARD_CLASSES else "")
+    folder = bench_root() / name
     if (folder / "DONE").exists():
         return folder
     photos, rng = _backgrounds(), np.random.default_rng(2)
     distractors = [_strokes(60_000 + k, 1) for k in range(64)]
     for i in range(n):
-        cls = i % HARD_CLASSES
+        cls = i % classes
         img = _background(photos, rng, side)
         draw = ImageDraw.Draw(img)
         _draw_parts(draw, distractors[int(rng.integers(len(distractors)))], rng, side,
                     spread=3.2)
         parts = _hard_sign(cls, int(rng.integers(2)))
-        _draw_parts(draw, parts, rng, side, colour=_hard_tone(cls, rng), spread=0.45)
+        _draw_parts(draw, parts, rng, side, colour=_hard_tone(cls, classes, rng), spread=0.45)
         if rng.random() < 0.1:
             _occlude(draw, rng, side)
         sub = folder / f"c{cls:02d}"
