@@ -6,6 +6,7 @@ What a run writes as it trains is `runlog.py`."""
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 from fastai.callback.core import Callback
@@ -234,18 +235,31 @@ class CpuBf16(Callback):
     autocast's casts, and the weights, the optimizer and every validation or prediction
     pass stay float32, so a run's validation scores are what `easycls.load` predicts.
     No loss scaling: bf16 has float32's range.
+
+    oneDNN's bf16 kernels now and then give non-finite gradients where feature maps are
+    tiny (a 16 px input leaves resnet's last stage 1x1). A bf16 step whose gradients are
+    not finite is taken again in float32, before the optimizer sees it, and the rest of the
+    run trains in float32 (batch norm's running statistics are put back first, so the step
+    is what a float32 step would have been): `fell_back` holds the (epoch, batch) where,
+    and a warning says so. Under DDP the gradients were averaged before the check, so every
+    rank decides alike.
     """
 
     order = 10  # fastai's MixedPrecision's place
 
     def __init__(self):
         self._ctx = None
+        self.fell_back: tuple[int, int] | None = None
 
     def before_batch(self):
         # Left first: an error that escaped a step (fastai has no `finally` there) must not
         # leave autocast on for what runs next, a validation pass included.
         self._leave()
-        if self.training:
+        self._bf16_step = self.training and self.fell_back is None
+        if self._bf16_step:
+            # batch norm's running statistics move in the forward pass: kept, so a step taken
+            # again in float32 starts from where a float32 step would
+            self._buffers = [b.detach().clone() for b in self.learn.model.buffers()]
             self._ctx = torch.autocast("cpu", dtype=torch.bfloat16)
             self._ctx.__enter__()
 
@@ -255,6 +269,32 @@ class CpuBf16(Callback):
 
     def after_loss(self):
         self._leave()
+
+    def before_step(self):
+        if not self._bf16_step or _finite_grads(self.learn.model):
+            return
+        self.fell_back = (self.epoch, self.iter)
+        warnings.warn(f"bf16 gave non-finite gradients at epoch {self.epoch}, batch "
+                      f"{self.iter}: that step was taken again in float32, and the rest of "
+                      "the run trains in float32 (--mixed-precision no skips bf16)",
+                      stacklevel=2)
+        self._again_in_float32()
+
+    def _again_in_float32(self):
+        """fastai's `Learner._do_one_batch` up to the step, with autocast off."""
+        learn = self.learn
+        learn.opt.zero_grad()
+        with torch.no_grad():
+            for b, kept in zip(learn.model.buffers(), self._buffers):
+                b.copy_(kept)
+        learn.pred = learn.model(*learn.xb)
+        learn("after_pred")
+        learn.loss_grad = learn.loss_func(learn.pred, *learn.yb)
+        learn.loss = learn.loss_grad.clone()
+        learn("after_loss")
+        learn("before_backward")
+        learn._backward()
+        learn("after_backward")
 
     def after_cancel_batch(self):
         self._leave()
@@ -269,3 +309,10 @@ class CpuBf16(Callback):
         if self._ctx is not None:
             ctx, self._ctx = self._ctx, None
             ctx.__exit__(None, None, None)
+
+
+def _finite_grads(model: torch.nn.Module) -> bool:
+    """Whether every gradient is finite: one norm over them all (a NaN or inf anywhere
+    makes it non-finite)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))

@@ -104,7 +104,8 @@ class TrainConfig:
     workers: int | None = _opt(None, "DataLoader worker processes (default: from the cores).",
                                lo=0, hi=256)
     mixed_precision: str | None = _opt(None, "no, fp16 or bf16 (default: bf16 on a capable GPU, "
-                                       "else no; bf16 on a CPU: its training steps).",
+                                       "and from 64 px on a CPU with native bf16, where it "
+                                       "runs the training steps; else no).",
                                        choices=("no", "fp16", "bf16"))
     channels_last: bool | None = _opt(None, "Channels-last memory format (default: on for CUDA "
                                       "and for depthwise-conv models on CPU).",

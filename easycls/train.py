@@ -239,7 +239,7 @@ def _callbacks(cfg: TrainConfig, sess, writers: list, user: list = ()) -> list:
     on rank 0."""
     cbs = [PlainTensors(), ImageCount()] + ([L1Penalty(cfg.l1)] if cfg.l1 else [])
     cbs += [sess.trainer(), ChannelsLastAuto(cfg.channels_last), DeviceSmoothLoss()]
-    precision = resolve_precision(cfg.mixed_precision, sess.device)
+    precision = resolve_precision(cfg.mixed_precision, sess.device, cfg.size)
     if sess.device.type == "cuda" and precision != "no":
         from fastai.callback.fp16 import MixedPrecision
         cbs.append(MixedPrecision(precision))
@@ -541,7 +541,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
     metrics.update(train_seconds=round(train_seconds, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts,
                    lr_choice=lr_choice.how, lr_search_seconds=round(lr_choice.seconds, 3),
-                   **_throughput(learn, sess, t_trained - t_session))
+                   **_throughput(learn, cfg, sess, t_trained - t_session))
     if cfg.time_budget:  # a budget below one epoch (or the setup) cannot be met: say so
         metrics["budget_exceeded_seconds"] = round(
             max(0.0, metrics["total_seconds"] - cfg.time_budget), 3)
@@ -605,13 +605,17 @@ def _warn_leaks(data: PreparedData, cfg: TrainConfig, say) -> None:
             f"`easycls check {cfg.source}` to find near-copies too")
 
 
-def _throughput(learn: Learner, sess, seconds: float) -> dict:
-    """The processes, their device and the images/s this session trained (validation
-    included, as in `train_seconds`; a resumed run counts from its restart)."""
+def _throughput(learn: Learner, cfg: TrainConfig, sess, seconds: float) -> dict:
+    """The processes, their device, the precision of the training steps and the images/s
+    this session trained (validation included, as in `train_seconds`; a resumed run counts
+    from its restart)."""
     device = sess.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     images = learn.image_count.images * sess.world_size  # every rank trains an equal shard
-    return dict(processes=sess.world_size, device=name,
+    precision = resolve_precision(cfg.mixed_precision, device, cfg.size)
+    fell_back = [cb.fell_back for cb in learn.cbs if isinstance(cb, CpuBf16) and cb.fell_back]
+    return dict(processes=sess.world_size, device=name, mixed_precision=precision,
+                **({"bf16_to_float32_at": list(fell_back[0])} if fell_back else {}),
                 images_per_s=round(images / max(seconds, 1e-9), 2))
 
 
@@ -626,9 +630,12 @@ def _summary(data: PreparedData, cfg: TrainConfig, sess, groups: list | None = N
     if cfg.weights or cfg.pretrained:
         start += (f"; fine-tuning: {cfg.freeze_epochs} frozen epoch(s), then the body at "
                   f"{cfg.body_lr_ratio:g} x the head's lr")
+    precision = resolve_precision(cfg.mixed_precision, sess.device, cfg.size)
+    steps = {"no": "", "bf16": ", bf16 training steps" if sess.device.type == "cpu"
+             else ", bf16 mixed precision", "fp16": ", fp16 mixed precision"}[precision]
     return (f"{cfg.source}: {len(data.table.refs) - n_valid} train / {n_valid} valid images, "
             f"{len(data.vocab)} classes ({kind}){skipped}; {cfg.arch} at {cfg.size}px, "
-            f"{sess.batch_sizes(cfg.bs)}, pixels from the {pixels}{start}")
+            f"{sess.batch_sizes(cfg.bs)}{steps}, pixels from the {pixels}{start}")
 
 
 def _write_run(learn: Learner, data: PreparedData) -> None:

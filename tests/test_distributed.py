@@ -65,14 +65,18 @@ def test_single_process_session_and_precision():
         resolve_precision("fp8", torch.device("cpu"))
 
 
-def test_cpu_trains_in_float32_unless_bf16_is_asked_for(monkeypatch):
+def test_cpu_trains_in_bf16_by_default_only_where_it_pays(monkeypatch):
     from easycls import distributed
 
     cpu = torch.device("cpu")
-    # bf16 stays opt-in even with native units: oneDNN's bf16 kernels gave non-finite
-    # weights in tiny runs (docs/performance.md)
     monkeypatch.setattr(distributed, "cpu_has_native_bf16", lambda: True)
-    assert resolve_precision(None, cpu) == "no" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision(None, cpu, 64) == resolve_precision(None, cpu, 224) == "bf16"
+    # below 64 px a bf16 step is no faster, and tiny maps gave non-finite gradients
+    assert resolve_precision(None, cpu, 32) == "no" and resolve_precision(None, cpu) == "no"
+    assert resolve_precision("no", cpu, 224) == "no"
+    assert resolve_precision("bf16", cpu, 16) == "bf16"  # asked for
+    monkeypatch.setattr(distributed, "cpu_has_native_bf16", lambda: False)  # emulated: slower
+    assert resolve_precision(None, cpu, 224) == "no"
 
 
 def test_native_bf16_read_from_cpu_flags():

@@ -253,6 +253,47 @@ def test_bf16_on_cpu_autocasts_training_steps_only(class_folders, tmp_path):
     np.testing.assert_allclose(again, probs.numpy(), atol=1e-4)  # fit scores as predict does
 
 
+def test_a_bf16_step_with_non_finite_gradients_is_taken_again_in_float32(tmp_path):
+    from fastai.callback.core import Callback
+
+    from easycls.callbacks import CpuBf16
+
+    class NanInBf16(torch.nn.Module):  # what oneDNN's bf16 kernels now and then give
+        def __init__(self, n_out: int):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(n_out)
+            self.lin = torch.nn.Linear(3 * 8 * 8, n_out)
+
+        def forward(self, x):
+            out = self.lin(x.flatten(1))
+            # NaN already in the forward pass: batch norm's running statistics take it too
+            return self.norm(out * float("nan") if torch.is_autocast_enabled("cpu") else out)
+
+    class Steps(Callback):
+        order = 90  # after CpuBf16's check: what the optimizer is given
+
+        def __init__(self):
+            self.finite = []
+
+        def before_step(self):
+            self.finite.append(all(bool(torch.isfinite(p.grad).all())
+                                   for p in self.model.parameters()))
+
+    steps = Steps()
+    run = dict(arch=NanInBf16, size=8, epochs=1, bs=256, lr=1e-2, quiet=True)
+    with pytest.warns(UserWarning, match="non-finite gradients at epoch 0, batch 0"):
+        learn = easycls.fit("digits", mixed_precision="bf16", out=str(tmp_path / "r"),
+                            cbs=[steps], **run)
+    (bf16,) = [cb for cb in learn.cbs if isinstance(cb, CpuBf16)]
+    assert bf16.fell_back == (0, 0) and steps.finite and all(steps.finite)
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+    assert all(torch.isfinite(b).all() for b in learn.model.buffers())  # put back, then float32
+    # every step, the first included, was what a float32 run takes
+    plain = easycls.fit("digits", mixed_precision="no", out=str(tmp_path / "f32"), **run)
+    for mine, theirs in zip(learn.model.state_dict().values(), plain.model.state_dict().values()):
+        torch.testing.assert_close(mine, theirs)
+
+
 def test_final_scores_reuse_the_last_epochs_validation_and_match_a_fresh_pass(trained):
     learn, out, _ = trained
     metrics = json.loads((out / "metrics.json").read_text())
