@@ -89,7 +89,7 @@ def split(a) -> dict:
     refs = sorted(str(p) for p in new.rglob("*.png"))
     truth = [Path(p).parent.name for p in refs]
     runs = {"random": [], "grouped": []}
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         for way, extra in (("random", {}), ("grouped", {"split_by": "duplicates"})):
             run = CACHE / f"run-{way}-{seed}"
             learn = easycls.fit(str(data), out=str(run), arch="resnet10t", pretrained=False,
@@ -136,6 +136,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--frames", type=int, default=10)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--max-distance", type=int, default=10)
     a = p.parse_args()

@@ -541,7 +541,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
     metrics.update(train_seconds=round(train_seconds, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3), **budget_facts,
                    lr_choice=lr_choice.how, lr_search_seconds=round(lr_choice.seconds, 3),
-                   **_throughput(learn, cfg, sess, t_trained - t_session))
+                   **_how_it_ran(learn, cfg, sess, t_trained - t_session))
     if cfg.time_budget:  # a budget below one epoch (or the setup) cannot be met: say so
         metrics["budget_exceeded_seconds"] = round(
             max(0.0, metrics["total_seconds"] - cfg.time_budget), 3)
@@ -605,7 +605,7 @@ def _warn_leaks(data: PreparedData, cfg: TrainConfig, say) -> None:
             f"`easycls check {cfg.source}` to find near-copies too")
 
 
-def _throughput(learn: Learner, cfg: TrainConfig, sess, seconds: float) -> dict:
+def _how_it_ran(learn: Learner, cfg: TrainConfig, sess, seconds: float) -> dict:
     """The processes, their device, the precision of the training steps and the images/s
     this session trained (validation included, as in `train_seconds`; a resumed run counts
     from its restart)."""
