@@ -40,8 +40,8 @@ try:
 except ImportError:  # Windows: no flock; the pid/host record alone decides
     fcntl = None
 
-__all__ = ["LOCK_NAME", "REPLACED_NAME", "RUN_FILES", "RunLockError", "RunLock", "claim",
-           "claim_together", "run_files", "try_flock", "release_flock"]
+__all__ = ["LOCK_NAME", "REPLACED_NAME", "RUN_FILES", "RUN_LOGS", "RunLockError", "RunLock",
+           "claim", "claim_together", "run_files", "try_flock", "release_flock"]
 
 LOCK_NAME = ".easycls.lock"
 REPLACED_NAME = ".easycls-replaced"  # an overwritten run's files until the new run writes
@@ -49,6 +49,10 @@ REPLACED_NAME = ".easycls-replaced"  # an overwritten run's files until the new 
 RUN_FILES = ("config.json", "checkpoint.pth", "history.csv", "metrics.json", "model.json",
              "model.safetensors", "skipped.txt", "loss.png", "confusion_matrix.png",
              "f1_threshold.png", "per_class.csv", "test_predictions.csv", "trackers.json")
+# What the trackers (`--log`) write into the run directory: an overwrite sets them aside with
+# the run's files, so the new run's logs do not mix with the old one's; they do not make a
+# folder count as a run (wandb also writes ./wandb into a working directory of its own).
+RUN_LOGS = ("log.csv", "tensorboard", "wandb")
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
@@ -183,6 +187,7 @@ class RunLock:
         """Move the old run's files into `replaced` (call once every check has passed)."""
         found = run_files(self.run_dir)
         if found:
+            found += [f for f in RUN_LOGS if (self.run_dir / f).exists()]
             self.replaced.mkdir(exist_ok=True)
         for name in found:
             os.replace(self.run_dir / name, self.replaced / name)

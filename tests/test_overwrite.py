@@ -66,10 +66,14 @@ def test_a_failed_overwrite_leaves_the_run_byte_identical(trained, run, tmp_path
 
 def test_a_successful_overwrite_replaces_the_run_files_only(trained, run):
     old = (run / "model.safetensors").read_bytes()
+    (run / "tensorboard").mkdir()  # the old run's tracker logs go with it
+    (run / "tensorboard" / "events.out.tfevents.1.old").write_bytes(b"old")
+    (run / "log.csv").write_text("epoch,train_loss\n0,9.9\n")
     easycls.fit(str(trained[0]), out=str(run), overwrite=True, **{**TINY_RUN, "seed": 7})
     assert (run / "model.safetensors").read_bytes() != old
     assert (run / "notes.txt").read_text() == "not a run file: never touched"
     assert not (run / REPLACED_NAME).exists()
+    assert not (run / "tensorboard").exists() and not (run / "log.csv").exists()
 
 
 def test_cli_overwrite_with_a_typo_arch(trained, run):
