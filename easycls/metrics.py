@@ -20,7 +20,7 @@ from .tally import SingleLabelTally
 
 __all__ = ["single_label_metrics", "multi_label_metrics", "multi_label_scores",
            "confusion_matrix", "TopKAccuracy", "TallyValidation", "LastValidation",
-           "MultiLabelScore"]
+           "LastProbabilities", "MultiLabelScore"]
 
 
 class TopKAccuracy(Metric):
@@ -132,6 +132,37 @@ class LastValidation(TallyValidation):
 
     def after_cancel_validate(self) -> None:
         self.tally = None
+
+    def before_train(self) -> None:
+        self.last = None  # the weights change: an earlier pass no longer scores the model
+
+
+class LastProbabilities(Callback):
+    """Multi-label: keeps each validation pass's probabilities (sigmoid of the gathered
+    logits, whatever the loss) and targets; after the fit, `last` is the final model's
+    (probs, targets), so `fit` tunes its thresholds without a pass of its own. One pass is
+    held at a time, the N x labels that the final pass would have made. `last` stays None
+    until a pass has finished."""
+
+    def __init__(self):
+        self.last, self._seen = None, None
+
+    def before_validate(self) -> None:
+        self._seen = []
+
+    def after_batch(self) -> None:
+        if self.training or self._seen is None:
+            return
+        pred, targ = self.learn.to_detach(self.learn.pred), self.learn.to_detach(self.learn.y)
+        self._seen.append((pred.float().sigmoid(), targ))
+
+    def after_validate(self) -> None:
+        seen, self._seen = self._seen, None
+        self.last = (torch.cat([p for p, _ in seen]), torch.cat([t for _, t in seen])) if seen \
+            else None
+
+    def after_cancel_validate(self) -> None:
+        self._seen = None
 
     def before_train(self) -> None:
         self.last = None  # the weights change: an earlier pass no longer scores the model

@@ -68,7 +68,7 @@ from .learners import (
     single_label_learner,
 )
 from .lr_search import LrChoice, choose_lr
-from .metrics import LastValidation, TallyValidation, multi_label_metrics
+from .metrics import LastProbabilities, LastValidation, TallyValidation, multi_label_metrics
 from .models import check_size, default_size
 from .pieces import (
     Pieces,
@@ -285,7 +285,8 @@ def _pick_lr(learn: Learner, cfg: TrainConfig, say, sess) -> LrChoice:
 
 
 def _train(learn: Learner, cfg: TrainConfig, sess, meta: dict, t_start: float,
-           state: dict | None, n_test: int = 0, seen: LastValidation | None = None) -> dict:
+           state: dict | None, n_test: int = 0,
+           seen: LastValidation | LastProbabilities | None = None) -> dict:
     """fine_tune or fit_one_cycle, checkpointed and resumable; under a time budget the last
     phase's epochs are planned by `TimeBudget`; `seen` tallies the last phase's validation
     passes. Returns the budget facts for metrics.json."""
@@ -353,20 +354,25 @@ def _resumed_config(resume: str | Path, source: str | None, settings: dict,
 
 
 def _final_metrics(learn: Learner, data: PreparedData, cfg: TrainConfig,
-                   pieces: Pieces | None = None, seen: LastValidation | None = None) -> dict:
+                   pieces: Pieces | None = None,
+                   seen: LastValidation | LastProbabilities | None = None) -> dict:
     """metrics.json's validation metrics, and what the run's report needs of the predictions:
     multi-label, the (probs, targets) the thresholds were tuned on (N x labels); single-label,
-    the confusion matrix only, counted batch by batch (no N x classes array is kept): the
-    last epoch's validation pass (`seen`) when it scored every image, else a pass of its own.
-    The user's own metrics are scored in the same pass (fastai's Recorder feeds them)."""
+    the confusion matrix only, counted batch by batch (no N x classes array is kept). Both
+    come from the last epoch's validation pass (`seen`) when it scored every image, else
+    from a pass of their own. The user's own metrics are scored in the same pass (fastai's
+    Recorder feeds them)."""
+    n_valid = len(learn.dls.valid.dataset)
     if data.multi_label:
+        last = seen.last if seen is not None else None
         # Probabilities whatever the loss (a user's loss may have no `activation`).
-        probs, targets = learn.get_preds(ds_idx=1, act=torch.sigmoid)
+        probs, targets = (last if last is not None and len(last[0]) == n_valid
+                          else learn.get_preds(ds_idx=1, act=torch.sigmoid))
         metrics = multi_label_metrics(probs, targets, cfg.threshold_average)
         out = dict(metrics=metrics, valid_preds=(probs, targets))
     else:
         tally = seen.last if seen is not None else None
-        if tally is None or tally.n != len(learn.dls.valid.dataset):
+        if tally is None or tally.n != n_valid:
             tally = SingleLabelTally(len(data.vocab))
             # A prediction pass as fastai knows it (loggers stay out of it), storing nothing.
             learn.get_preds(ds_idx=1, with_preds=False, with_targs=False,
@@ -530,7 +536,7 @@ def _fit(cfg: TrainConfig, arch_obj: Any, sess, resumed: bool, claim, started,
     t_session = time.perf_counter()
     t_train = t_session - (state["elapsed"] if state else 0.0)
     meta = dict(arch=cfg.arch, classes=data.vocab, data=seen)
-    seen = None if data.multi_label else LastValidation(len(data.vocab))
+    seen = LastProbabilities() if data.multi_label else LastValidation(len(data.vocab))
     budget_facts = _train(learn, cfg, sess, meta, t_start, state, len(data.table.test_refs),
                           seen)
     put_back_recorder = _keep_recorder(learn)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY, label_mosaic
 from PIL import Image
 from typer.testing import CliRunner
@@ -40,16 +41,36 @@ def course_data(tmp_path_factory):
     return root
 
 
+PASSES = []  # the prediction passes `fit` ran after training
+
+
 @pytest.fixture(scope="module")
 def ml_run(course_data, tmp_path_factory):
+    from fastai.learner import Learner
     out = tmp_path_factory.mktemp("runs") / "ml"
-    learn = easycls.fit(
-        str(course_data / "train.csv"),
-        images=str(course_data / "data"),
-        out=str(out),
-        **{**TINY, "epochs": 3, "lr": 3e-3},
-    )
+    get_preds = Learner.get_preds
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Learner, "get_preds", lambda *a, **k: PASSES.append(k) or get_preds(*a, **k))
+        learn = easycls.fit(
+            str(course_data / "train.csv"),
+            images=str(course_data / "data"),
+            out=str(out),
+            **{**TINY, "epochs": 3, "lr": 3e-3},
+        )
     return learn, out
+
+
+def test_final_scores_and_thresholds_come_from_the_last_epochs_validation(ml_run):
+    from easycls.metrics import multi_label_metrics
+    learn, out = ml_run
+    assert PASSES == []  # no pass of its own for the thresholds: the last epoch's is used
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the returned Learner scored afresh tunes the same thresholds to the same scores
+    probs, targets = learn.get_preds(ds_idx=1, act=torch.sigmoid)
+    fresh = multi_label_metrics(probs, targets)
+    assert metrics["thresholds"]["per_class"] == pytest.approx(fresh["thresholds"]["per_class"])
+    for key in ("f1_samples", "f1_micro", "valid_loss"):
+        assert metrics[key] == pytest.approx(fresh[key], rel=1e-4)
 
 
 def test_course_csv_trains_multilabel_with_given_label_names(ml_run):
