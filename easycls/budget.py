@@ -18,6 +18,7 @@ batches so every rank stops at the same batch.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,10 +53,24 @@ def budget_origin(t_call: float) -> float:
     """The `time.perf_counter()` instant a budget counts from, given the `fit` call's."""
     if not _from_process_start:
         return t_call
-    import psutil
+    return min(t_call, time.perf_counter() - max(0.0, process_age()))
 
-    age = time.time() - psutil.Process().create_time()
-    return min(t_call, time.perf_counter() - max(0.0, age))
+
+def process_age() -> float:
+    """Seconds since this process started.
+
+    On Linux: its start tick in `/proc/self/stat` against the boot clock, to the tick
+    (10 ms). psutil's `create_time` adds the boot time that `/proc/stat` gives in whole
+    seconds, so its age is up to a second too long: a budget would lose that second.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            start = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
 
 
 class TimeBudget(Callback):
