@@ -88,9 +88,11 @@ def split(a) -> dict:
                        per_group=a.frames, seed=99)
     refs = sorted(str(p) for p in new.rglob("*.png"))
     truth = [Path(p).parent.name for p in refs]
-    runs = {"random": [], "grouped": []}
+    ways = [w for w in (("random", {}), ("grouped", {"split_by": "duplicates"}))
+            if w[0] in a.ways.split(",")]
+    runs = {way: [] for way, _ in ways}
     for seed in range(a.first_seed, a.first_seed + a.seeds):
-        for way, extra in (("random", {}), ("grouped", {"split_by": "duplicates"})):
+        for way, extra in ways:
             run = CACHE / f"run-{way}-{seed}"
             learn = easycls.fit(str(data), out=str(run), arch="resnet10t", pretrained=False,
                                 size=32, epochs=a.epochs, seed=seed, overwrite=True, quiet=True,
@@ -137,6 +139,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=10)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--ways", default="random,grouped", help="split: which splits to train")
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--max-distance", type=int, default=10)
     a = p.parse_args()

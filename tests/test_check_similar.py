@@ -48,3 +48,27 @@ def test_frames_of_one_scene_are_grouped_though_their_hashes_differ(tmp_path):
             assert grouped == truth  # every frame with its scene, no scene with another
         else:
             assert len(grouped & truth) < 0.6 * len(truth)  # the hash alone misses many
+
+
+def test_the_split_groups_the_frames_that_the_report_leaves_apart(tmp_path):
+    from easycls.check.split import SPLIT_SHIFTED_MIN
+
+    # 8 scenes of 8 frames: at the report's correlations two scenes fall into two groups
+    # each (a random split could put them on both sides); at the split's, none does, and
+    # still no two scenes are joined
+    root = group_folder(tmp_path / "g", n_classes=2, groups_per_class=4, per_group=8, seed=0)
+    refs = sorted(str(p) for p in root.rglob("*.png"))
+    scene = [Path(r).stem.rsplit("_", 1)[0] for r in refs]
+    found = scan(refs)
+
+    def scenes_cut_and_joined(ids):
+        groups_of_scene, scenes_of_group = {}, {}
+        for g, s in zip(ids.tolist(), scene):
+            groups_of_scene.setdefault(s, set()).add(g)
+            scenes_of_group.setdefault(g, set()).add(s)
+        return (sum(len(v) > 1 for v in groups_of_scene.values()),
+                sum(len(v) > 1 for v in scenes_of_group.values()))
+
+    assert scenes_cut_and_joined(duplicate_groups(found)[0]) == (2, 0)
+    loose, _ = duplicate_groups(found, shifted_min=SPLIT_SHIFTED_MIN)
+    assert scenes_cut_and_joined(loose) == (0, 0)

@@ -13,7 +13,7 @@ import numpy as np
 from ..data.items import ItemTable
 from .hashing import Scan, colour_difference, correlation
 from .index import groups_of, hamming, near_pairs
-from .similar import shifted_pairs
+from .similar import MIN_ALIGNED, MIN_DETAIL, shifted_pairs
 
 __all__ = ["Items", "items_of", "duplicate_groups", "group_findings", "image_findings", "imbalance",
            "MAX_DISTANCE", "MIN_CORRELATION", "MAX_COLOUR_DIFF", "TINY_SIDE", "EXTREME_RATIO"]
@@ -47,14 +47,15 @@ def items_of(table: ItemTable) -> Items:
 
 
 def duplicate_groups(scan: Scan, max_distance: int = MAX_DISTANCE,
-                     min_correlation: float = MIN_CORRELATION, shifted: bool = True
+                     min_correlation: float = MIN_CORRELATION, shifted: bool = True,
+                     shifted_min: tuple[float, float] = (MIN_DETAIL, MIN_ALIGNED)
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(group id per image, confirmed pairs (i, j, distance)) of near-duplicates.
 
     Candidates within `max_distance` hash bits count when their grey thumbnails correlate
     at `min_correlation` or more and their colours agree. Shifted or re-lit frames, which
-    move too many hash bits, are added by `similar.shifted_pairs` (`shifted=False` skips
-    that pass).
+    move too many hash bits, are added by `similar.shifted_pairs` at `shifted_min`
+    (detail, aligned) correlations (`shifted=False` skips that pass).
     """
     ok = np.flatnonzero(scan.readable)
     pairs = near_pairs(scan.hashes[ok], max_distance)
@@ -63,7 +64,7 @@ def duplicate_groups(scan: Scan, max_distance: int = MAX_DISTANCE,
             & (colour_difference(scan.colours, pairs) <= MAX_COLOUR_DIFF))
     pairs = pairs[same]
     if shifted and scan.grey is not None:
-        more = shifted_pairs(scan.grey, scan.colours, ok)
+        more = shifted_pairs(scan.grey, scan.colours, ok, *shifted_min)
         more = np.column_stack([more, hamming(scan.hashes[more[:, 0]], scan.hashes[more[:, 1]])])
         pairs = np.unique(np.concatenate([pairs, more.astype(np.int64)]), axis=0)
     return groups_of(len(scan.hashes), pairs), pairs

@@ -105,17 +105,20 @@ def chroma_difference(colours: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return np.abs(share[pairs[:, 0]] - share[pairs[:, 1]]).max(1)
 
 
-def shifted_pairs(grey: np.ndarray, colours: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def shifted_pairs(grey: np.ndarray, colours: np.ndarray, rows: np.ndarray,
+                  min_detail: float = MIN_DETAIL, min_aligned: float = MIN_ALIGNED
+                  ) -> np.ndarray:
     """(i, j) pairs among `rows` (indices into `grey`) of the same scene seen slightly moved.
 
     Args:
         grey: N x 32 x 32 grey images.
         colours: N x 4 x 4 x 3 colour cell means, the search features.
         rows: the indices to search among (the readable images).
+        min_detail, min_aligned: the correlations a pair needs (see the module's doc).
     """
     pairs = rows[neighbour_pairs(colours[rows])]
     pairs = pairs[chroma_difference(colours, pairs) <= MAX_CHROMA_DIFF]
     if len(pairs) == 0:
         return pairs
     detail, aligned = aligned_scores(grey, pairs)
-    return pairs[(detail >= MIN_DETAIL) & (aligned >= MIN_ALIGNED)]
+    return pairs[(detail >= min_detail) & (aligned >= min_aligned)]
