@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +184,23 @@ def upload_folder(client, folder: Path, bucket: str, prefix: str) -> str:
         if p.is_file():
             client.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(folder).as_posix()}")
     return f"s3://{bucket}/{prefix}"
+
+
+@contextmanager
+def signal_at(monkeypatch, signum: int, when: Callable) -> Iterator[None]:
+    """Inside: this process gets `signum` (a user's Ctrl-C, a scheduler's SIGTERM) after the
+    first training batch for which `when(checkpointer)` is true (it reads `epoch`, `iter`,
+    `phase`), before the checkpointer sees that batch end."""
+    from easycls import checkpoint
+    real = checkpoint.Checkpointer.after_batch
+
+    def after_batch(self):
+        if self.training and when(self):
+            os.kill(os.getpid(), signum)
+        return real(self)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", after_batch)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", real)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import write_class_folders
+from conftest import signal_at, write_class_folders
 
 import easycls
 from easycls import __version__, checkpoint
@@ -79,18 +79,11 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, mo
     data = write_class_folders(tmp_path / "pets", per_class=20)
     ref = easycls.fit(str(data), out=str(tmp_path / "ref"), **EXACT)
 
-    real_after_batch = checkpoint.Checkpointer.after_batch
-
-    def sigterm_at_epoch1_batch2(self):  # the scheduler's SIGTERM, arriving mid-epoch
-        if self.training and self.epoch == 1 and self.iter == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_after_batch(self)
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", sigterm_at_epoch1_batch2)
     run = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted, match=f"easycls fit --resume {run}"):
+    # the scheduler's SIGTERM, arriving mid-epoch
+    with signal_at(monkeypatch, signal.SIGTERM, lambda c: (c.epoch, c.iter) == (1, 2)), \
+            pytest.raises(TrainingInterrupted, match=f"easycls fit --resume {run}"):
         easycls.fit(str(data), out=str(run), **EXACT)
-    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", real_after_batch)
     state = torch.load(run / "checkpoint.pth", weights_only=True)
     assert (state["epoch"], state["batches_done"]) == (1, 3)
     assert len(_history(run)) == 1 and not (run / "metrics.json").exists()
@@ -186,18 +179,11 @@ def test_fine_tune_resumes_in_its_second_phase(tmp_path, monkeypatch):
     kw = {**EXACT, "pretrained": True, "weights": str(weights), "epochs": 2}
     ref = easycls.fit(str(data), out=str(tmp_path / "ref"), **kw)
 
-    real_after_batch = checkpoint.Checkpointer.after_batch
-
-    def sigint_in_unfrozen_phase(self):
-        if self.training and self.phase == 1 and self.epoch == 0 and self.iter == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_after_batch(self)
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", sigint_in_unfrozen_phase)
     run = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted, match="SIGINT"):
+    in_the_unfrozen_phase = lambda c: (c.phase, c.epoch, c.iter) == (1, 0, 1)  # noqa: E731
+    with signal_at(monkeypatch, signal.SIGINT, in_the_unfrozen_phase), \
+            pytest.raises(TrainingInterrupted, match="SIGINT"):
         easycls.fit(str(data), out=str(run), **kw)
-    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", real_after_batch)
     state = torch.load(run / "checkpoint.pth", weights_only=True)
     assert (state["phase"], state["epoch"], state["batches_done"], state["history_rows"]) == (
         1,

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import TINY, write_class_folders
+from conftest import TINY, signal_at, write_class_folders
 
 import easycls
 from easycls.data import remote, storage
@@ -105,26 +105,16 @@ def test_a_cap_smaller_than_a_few_chunks_is_one_clear_line(streams, tmp_path, mo
 def test_sigterm_mid_epoch_then_resume_of_a_stream_matches_an_uninterrupted_run(
         streams, tmp_path, monkeypatch):
     import csv
-    import os
     import signal
 
-    from easycls import checkpoint
     from easycls.checkpoint import TrainingInterrupted
     monkeypatch.setenv("EASYCLS_CACHE_MAX_GB", "0.0001")  # the cache holds a few chunks
     data = write_class_folders(tmp_path / "pets", per_class=20)
     exact = {**TINY, "arch": "test_resnet", "epochs": 3, "seed": 3, "store": "stream"}
     easycls.fit(str(data), out=str(tmp_path / "ref"), **exact)
-    real_after_batch = checkpoint.Checkpointer.after_batch
-
-    def sigterm_at_epoch1_batch2(self):
-        if self.training and self.epoch == 1 and self.iter == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_after_batch(self)
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", sigterm_at_epoch1_batch2)
-    with pytest.raises(TrainingInterrupted):
+    with signal_at(monkeypatch, signal.SIGTERM, lambda c: (c.epoch, c.iter) == (1, 2)), \
+            pytest.raises(TrainingInterrupted):
         easycls.fit(str(data), out=str(tmp_path / "run"), **exact)
-    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", real_after_batch)
     easycls.fit(resume=str(tmp_path / "run"), quiet=True)
 
     def rows(run):  # every column but the wall-clock seconds

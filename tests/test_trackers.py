@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import signal_at
 
 import easycls
 from easycls.config import ConfigError, check
@@ -128,25 +129,15 @@ def test_flat_numbers_joins_nested_keys():
 @pytest.mark.slow
 def test_resume_logs_into_the_same_wandb_and_mlflow_runs(class_folders, tmp_path, offline,
                                                          monkeypatch):
-    import os
     import signal
 
     from mlflow.tracking import MlflowClient
 
-    from easycls import checkpoint
     from easycls.checkpoint import TrainingInterrupted
-    real_after_batch = checkpoint.Checkpointer.after_batch
-
-    def sigint_in_second_epoch(self):
-        if self.training and self.epoch == 1 and self.iter == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_after_batch(self)
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", sigint_in_second_epoch)
     out = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted):
+    with signal_at(monkeypatch, signal.SIGINT, lambda c: (c.epoch, c.iter) == (1, 1)), \
+            pytest.raises(TrainingInterrupted):
         easycls.fit(str(class_folders), out=str(out), log="wandb,mlflow", **TINY)
-    monkeypatch.setattr(checkpoint.Checkpointer, "after_batch", real_after_batch)
     ids = json.loads((out / "trackers.json").read_text())
     easycls.fit(resume=str(out), quiet=True)
     assert json.loads((out / "trackers.json").read_text()) == ids
