@@ -14,6 +14,7 @@ and `RANK`; an `Accelerator` then joins the process group: NCCL on CUDA, gloo on
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import os
 import pickle
@@ -221,6 +222,16 @@ def resolve_precision(requested: str | None, device: torch.device, size: int | N
 _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo once a process ("" where it cannot be read): a fit asks several times."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes in bf16 natively, from the flags in `/proc/cpuinfo`
     (`cpuinfo`: its text, for tests). False where it cannot be read (not Linux).
@@ -230,11 +241,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
         True
     """
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
+        cpuinfo = _cpuinfo()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features") and _BF16_FLAGS & set(value.split()):
