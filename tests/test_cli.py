@@ -105,3 +105,18 @@ def test_predict_table_header_top_k_and_strict(cli_run, tmp_path):
     assert runner.invoke(app, ["predict", str(out), one, str(bad)]).exit_code == 0
     result = runner.invoke(app, ["predict", str(out), one, str(bad), "--strict"])
     assert result.exit_code == 3 and "1 of 2 inputs could not be read" in result.output
+
+
+def test_the_command_freezes_the_collector_at_exit_after_the_trackers(monkeypatch):
+    import atexit
+    import gc
+
+    from easycls import cli
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: registered.append(fn) or fn)
+    monkeypatch.setattr(sys, "argv", ["easycls", "--version"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    # registered before the command runs, so a tracker's handler (registered later) runs first
+    assert registered == [gc.freeze]

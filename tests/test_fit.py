@@ -286,6 +286,8 @@ def test_a_bf16_step_with_non_finite_gradients_is_taken_again_in_float32(tmp_pat
                             cbs=[steps], **run)
     (bf16,) = [cb for cb in learn.cbs if isinstance(cb, CpuBf16)]
     assert bf16.fell_back == (0, 0) and steps.finite and all(steps.finite)
+    recorded = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert recorded["mixed_precision"] == "bf16" and recorded["bf16_to_float32_at"] == [0, 0]
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())
     assert all(torch.isfinite(b).all() for b in learn.model.buffers())  # put back, then float32
     # every step, the first included, was what a float32 run takes
